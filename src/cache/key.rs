@@ -1,0 +1,287 @@
+//! Rule matching and cache-key construction.
+//!
+//! The key follows the original chacha (`cacheKey` in `handle_proxy_default.go`): the URL
+//! rebuilt from scheme, host[:port] and path, with the query parsed as a form
+//! (`url.Values`), the rule's ignored parameters deleted, and the rest re-encoded sorted by
+//! name (Go's `url.Values.Encode`: names in byte order, values of one name in arrival
+//! order, `QueryEscape` form encoding). So `?b=2&a=1` and `?a=1&b=2` share one entry, and a
+//! presigned URL's rotating `X-Amz-Signature` does not split it.
+//!
+//! Deviations from Go, both to avoid two different URLs sharing a key:
+//! * a pair with an invalid percent-escape is kept verbatim (Go drops it);
+//! * a pair containing `;` is kept (Go ≥ 1.17 drops it).
+
+use crate::config::Rule;
+use crate::http::uri::Uri;
+
+/// First rule whose pattern matches `url` (`scheme://host[:port]/path?query`), as in the
+/// original's `Rules.Get`. The regex search is unanchored; patterns anchor themselves.
+pub fn match_rule<'a>(rules: &'a [Rule], url: &str) -> Option<&'a Rule> {
+    rules.iter().find(|rule| rule.pattern.is_match(url))
+}
+
+/// The cache key for `uri` under `rule`: `scheme://host[:port]/path[?query]`, with the
+/// query normalised (see the module docs). No `?` when the normalised query is empty.
+pub fn cache_key(uri: &Uri, rule: Option<&Rule>) -> String {
+    let (path, query) = match uri.path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (uri.path_and_query.as_str(), None),
+    };
+    // RFC 9110 §4.2.3: an empty path is equivalent to "/".
+    let path = if path.is_empty() { "/" } else { path };
+    let ignored: &[String] = rule.map_or(&[], |r| r.ignore_parameters.as_slice());
+
+    let mut key = String::with_capacity(uri.host.len() + uri.path_and_query.len() + 16);
+    key.push_str(uri.scheme.as_str());
+    key.push_str("://");
+    // Lowercase host, IPv6 bracketed, the port only when given (RFC 3986 §6.2.2.1).
+    key.push_str(&uri.authority());
+    key.push_str(path);
+    if let Some(query) = query {
+        let query = normalize_query(query, ignored);
+        if !query.is_empty() {
+            key.push('?');
+            key.push_str(&query);
+        }
+    }
+    key
+}
+
+/// 64-bit hash of a cache key (xxh3), used for sharding and file names.
+pub fn key_hash(key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+}
+
+/// One `name=value` pair of a query: its decoded name (for sorting and for matching
+/// ignored parameters) and its canonical encoded form.
+struct Pair {
+    name: Vec<u8>,
+    encoded: String,
+}
+
+/// Parses `query` as a form (`&`-separated, `+` is a space), drops pairs whose decoded
+/// name is in `ignored` (case-sensitive, as Go's `Values.Del`), and re-encodes the rest
+/// sorted by name; the sort is stable so repeated names keep their order.
+fn normalize_query(query: &str, ignored: &[String]) -> String {
+    let mut pairs: Vec<Pair> = Vec::new();
+    // Empty pieces (`a&&b`, a trailing `&`) carry nothing, as in Go's ParseQuery.
+    for piece in query.split('&').filter(|p| !p.is_empty()) {
+        let (raw_name, raw_value) = piece.split_once('=').unwrap_or((piece, ""));
+        let pair = match (form_decode(raw_name), form_decode(raw_value)) {
+            (Some(name), Some(value)) => {
+                let mut encoded = form_encode(&name);
+                encoded.push('=');
+                encoded.push_str(&form_encode(&value));
+                Pair { name, encoded }
+            }
+            // An invalid escape: keep the pair byte for byte. Its text has a '%' not followed
+            // by two hex digits, which no canonical encoding produces, so it cannot collide
+            // with a well-formed pair.
+            _ => Pair {
+                name: raw_name.as_bytes().to_vec(),
+                encoded: piece.to_string(),
+            },
+        };
+        if ignored.iter().any(|i| i.as_bytes() == pair.name.as_slice()) {
+            continue;
+        }
+        pairs.push(pair);
+    }
+    pairs.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = String::with_capacity(query.len());
+    for (i, pair) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(&pair.encoded);
+    }
+    out
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Form decoding (Go's `QueryUnescape`): `%XX` → byte, `+` → space. `None` on an invalid
+/// escape. The result is bytes: escapes need not form UTF-8.
+fn form_decode(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hi = bytes.get(i + 1).copied().and_then(hex_value)?;
+                let lo = bytes.get(i + 2).copied().and_then(hex_value)?;
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Form encoding (Go's `QueryEscape`): RFC 3986 unreserved bytes as they are, space as
+/// `+`, everything else as `%XX` with upper-case hex (RFC 3986 §2.1 recommends upper case).
+fn form_encode(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => {
+                out.push('%');
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 0x0f)] as char);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::uri::parse_absolute;
+
+    fn rule(pattern: &str, ignore_parameters: &[&str]) -> Rule {
+        let mut rule = Rule::new(regex::Regex::new(pattern).unwrap());
+        rule.ignore_parameters = ignore_parameters.iter().map(|p| p.to_string()).collect();
+        rule
+    }
+
+    fn key(url: &str, rule: Option<&Rule>) -> String {
+        cache_key(&parse_absolute(url).unwrap(), rule)
+    }
+
+    #[test]
+    fn cache_key_table() {
+        let s3 = rule(".*", &["X-Amz-Date", "X-Amz-Signature"]);
+        let cases: &[(&str, Option<&Rule>, &str)] = &[
+            // Scheme, host, path kept; no query → no '?'.
+            ("http://example.com/a/b", None, "http://example.com/a/b"),
+            ("https://example.com/", None, "https://example.com/"),
+            // Empty path normalised (RFC 9110 §4.2.3), host lowercased.
+            ("http://EXAMPLE.com", None, "http://example.com/"),
+            // The port is kept when given, even the default one.
+            (
+                "http://example.com:8080/x",
+                None,
+                "http://example.com:8080/x",
+            ),
+            ("http://example.com:80/x", None, "http://example.com:80/x"),
+            ("http://[::1]:8080/x", None, "http://[::1]:8080/x"),
+            // The path is kept as sent, escapes included.
+            ("http://h/a%2Fb/%7e", None, "http://h/a%2Fb/%7e"),
+            // Parameter order does not matter: sorted by name.
+            ("http://h/x?b=2&a=1", None, "http://h/x?a=1&b=2"),
+            ("http://h/x?a=1&b=2", None, "http://h/x?a=1&b=2"),
+            // Repeated names keep their relative order (stable sort).
+            ("http://h/x?b=1&a=2&b=0", None, "http://h/x?a=2&b=1&b=0"),
+            // Empty query and empty pieces vanish.
+            ("http://h/x?", None, "http://h/x"),
+            ("http://h/x?&&", None, "http://h/x"),
+            ("http://h/x?a=1&&b=2&", None, "http://h/x?a=1&b=2"),
+            // A name without '=' gets an empty value (Go's Values.Encode).
+            ("http://h/x?a", None, "http://h/x?a="),
+            // Form encoding: space as '+', unreserved decoded, upper-case hex.
+            ("http://h/x?q=a%20b", None, "http://h/x?q=a+b"),
+            ("http://h/x?q=a+b", None, "http://h/x?q=a+b"),
+            ("http://h/x?q=%7e%2d", None, "http://h/x?q=~-"),
+            ("http://h/x?q=%2f%3a", None, "http://h/x?q=%2F%3A"),
+            ("http://h/x?q=a/b:c", None, "http://h/x?q=a%2Fb%3Ac"),
+            ("http://h/x?q=caf%c3%a9", None, "http://h/x?q=caf%C3%A9"),
+            ("http://h/x?q=%FF", None, "http://h/x?q=%FF"),
+            ("http://h/x?q=a=b", None, "http://h/x?q=a%3Db"),
+            ("http://h/x?a=1;b=2", None, "http://h/x?a=1%3Bb%3D2"),
+            // Encoded names sort by their decoded bytes.
+            ("http://h/x?%62=1&a=2", None, "http://h/x?a=2&b=1"),
+            // Invalid escapes: the pair is kept verbatim, distinct from its valid spelling.
+            ("http://h/x?b=1&a=%zz", None, "http://h/x?a=%zz&b=1"),
+            ("http://h/x?a=%25zz", None, "http://h/x?a=%25zz"),
+            ("http://h/x?a=%2", None, "http://h/x?a=%2"),
+            ("http://h/x?%g1=1", None, "http://h/x?%g1=1"),
+            // Ignored parameters are dropped; the rest normalised.
+            (
+                "https://b.r2.cloudflarestorage.com/o?X-Amz-Signature=abc&X-Amz-Date=1&v=2",
+                Some(&s3),
+                "https://b.r2.cloudflarestorage.com/o?v=2",
+            ),
+            ("http://h/x?X-Amz-Signature=abc", Some(&s3), "http://h/x"),
+            // Repeated ignored names all go; escaped spellings of the name too.
+            (
+                "http://h/x?X-Amz-Date=1&X-Amz-Date=2&a=1",
+                Some(&s3),
+                "http://h/x?a=1",
+            ),
+            (
+                "http://h/x?X%2DAmz%2DDate=1&a=1",
+                Some(&s3),
+                "http://h/x?a=1",
+            ),
+            // Matching is case-sensitive, as Go's Values.Del.
+            (
+                "http://h/x?x-amz-date=1",
+                Some(&s3),
+                "http://h/x?x-amz-date=1",
+            ),
+            // Without the rule the parameter stays.
+            ("http://h/x?X-Amz-Date=1", None, "http://h/x?X-Amz-Date=1"),
+        ];
+        for (url, rule, want) in cases {
+            assert_eq!(key(url, *rule), *want, "url {url}");
+        }
+    }
+
+    #[test]
+    fn form_codec_round_trips_every_byte() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(form_decode(&form_encode(&all)), Some(all));
+    }
+
+    #[test]
+    fn match_rule_first_match_wins() {
+        let rules = vec![
+            rule(r"https://cirrus-ci\.com/task/[0-9]+", &["X-Granular"]),
+            rule(r"https://cirrus-ci\.com/.*", &["X-Coarse"]),
+            rule(r"^.*\.good\.com$", &[]),
+        ];
+        let cases: &[(&str, Option<&str>)] = &[
+            ("https://cirrus-ci.com/task/123", Some("X-Granular")),
+            ("https://cirrus-ci.com/build/1", Some("X-Coarse")),
+            ("http://other.com/", None),
+            ("subdomain.good.com", Some("")),
+            // Anchors stop the original's newline trick.
+            ("evil.com\nsubdomain.good.com", None),
+        ];
+        for (url, want) in cases {
+            let got = match_rule(&rules, url)
+                .map(|r| r.ignore_parameters.first().map_or("", String::as_str));
+            assert_eq!(got, *want, "url {url:?}");
+        }
+    }
+
+    #[test]
+    fn key_hash_is_xxh3() {
+        // Published xxh3_64 of the empty input.
+        assert_eq!(key_hash(""), 0x2D06_8005_38D3_94C2);
+        assert_eq!(key_hash("http://h/x"), key_hash("http://h/x"));
+        assert_ne!(key_hash("http://h/x"), key_hash("http://h/y"));
+    }
+}

@@ -1,0 +1,6 @@
+pub mod index;
+pub mod key;
+pub mod meta;
+pub mod policy;
+pub mod scan;
+pub mod status;

@@ -1,0 +1,169 @@
+//! Which response fields an entry stores (RFC 9111 §3.1) and how a 304 updates them
+//! (RFC 9111 §3.2, §4.3.4).
+
+use crate::http::Headers;
+
+/// Fields a 304 must not change in the stored response: framing and content coding
+/// describe the stored body, not the 304 (RFC 9111 §3.2: Content-Length is never updated,
+/// and fields describing how the stored content was processed may be kept).
+const NOT_UPDATED_BY_304: [&str; 4] = [
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "transfer-encoding",
+];
+
+/// Fields not stored, besides the hop-by-hop ones (RFC 9110 §7.6.1, RFC 9111 §3.1):
+/// * `Set-Cookie`: one client's cookie must not be replayed to others;
+/// * `Content-Length`: the body is served framed from the stored size, one source of truth;
+/// * `Age`: chacha validates every hit, so the served response is fresh;
+/// * `X-Chacha-Direct-Connect`: chacha's own hint, removed by the original too.
+const NOT_STORED: [&str; 5] = [
+    "set-cookie",
+    "set-cookie2",
+    "content-length",
+    "age",
+    "x-chacha-direct-connect",
+];
+
+fn named_in(name: &str, list: &[&str]) -> bool {
+    list.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// The response fields worth storing, in order: all but hop-by-hop fields (and those named
+/// by `Connection`) and [`NOT_STORED`].
+pub fn stored_headers(resp: &Headers) -> Headers {
+    let mut out = resp.clone();
+    out.strip_hop_by_hop();
+    out.fields.retain(|(name, _)| !named_in(name, &NOT_STORED));
+    out
+}
+
+/// The stored fields updated by a 304 (RFC 9111 §4.3.4, §3.2): each field of the 304
+/// replaces all stored fields of that name, at the first one's position; fields new to
+/// the entry are appended in the 304's order. Fields that are not stored, hop-by-hop
+/// fields and [`NOT_UPDATED_BY_304`] are not taken from the 304.
+pub fn merge_304(stored: &Headers, not_modified: &Headers) -> Headers {
+    let mut update = stored_headers(not_modified);
+    update
+        .fields
+        .retain(|(name, _)| !named_in(name, &NOT_UPDATED_BY_304));
+
+    let in_update = |name: &str| {
+        update
+            .fields
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    };
+    let mut out = Headers::default();
+    for (name, value) in &stored.fields {
+        if !in_update(name) {
+            out.fields.push((name.clone(), value.clone()));
+        } else if !out.contains(name) {
+            // First stored field of a replaced name: all of the 304's values go here.
+            let replacements = update
+                .fields
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name));
+            out.fields.extend(replacements.cloned());
+        }
+    }
+    for (name, value) in &update.fields {
+        if !stored.contains(name) {
+            out.fields.push((name.clone(), value.clone()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::policy::tests::{headers, Fields};
+
+    #[test]
+    fn stored_headers_drop_hop_by_hop_and_private_fields() {
+        let resp = headers(&[
+            ("Content-Type", "text/plain"),
+            ("Connection", "keep-alive, X-Conn"),
+            ("X-Conn", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Transfer-Encoding", "chunked"),
+            ("Content-Length", "5"),
+            ("Set-Cookie", "session=1"),
+            ("Age", "10"),
+            ("ETag", "\"a\""),
+            ("X-Chacha-Direct-Connect", "1"),
+            ("Cache-Control", "public"),
+        ]);
+        let want = headers(&[
+            ("Content-Type", "text/plain"),
+            ("ETag", "\"a\""),
+            ("Cache-Control", "public"),
+        ]);
+        assert_eq!(stored_headers(&resp), want);
+    }
+
+    #[test]
+    fn merge_304_table() {
+        let cases: &[(&str, Fields, Fields, Fields)] = &[
+            (
+                "same-name fields replaced in place, order kept",
+                &[
+                    ("Content-Type", "text/plain"),
+                    ("ETag", "\"a\""),
+                    ("Cache-Control", "max-age=1"),
+                ],
+                &[("Cache-Control", "max-age=60"), ("ETag", "\"b\"")],
+                &[
+                    ("Content-Type", "text/plain"),
+                    ("ETag", "\"b\""),
+                    ("Cache-Control", "max-age=60"),
+                ],
+            ),
+            (
+                "new fields appended in the 304's order",
+                &[("ETag", "\"a\"")],
+                &[("Expires", "x"), ("Date", "y")],
+                &[("ETag", "\"a\""), ("Expires", "x"), ("Date", "y")],
+            ),
+            (
+                "names match case-insensitively; repeated stored lines collapse",
+                &[("X-A", "1"), ("Link", "<a>"), ("x-b", "2"), ("link", "<b>")],
+                &[("LINK", "<c>"), ("LINK", "<d>")],
+                &[("X-A", "1"), ("LINK", "<c>"), ("LINK", "<d>"), ("x-b", "2")],
+            ),
+            (
+                "framing and coding are not changed by a 304",
+                &[("Content-Encoding", "gzip"), ("ETag", "\"a\"")],
+                &[
+                    ("Content-Length", "0"),
+                    ("Content-Encoding", "br"),
+                    ("Transfer-Encoding", "chunked"),
+                    ("Content-Range", "bytes 0-1/2"),
+                ],
+                &[("Content-Encoding", "gzip"), ("ETag", "\"a\"")],
+            ),
+            (
+                "hop-by-hop and unstored fields of the 304 are not taken",
+                &[("ETag", "\"a\"")],
+                &[
+                    ("Connection", "close, X-Hop"),
+                    ("X-Hop", "1"),
+                    ("Keep-Alive", "timeout=5"),
+                    ("Set-Cookie", "s=1"),
+                    ("Age", "3"),
+                ],
+                &[("ETag", "\"a\"")],
+            ),
+            ("empty 304", &[("ETag", "\"a\"")], &[], &[("ETag", "\"a\"")]),
+        ];
+        for (name, stored, not_modified, want) in cases {
+            assert_eq!(
+                merge_304(&headers(stored), &headers(not_modified)),
+                headers(want),
+                "{name}"
+            );
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Every way a proxied exchange can fail, mapped to a status in one place.
+
+use std::fmt;
+
+use crate::http::HeadError;
+use crate::upstream::UpstreamError;
+
+#[derive(Debug)]
+pub enum ProxyError {
+    /// The client's request head or framing is unacceptable (400/431).
+    BadRequest(HeadError),
+    /// The request target cannot be proxied (400).
+    BadTarget(String),
+    /// A method chacha does not handle here (405).
+    MethodNotAllowed(String),
+    /// No internal endpoint at this path (404).
+    NotFound,
+    Upstream(UpstreamError),
+    /// The client closed or failed while we were reading its request body.
+    ClientIo(std::io::Error),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ProxyError::BadRequest(e) => e.status(),
+            ProxyError::BadTarget(_) => 400,
+            ProxyError::MethodNotAllowed(_) => 405,
+            ProxyError::NotFound => 404,
+            ProxyError::Upstream(UpstreamError::HeadTimeout(_))
+            | ProxyError::Upstream(UpstreamError::ConnectTimeout(_)) => 504,
+            ProxyError::Upstream(_) => 502,
+            ProxyError::ClientIo(_) => 400,
+        }
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::BadRequest(e) => write!(f, "{e}"),
+            ProxyError::BadTarget(t) => write!(f, "cannot proxy request target: {t}"),
+            ProxyError::MethodNotAllowed(m) => write!(f, "method {m} is not allowed here"),
+            ProxyError::NotFound => write!(f, "not found"),
+            ProxyError::Upstream(e) => write!(f, "{e}"),
+            ProxyError::ClientIo(e) => write!(f, "reading the request body failed: {e}"),
+        }
+    }
+}
+
+impl From<UpstreamError> for ProxyError {
+    fn from(e: UpstreamError) -> Self {
+        ProxyError::Upstream(e)
+    }
+}
+
+impl From<HeadError> for ProxyError {
+    fn from(e: HeadError) -> Self {
+        ProxyError::BadRequest(e)
+    }
+}

@@ -1,0 +1,334 @@
+//! Forwarding one absolute-form request to its origin and relaying the response
+//! (RFC 9110 §7.6 intermediaries, RFC 9112 framing).
+
+use std::time::Instant;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+use super::{Exchange, Outcome, ProxyError, Worker};
+use crate::http::uri::{Scheme, Uri};
+use crate::http::{
+    parse_response, BodyKind, Parsed, RequestHead, ResponseHead, Version, MAX_HEAD_BYTES,
+};
+use crate::stream::{BodyReader, BodyWriter, BufConn};
+use crate::upstream::{PoolKey, UpStream, UpstreamConn, UpstreamError};
+
+/// The request head sent to the origin: origin-form target, our own HTTP version,
+/// hop-by-hop fields removed (RFC 9110 §7.6.1) and Host set from the target
+/// (RFC 9112 §3.2.2).
+pub fn upstream_request_head(req: &RequestHead, uri: &Uri, kind: BodyKind) -> RequestHead {
+    let mut headers = req.headers.clone();
+    headers.strip_hop_by_hop();
+    // We answer `Expect: 100-continue` ourselves (RFC 9110 §10.1.1).
+    headers.remove("expect");
+    headers.set("Host", uri.authority());
+    if kind == BodyKind::Chunked {
+        headers.set("Transfer-Encoding", "chunked");
+    }
+    RequestHead {
+        method: req.method.clone(),
+        target: uri.path_and_query.clone(),
+        version: Version::Http11,
+        headers,
+    }
+}
+
+/// Reads a final response head from the origin, skipping interim 1xx responses
+/// (RFC 9110 §15.2). `received` tells whether any byte arrived (a reused connection
+/// that closes before any byte is retried by the caller).
+pub async fn read_response_head(
+    up: &mut BufConn<UpStream>,
+    w: &Worker,
+    received: &mut bool,
+) -> Result<ResponseHead, UpstreamError> {
+    let deadline = Instant::now() + w.timeouts.upstream_head;
+    loop {
+        if !up.buffered().is_empty() {
+            *received = true;
+            match parse_response(up.buffered()) {
+                Ok(Parsed::Complete(head, n)) => {
+                    up.consume(n);
+                    if (100..200).contains(&head.status) && head.status != 101 {
+                        continue;
+                    }
+                    return Ok(head);
+                }
+                Ok(Parsed::Partial) if up.buffered().len() > MAX_HEAD_BYTES => {
+                    return Err(UpstreamError::Protocol("response head too large".into()))
+                }
+                Ok(Parsed::Partial) => {}
+                Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
+            }
+        }
+        match monoio::time::timeout_at(deadline.into(), up.fill()).await {
+            Err(_) => return Err(UpstreamError::HeadTimeout(w.timeouts.upstream_head)),
+            Ok(Ok(0)) => return Err(UpstreamError::Closed("end of stream".into())),
+            Ok(Err(e)) => return Err(UpstreamError::Closed(e.to_string())),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Sends head and body upstream, then reads the response head.
+enum SendError {
+    /// Failed before any response byte on a reused connection, with no body sent.
+    Stale(UpstreamError),
+    Upstream(UpstreamError),
+    Client(std::io::Error),
+}
+
+async fn send_request<C: AsyncReadRent>(
+    up: &mut UpstreamConn,
+    head_bytes: &[u8],
+    client: &mut BufConn<C>,
+    body: &mut BodyReader,
+    w: &Worker,
+) -> Result<ResponseHead, SendError> {
+    let body_writer = if body.is_done() {
+        BodyWriter::Raw
+    } else if matches!(body, BodyReader::Chunked(_)) {
+        BodyWriter::Chunked
+    } else {
+        BodyWriter::Raw
+    };
+    let has_body = !body.is_done();
+    let stale = |e: UpstreamError, reused: bool| {
+        if reused && !has_body {
+            SendError::Stale(e)
+        } else {
+            SendError::Upstream(e)
+        }
+    };
+    if let Err(e) = up.conn.io.write_all(head_bytes.to_vec()).await.0 {
+        return Err(stale(UpstreamError::Closed(e.to_string()), up.reused));
+    }
+    if has_body {
+        let mut buf = w.bufs.get();
+        loop {
+            match body.read(client, &mut buf).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    w.bufs.put(buf);
+                    return Err(SendError::Client(e));
+                }
+            }
+            let (res, b) = body_writer.write(&mut up.conn.io, buf).await;
+            buf = b;
+            if let Err(e) = res {
+                w.bufs.put(buf);
+                return Err(SendError::Upstream(UpstreamError::Closed(e.to_string())));
+            }
+        }
+        w.bufs.put(buf);
+        if let Err(e) = body_writer.finish(&mut up.conn.io).await {
+            return Err(SendError::Upstream(UpstreamError::Closed(e.to_string())));
+        }
+    }
+    let mut received = false;
+    read_response_head(&mut up.conn, w, &mut received)
+        .await
+        .map_err(|e| {
+            if received {
+                SendError::Upstream(e)
+            } else {
+                stale(e, up.reused)
+            }
+        })
+}
+
+pub async fn forward<C: AsyncReadRent + AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: RequestHead,
+    uri: Uri,
+    w: &Worker,
+) -> Outcome {
+    let req_kind = match req.body_kind() {
+        Ok(k) => k,
+        Err(e) => {
+            return Outcome::Failed {
+                error: e.into(),
+                close: true,
+                op: "reject",
+            }
+        }
+    };
+    let mut body = BodyReader::new(req_kind);
+    if req.headers.has_token("expect", "100-continue")
+        && !body.is_done()
+        && req.version == Version::Http11
+    {
+        if let Err(e) = client
+            .io
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+            .await
+            .0
+        {
+            return Outcome::Aborted {
+                status: 100,
+                bytes: 0,
+                op: "pass",
+                reason: e.to_string(),
+            };
+        }
+    }
+    let mut head_bytes = Vec::with_capacity(1024);
+    upstream_request_head(&req, &uri, req_kind).write_to(&mut head_bytes);
+    let key = PoolKey {
+        tls: uri.scheme == Scheme::Https,
+        host: uri.host.clone(),
+        port: uri.port_or_default(),
+    };
+
+    let (mut up, resp) = loop {
+        let mut up = match w.upstream.take_idle(&key) {
+            Some(c) => c,
+            None => match w.upstream.connect_new(&key).await {
+                Ok(c) => c,
+                Err(e) => {
+                    return Outcome::Failed {
+                        error: e.into(),
+                        close: !body.is_done(),
+                        op: "pass",
+                    }
+                }
+            },
+        };
+        match send_request(&mut up, &head_bytes, client, &mut body, w).await {
+            Ok(resp) => break (up, resp),
+            Err(SendError::Stale(e)) => {
+                log::debug!(
+                    "pooled connection to {}:{} was stale ({e}); retrying",
+                    key.host,
+                    key.port
+                );
+                continue;
+            }
+            Err(SendError::Upstream(e)) => {
+                return Outcome::Failed {
+                    error: e.into(),
+                    close: !body.is_done(),
+                    op: "pass",
+                }
+            }
+            Err(SendError::Client(e)) => {
+                return Outcome::Failed {
+                    error: ProxyError::ClientIo(e),
+                    close: true,
+                    op: "pass",
+                }
+            }
+        }
+    };
+    let origin_keep_alive = resp.keep_alive();
+    let outcome = relay_response(client, &req, &mut up, resp, w, "pass").await;
+    if origin_keep_alive && matches!(outcome, Outcome::Done(_)) {
+        w.upstream.release(up);
+    }
+    outcome
+}
+
+/// Streams the origin's response to the client, re-framed for the client's version.
+pub async fn relay_response<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    up: &mut UpstreamConn,
+    resp: ResponseHead,
+    w: &Worker,
+    op: &'static str,
+) -> Outcome {
+    let resp_kind = match resp.body_kind(&req.method) {
+        Ok(k) => k,
+        Err(e) => {
+            return Outcome::Failed {
+                error: UpstreamError::Protocol(e.to_string()).into(),
+                close: false,
+                op,
+            }
+        }
+    };
+    let mut keep_alive = req.keep_alive() && !w.shutdown.is_triggered();
+    let mut out = ResponseHead {
+        version: Version::Http11,
+        status: resp.status,
+        reason: resp.reason.clone(),
+        headers: resp.headers.clone(),
+    };
+    out.headers.strip_hop_by_hop();
+    let writer = match resp_kind {
+        BodyKind::None => BodyWriter::Empty,
+        BodyKind::Length(n) => {
+            out.headers.set("Content-Length", n.to_string());
+            BodyWriter::Raw
+        }
+        BodyKind::Chunked | BodyKind::UntilClose => {
+            out.headers.remove("content-length");
+            if req.version == Version::Http11 {
+                out.headers.set("Transfer-Encoding", "chunked");
+                BodyWriter::Chunked
+            } else {
+                keep_alive = false; // RFC 9112 §6.3: the body ends when we close
+                BodyWriter::Raw
+            }
+        }
+    };
+    if !keep_alive {
+        out.headers.set("Connection", "close");
+    } else if req.version == Version::Http10 {
+        out.headers.set("Connection", "keep-alive");
+    }
+    let mut head = Vec::with_capacity(1024);
+    out.write_to(&mut head);
+    if let Err(e) = client.io.write_all(head).await.0 {
+        return Outcome::Aborted {
+            status: resp.status,
+            bytes: 0,
+            op,
+            reason: e.to_string(),
+        };
+    }
+    let mut reader = BodyReader::new(resp_kind);
+    let mut bytes = 0u64;
+    let mut buf = w.bufs.get();
+    while !reader.is_done() {
+        match reader.read(&mut up.conn, &mut buf).await {
+            Ok(0) => break,
+            Ok(n) => bytes += n as u64,
+            Err(e) => {
+                w.bufs.put(buf);
+                return Outcome::Aborted {
+                    status: resp.status,
+                    bytes,
+                    op,
+                    reason: format!("origin body failed: {e}"),
+                };
+            }
+        }
+        let (res, b) = writer.write(&mut client.io, buf).await;
+        buf = b;
+        if let Err(e) = res {
+            w.bufs.put(buf);
+            return Outcome::Aborted {
+                status: resp.status,
+                bytes,
+                op,
+                reason: format!("client write failed: {e}"),
+            };
+        }
+    }
+    w.bufs.put(buf);
+    if let Err(e) = writer.finish(&mut client.io).await {
+        return Outcome::Aborted {
+            status: resp.status,
+            bytes,
+            op,
+            reason: format!("client write failed: {e}"),
+        };
+    }
+    Outcome::Done(Exchange {
+        status: resp.status,
+        bytes,
+        op,
+        keep_alive,
+    })
+}

@@ -1,0 +1,282 @@
+//! Per-connection request loop and dispatch: chacha's own endpoints, CONNECT, and
+//! forwarding of absolute-form requests.
+
+pub mod error;
+pub mod forward;
+pub mod internal;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+pub use error::ProxyError;
+
+use crate::http::{parse_request, HeadError, Parsed, RequestHead, MAX_HEAD_BYTES};
+use crate::server::shutdown::Shutdown;
+use crate::stream::BufConn;
+use crate::upstream::Upstream;
+
+/// Size of the buffers bodies are moved through.
+pub const TRANSFER_BUF: usize = 256 * 1024;
+/// Transfer buffers kept for reuse per core.
+pub const MAX_POOLED_BUFS: usize = 64;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect to an origin.
+    pub connect: Duration,
+    /// From the request sent upstream to a complete response head (→ 504).
+    pub upstream_head: Duration,
+    /// From a request's first byte to its complete head (→ 408), like the original's
+    /// ReadHeaderTimeout of 30 s.
+    pub client_head: Duration,
+    /// How long an idle keep-alive client connection is kept.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            upstream_head: Duration::from_secs(60),
+            client_head: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Reusable transfer buffers of one core (large buffers would otherwise be mmapped and
+/// unmapped by the allocator on every request).
+#[derive(Default)]
+pub struct BufPool {
+    free: RefCell<Vec<Vec<u8>>>,
+}
+
+impl BufPool {
+    pub fn get(&self) -> Vec<u8> {
+        self.free
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(TRANSFER_BUF))
+    }
+
+    pub fn put(&self, mut buf: Vec<u8>) {
+        let mut free = self.free.borrow_mut();
+        if buf.capacity() == TRANSFER_BUF && free.len() < MAX_POOLED_BUFS {
+            buf.clear();
+            free.push(buf);
+        }
+    }
+}
+
+/// Everything one worker (core) needs to serve its connections.
+pub struct Worker {
+    pub id: usize,
+    pub timeouts: Timeouts,
+    pub upstream: Upstream,
+    pub shutdown: Arc<Shutdown>,
+    pub bufs: BufPool,
+    /// Open client connections on this core (for the shutdown drain).
+    pub active: Cell<usize>,
+}
+
+/// What one request did, for its log line.
+#[derive(Debug)]
+pub struct Exchange {
+    pub status: u16,
+    pub bytes: u64,
+    pub op: &'static str,
+    pub keep_alive: bool,
+}
+
+/// How handling one request ended.
+pub enum Outcome {
+    Done(Exchange),
+    /// Nothing was sent to the client yet: answer with the error's status.
+    /// `close` when the connection cannot carry another request (unread body, framing).
+    Failed {
+        error: ProxyError,
+        close: bool,
+        op: &'static str,
+    },
+    /// The response was under way: the client connection must be cut so that the
+    /// client sees an incomplete message, never a truncated one that looks complete.
+    Aborted {
+        status: u16,
+        bytes: u64,
+        op: &'static str,
+        reason: String,
+    },
+}
+
+enum HeadRead {
+    Head(RequestHead),
+    /// Closed by the client, idle timeout or shutdown between requests: no answer.
+    Quiet,
+    Error(u16, String),
+}
+
+async fn read_head<S: AsyncReadRent>(conn: &mut BufConn<S>, w: &Worker, first: bool) -> HeadRead {
+    let idle_deadline = Instant::now()
+        + if first {
+            w.timeouts.client_head
+        } else {
+            w.timeouts.idle
+        };
+    let mut head_deadline: Option<Instant> = None;
+    loop {
+        if !conn.buffered().is_empty() {
+            match parse_request(conn.buffered()) {
+                Ok(Parsed::Complete(head, n)) => {
+                    conn.consume(n);
+                    return HeadRead::Head(head);
+                }
+                Ok(Parsed::Partial) if conn.buffered().len() > MAX_HEAD_BYTES => {
+                    let e = HeadError::TooLarge;
+                    return HeadRead::Error(e.status(), e.to_string());
+                }
+                Ok(Parsed::Partial) => {}
+                Err(e) => return HeadRead::Error(e.status(), e.to_string()),
+            }
+            head_deadline.get_or_insert_with(|| Instant::now() + w.timeouts.client_head);
+        }
+        let read = match head_deadline {
+            Some(deadline) => monoio::time::timeout_at(deadline.into(), conn.fill()).await,
+            None => {
+                monoio::select! {
+                    r = monoio::time::timeout_at(idle_deadline.into(), conn.fill()) => r,
+                    _ = w.shutdown.wait() => return HeadRead::Quiet,
+                }
+            }
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Quiet,
+            Ok(Ok(_)) => {}
+            Err(_) if head_deadline.is_some() => {
+                return HeadRead::Error(408, "request head not received in time".into())
+            }
+            Err(_) => return HeadRead::Quiet,
+        }
+    }
+}
+
+/// Writes a short plain-text answer chacha makes itself.
+pub async fn write_simple<S: AsyncWriteRent>(
+    io: &mut S,
+    status: u16,
+    message: &str,
+    close: bool,
+    extra_headers: &[(&str, &str)],
+) -> std::io::Result<u64> {
+    let body = format!("{message}\n");
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+        crate::http::head::reason_phrase(status),
+        body.len()
+    );
+    for (k, v) in extra_headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if close {
+        out.push_str("Connection: close\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    io.write_all(out.into_bytes()).await.0?;
+    Ok(body.len() as u64)
+}
+
+/// Serves one client connection until it closes, errs, or the worker shuts down.
+pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
+    io: S,
+    peer: SocketAddr,
+    w: Rc<Worker>,
+) {
+    w.active.set(w.active.get() + 1);
+    let mut conn = BufConn::new(io);
+    let mut first = true;
+    loop {
+        let head = match read_head(&mut conn, &w, first).await {
+            HeadRead::Head(h) => h,
+            HeadRead::Quiet => break,
+            HeadRead::Error(status, msg) => {
+                log::info!("{peer} - {status} 0 0ms reject: {msg}");
+                let _ = write_simple(&mut conn.io, status, &msg, true, &[]).await;
+                break;
+            }
+        };
+        first = false;
+        let start = Instant::now();
+        let line = format!("{} {}", head.method, head.target);
+        let keep = match dispatch(&mut conn, head, &w).await {
+            Outcome::Done(ex) => {
+                log::info!(
+                    "{peer} \"{line}\" {} {} {}ms {}",
+                    ex.status,
+                    ex.bytes,
+                    start.elapsed().as_millis(),
+                    ex.op
+                );
+                ex.keep_alive
+            }
+            Outcome::Failed { error, close, op } => {
+                let status = error.status();
+                let msg = error.to_string();
+                let bytes = write_simple(&mut conn.io, status, &msg, close, &[]).await;
+                log::warn!(
+                    "{peer} \"{line}\" {status} {} {}ms {op}: {msg}",
+                    bytes.as_ref().copied().unwrap_or(0),
+                    start.elapsed().as_millis(),
+                );
+                bytes.is_ok() && !close
+            }
+            Outcome::Aborted {
+                status,
+                bytes,
+                op,
+                reason,
+            } => {
+                log::warn!(
+                    "{peer} \"{line}\" {status} {bytes} {}ms {op} aborted: {reason}",
+                    start.elapsed().as_millis()
+                );
+                false
+            }
+        };
+        if !keep || w.shutdown.is_triggered() {
+            break;
+        }
+        conn.shrink();
+    }
+    w.active.set(w.active.get() - 1);
+}
+
+async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
+    conn: &mut BufConn<S>,
+    head: RequestHead,
+    w: &Worker,
+) -> Outcome {
+    if head.method == "CONNECT" {
+        // RFC 9110 §9.3.6; interception comes with the TLS interceptor.
+        return Outcome::Failed {
+            error: ProxyError::MethodNotAllowed("CONNECT".into()),
+            close: true,
+            op: "reject",
+        };
+    }
+    if head.target.starts_with('/') {
+        return internal::handle(conn, head, w).await;
+    }
+    match crate::http::uri::parse_absolute(&head.target) {
+        Ok(uri) => forward::forward(conn, head, uri, w).await,
+        Err(_) => Outcome::Failed {
+            error: ProxyError::BadTarget(head.target),
+            close: true,
+            op: "reject",
+        },
+    }
+}

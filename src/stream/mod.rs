@@ -1,0 +1,8 @@
+//! Byte streams: a read-buffered connection, message-body readers and writers that
+//! stream with bounded memory, and the client/upstream stream types.
+
+pub mod body;
+pub mod buffered;
+
+pub use body::{BodyReader, BodyWriter};
+pub use buffered::BufConn;

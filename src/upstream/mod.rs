@@ -1,0 +1,44 @@
+//! The HTTP/1.1 client toward origins: DNS off the core thread, a per-core pool of
+//! idle keep-alive connections, connect timeouts.
+
+pub mod dns;
+pub mod pool;
+pub mod stream;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use pool::{PoolKey, Upstream, UpstreamConn};
+pub use stream::UpStream;
+
+/// Why talking to an origin failed; mapped to a status in `proxy::error`.
+#[derive(Debug)]
+pub enum UpstreamError {
+    Resolve(String),
+    Connect(String),
+    ConnectTimeout(Duration),
+    HeadTimeout(Duration),
+    /// The origin closed or reset the connection before a complete response head.
+    Closed(String),
+    /// The origin sent something that is not HTTP/1.x.
+    Protocol(String),
+    Tls(String),
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamError::Resolve(e) => write!(f, "cannot resolve origin: {e}"),
+            UpstreamError::Connect(e) => write!(f, "cannot connect to origin: {e}"),
+            UpstreamError::ConnectTimeout(d) => {
+                write!(f, "connecting to origin timed out after {d:?}")
+            }
+            UpstreamError::HeadTimeout(d) => write!(f, "origin sent no response head within {d:?}"),
+            UpstreamError::Closed(e) => {
+                write!(f, "origin closed the connection before a response: {e}")
+            }
+            UpstreamError::Protocol(e) => write!(f, "origin sent an invalid response: {e}"),
+            UpstreamError::Tls(e) => write!(f, "TLS with origin failed: {e}"),
+        }
+    }
+}
