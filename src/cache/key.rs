@@ -76,9 +76,9 @@ fn normalize_query(query: &str, ignored: &[String]) -> String {
             }
             // An invalid escape: keep the pair byte for byte. Its text has a '%' not followed
             // by two hex digits, which no canonical encoding produces, so it cannot collide
-            // with a well-formed pair.
-            _ => Pair {
-                name: raw_name.as_bytes().to_vec(),
+            // with a well-formed pair. The name still sorts and matches decoded if it can.
+            (name, _) => Pair {
+                name: name.unwrap_or_else(|| raw_name.as_bytes().to_vec()),
                 encoded: piece.to_string(),
             },
         };
@@ -217,6 +217,7 @@ mod tests {
             ("http://h/x?a=%25zz", None, "http://h/x?a=%25zz"),
             ("http://h/x?a=%2", None, "http://h/x?a=%2"),
             ("http://h/x?%g1=1", None, "http://h/x?%g1=1"),
+            ("http://h/x?c=1&%62=%zz", None, "http://h/x?%62=%zz&c=1"),
             // Ignored parameters are dropped; the rest normalised.
             (
                 "https://b.r2.cloudflarestorage.com/o?X-Amz-Signature=abc&X-Amz-Date=1&v=2",

@@ -23,8 +23,7 @@ use crate::http::{Headers, RequestHead, ResponseHead};
 pub enum NotStorable {
     /// The method is not GET.
     Method,
-    /// No rule matches the URL: the original caches only URLs that match a rule.
-    NoRule,
+
     /// The response status is not 200.
     Status,
     /// `Cache-Control: no-store` in the request.
@@ -50,7 +49,6 @@ impl NotStorable {
     pub fn detail(&self) -> &'static str {
         match self {
             NotStorable::Method => "method",
-            NotStorable::NoRule => "no-rule",
             NotStorable::Status => "status",
             NotStorable::NoStoreRequest => "request-no-store",
             NotStorable::NoStoreResponse => "no-store",
@@ -66,13 +64,10 @@ impl NotStorable {
 
 /// Whether the request allows its response to be stored (the original's request-side
 /// checks). Method first, so a pass-through of a non-GET always reports `method`.
-pub fn request_storable(req: &RequestHead, rule: Option<&Rule>) -> Result<(), NotStorable> {
+pub fn request_storable(req: &RequestHead, _rule: Option<&Rule>) -> Result<(), NotStorable> {
     // The original caches GET only (HEAD responses have no body to store).
     if req.method != "GET" {
         return Err(NotStorable::Method);
-    }
-    if rule.is_none() {
-        return Err(NotStorable::NoRule);
     }
     // RFC 9111 §5.2.1.5: no-store in the request forbids storing the response. The original
     // also refuses `private` in the request, which is harmless and kept.
@@ -266,7 +261,7 @@ mod tests {
             ("method HEAD", "HEAD", &[], 200, &[ETAG], Some(&plain), Err(Method)),
             ("method POST", "POST", &[], 200, &[ETAG], Some(&plain), Err(Method)),
             ("method before rule", "POST", &[], 200, &[ETAG], None, Err(Method)),
-            ("no rule", "GET", &[], 200, &[ETAG], None, Err(NoRule)),
+            ("no rule: any URL may be cached", "GET", &[], 200, &[ETAG], None, Ok(())),
             ("status 206", "GET", &[], 206, &[ETAG], Some(&plain), Err(Status)),
             ("status 304", "GET", &[], 304, &[ETAG], Some(&plain), Err(Status)),
             ("status 404", "GET", &[], 404, &[ETAG], Some(&plain), Err(Status)),
@@ -314,7 +309,7 @@ mod tests {
             let got = response_storable(&req, &response(*status, resp), *rule);
             assert_eq!(got, *want, "{name}");
             // The request-side verdict agrees for every request-side reason.
-            if let Err(reason @ (Method | NoRule | NoStoreRequest | PragmaNoCache)) = want {
+            if let Err(reason @ (Method | NoStoreRequest | PragmaNoCache)) = want {
                 assert_eq!(request_storable(&req, *rule), Err(*reason), "{name}");
             }
         }

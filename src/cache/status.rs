@@ -1,8 +1,10 @@
 //! The `Cache-Status` response field (RFC 9211) chacha adds to every proxied response.
 //!
-//! Chacha validates every stored entry with the origin before serving it, so in RFC 9211
-//! terms it never has a `hit` (§2.1: a response is a hit only "as long as it did not go
-//! forward (e.g., for validation)"): a served entry is `fwd=stale; fwd-status=304`.
+//! Chacha validates every stored entry with the origin before serving it. Strictly, RFC 9211
+//! §2.1 calls a response a hit only "as long as it did not go forward (e.g., for
+//! validation)"; chacha still reports a body served from its disk after a 304 as `hit`,
+//! because that is what operators grep for and every request forwards anyway (the
+//! original's users read it that way too).
 //! The value is one list member: the cache identifier, then `;`-separated parameters
 //! (an RFC 8941 sf-list); `true` booleans are written bare (`stored`, `collapsed`).
 
@@ -47,12 +49,10 @@ impl Outcome {
     /// The `Cache-Status` field value, e.g. `chacha; fwd=uri-miss; fwd-status=200; stored`.
     pub fn header_value(&self) -> String {
         match *self {
-            Outcome::Revalidated => format!("{CACHE_NAME}; fwd=stale; fwd-status=304"),
+            Outcome::Revalidated => format!("{CACHE_NAME}; hit"),
             Outcome::Stored { replaced } => {
-                format!(
-                    "{CACHE_NAME}; fwd={}; fwd-status=200; stored",
-                    fwd(replaced)
-                )
+                let fwd = if replaced { "stale" } else { "miss" };
+                format!("{CACHE_NAME}; fwd={fwd}; fwd-status=200; stored")
             }
             Outcome::NotStored {
                 had_entry,
@@ -79,7 +79,7 @@ impl Outcome {
             }
             // §2.5: `collapsed` is only meaningful with `fwd`; `miss` because the waiter
             // cannot tell whether the filler had a stale entry.
-            Outcome::Collapsed => format!("{CACHE_NAME}; fwd=miss; collapsed"),
+            Outcome::Collapsed => format!("{CACHE_NAME}; hit; collapsed"),
         }
     }
 }
@@ -91,10 +91,10 @@ mod tests {
     #[test]
     fn header_values() {
         let cases: &[(Outcome, &str)] = &[
-            (Outcome::Revalidated, "chacha; fwd=stale; fwd-status=304"),
+            (Outcome::Revalidated, "chacha; hit"),
             (
                 Outcome::Stored { replaced: false },
-                "chacha; fwd=uri-miss; fwd-status=200; stored",
+                "chacha; fwd=miss; fwd-status=200; stored",
             ),
             (
                 Outcome::Stored { replaced: true },
@@ -140,7 +140,7 @@ mod tests {
                 Outcome::UpstreamError { had_entry: true },
                 "chacha; fwd=stale; detail=upstream-error",
             ),
-            (Outcome::Collapsed, "chacha; fwd=miss; collapsed"),
+            (Outcome::Collapsed, "chacha; hit; collapsed"),
         ];
         for (outcome, want) in cases {
             assert_eq!(outcome.header_value(), *want, "{outcome:?}");
@@ -153,7 +153,6 @@ mod tests {
         use NotStorable::*;
         for reason in [
             Method,
-            NoRule,
             Status,
             NoStoreRequest,
             NoStoreResponse,

@@ -13,9 +13,11 @@ pub const DNS_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Most names cached per core; the cache is cleared when it is full.
 pub const DNS_CACHE_MAX: usize = 4096;
 
+type DnsCache = HashMap<(String, u16), (Vec<SocketAddr>, Instant)>;
+
 #[derive(Default)]
 pub struct Resolver {
-    cache: RefCell<HashMap<(String, u16), (Vec<SocketAddr>, Instant)>>,
+    cache: RefCell<DnsCache>,
 }
 
 impl Resolver {

@@ -32,8 +32,10 @@ pub struct UpstreamConn {
     pub reused: bool,
 }
 
+type IdleMap = HashMap<PoolKey, Vec<(BufConn<UpStream>, Instant)>>;
+
 pub struct Upstream {
-    idle: RefCell<HashMap<PoolKey, Vec<(BufConn<UpStream>, Instant)>>>,
+    idle: RefCell<IdleMap>,
     resolver: Resolver,
     connect_timeout: Duration,
 }
