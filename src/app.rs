@@ -1,7 +1,6 @@
 //! Turns a validated config into running workers.
 
 use crate::config::Config;
-use crate::proxy::Timeouts;
 use crate::server::{self, Settings};
 
 /// Runs chacha with `config` until stopped; returns the process exit code.
@@ -9,7 +8,7 @@ pub fn run(config: Config) -> i32 {
     let settings = Settings {
         addr: config.addr,
         workers: config.workers.max(1),
-        timeouts: Timeouts::default(),
+        timeouts: config.timeouts,
     };
     server::run(settings)
 }

@@ -20,6 +20,7 @@ mod size;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use regex::Regex;
 use serde_yaml_ng::{Mapping, Value};
@@ -44,7 +45,9 @@ const TOP_KEYS: &[&str] = &[
     "tls-interceptor",
     "rules",
     "cluster",
+    "timeouts",
 ];
+const TIMEOUT_KEYS: &[&str] = &["connect", "upstream-head", "client-head", "idle"];
 const DISK_KEYS: &[&str] = &["dir", "limit"];
 const TLS_KEYS: &[&str] = &["cert", "key", "ports"];
 const RULES_MAPPING_KEYS: &[&str] = &["paths"];
@@ -71,6 +74,8 @@ pub struct Config {
     /// Only URLs matching a rule are cached; the first matching rule wins.
     pub rules: Vec<Rule>,
     pub cluster: Option<ClusterConfig>,
+    /// Network timeouts (chacha's own optional key).
+    pub timeouts: Timeouts,
 }
 
 /// `disk`: where cache entries live and when eviction starts.
@@ -190,6 +195,58 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Network timeouts (`timeouts:`); every field optional.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect to an origin.
+    pub connect: Duration,
+    /// From the request sent upstream to a complete response head (→ 504).
+    pub upstream_head: Duration,
+    /// From a request's first byte to its complete head (→ 408), like the original's
+    /// ReadHeaderTimeout of 30 s.
+    pub client_head: Duration,
+    /// How long an idle keep-alive client connection is kept.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            upstream_head: Duration::from_secs(60),
+            client_head: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h` (a bare number means seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("cannot parse duration {text:?} (e.g. 500ms, 30s, 2m)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {text:?} (ms, s, m, h)"
+            ))
+        }
+    };
+    if !(secs > 0.0 && secs < 1e9) {
+        return Err(format!("duration {text:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 /// Reads and parses the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file = Some(path.display().to_string());
@@ -300,6 +357,10 @@ impl Checker {
         let rules =
             optional(map, "rules").map_or_else(Vec::new, |value| self.rules(value, "rules"));
         let cluster = optional(map, "cluster").and_then(|value| self.cluster(value, "cluster"));
+        let timeouts = match optional(map, "timeouts") {
+            Some(value) => self.timeouts(value, "timeouts"),
+            None => Some(Timeouts::default()),
+        };
 
         if let (Some(addr), true) = (&addr, optional(map, "cluster").is_some()) {
             self.check_cluster_addr(addr);
@@ -314,7 +375,45 @@ impl Checker {
             tls_interceptor,
             rules,
             cluster,
+            timeouts: timeouts?,
         })
+    }
+
+    /// `timeouts:` (chacha's own key; the original hard-codes its timeouts).
+    fn timeouts(&mut self, value: &Value, path: &str) -> Option<Timeouts> {
+        let map = self.mapping(value, path, TIMEOUT_KEYS)?;
+        let mut t = Timeouts::default();
+        let mut ok = true;
+        for (name, slot) in [
+            ("connect", &mut t.connect),
+            ("upstream-head", &mut t.upstream_head),
+            ("client-head", &mut t.client_head),
+            ("idle", &mut t.idle),
+        ] {
+            if let Some(value) = optional(map, name) {
+                let key = join_key(path, name);
+                let text = match value {
+                    Value::String(text) => text.clone(),
+                    Value::Number(n) => format!("{n}s"),
+                    other => {
+                        self.report(
+                            &key,
+                            format!("expected a duration such as 30s, found {}", describe(other)),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                };
+                match parse_duration(&text) {
+                    Ok(d) => *slot = d,
+                    Err(message) => {
+                        self.report(&key, message);
+                        ok = false;
+                    }
+                }
+            }
+        }
+        ok.then_some(t)
     }
 
     /// Other nodes compare and reach this node by its `addr`, so (like the

@@ -9,7 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
@@ -25,29 +25,7 @@ pub const TRANSFER_BUF: usize = 256 * 1024;
 /// Transfer buffers kept for reuse per core.
 pub const MAX_POOLED_BUFS: usize = 64;
 
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    /// TCP connect to an origin.
-    pub connect: Duration,
-    /// From the request sent upstream to a complete response head (→ 504).
-    pub upstream_head: Duration,
-    /// From a request's first byte to its complete head (→ 408), like the original's
-    /// ReadHeaderTimeout of 30 s.
-    pub client_head: Duration,
-    /// How long an idle keep-alive client connection is kept.
-    pub idle: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            connect: Duration::from_secs(10),
-            upstream_head: Duration::from_secs(60),
-            client_head: Duration::from_secs(30),
-            idle: Duration::from_secs(60),
-        }
-    }
-}
+pub use crate::config::Timeouts;
 
 /// Reusable transfer buffers of one core (large buffers would otherwise be mmapped and
 /// unmapped by the allocator on every request).
