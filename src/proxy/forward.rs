@@ -8,7 +8,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use super::{Exchange, Outcome, ProxyError, Worker};
 use crate::http::uri::{Scheme, Uri};
 use crate::http::{
-    parse_response, BodyKind, Parsed, RequestHead, ResponseHead, Version, MAX_HEAD_BYTES,
+    parse_response, BodyKind, Headers, Parsed, RequestHead, ResponseHead, Version, MAX_HEAD_BYTES,
 };
 use crate::stream::{BodyReader, BodyWriter, BufConn};
 use crate::upstream::{PoolKey, UpStream, UpstreamConn, UpstreamError};
@@ -137,11 +137,74 @@ async fn send_request<C: AsyncReadRent>(
         })
 }
 
+/// Sends a request upstream (pooled connection, one retry when a reused connection
+/// turns out stale) and reads the final response head. On failure returns the error to
+/// answer with and whether the client connection must close.
+pub async fn send_upstream<C: AsyncReadRent>(
+    client: &mut BufConn<C>,
+    head_bytes: &[u8],
+    key: &PoolKey,
+    body: &mut BodyReader,
+    w: &Worker,
+) -> Result<(UpstreamConn, ResponseHead), (ProxyError, bool)> {
+    loop {
+        let mut up = match w.upstream.take_idle(key) {
+            Some(c) => c,
+            None => match w.upstream.connect_new(key).await {
+                Ok(c) => c,
+                Err(e) => return Err((e.into(), !body.is_done())),
+            },
+        };
+        match send_request(&mut up, head_bytes, client, body, w).await {
+            Ok(resp) => return Ok((up, resp)),
+            Err(SendError::Stale(e)) => {
+                log::debug!(
+                    "pooled connection to {}:{} was stale ({e}); retrying",
+                    key.host,
+                    key.port
+                );
+            }
+            Err(SendError::Upstream(e)) => return Err((e.into(), !body.is_done())),
+            Err(SendError::Client(e)) => return Err((ProxyError::ClientIo(e), true)),
+        }
+    }
+}
+
+pub fn pool_key(uri: &Uri) -> PoolKey {
+    PoolKey {
+        tls: uri.scheme == Scheme::Https,
+        host: uri.host.clone(),
+        port: uri.port_or_default(),
+    }
+}
+
+/// Answers `Expect: 100-continue` ourselves (RFC 9110 §10.1.1) so that the body arrives.
+pub async fn answer_expect<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    body: &BodyReader,
+) -> std::io::Result<()> {
+    if req.headers.has_token("expect", "100-continue")
+        && !body.is_done()
+        && req.version == Version::Http11
+    {
+        client
+            .io
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+            .await
+            .0?;
+    }
+    Ok(())
+}
+
+/// Forwards a request and relays the response, uncached. `cache_status` (if any) is
+/// computed from the origin's response head and added to the client's response.
 pub async fn forward<C: AsyncReadRent + AsyncWriteRent>(
     client: &mut BufConn<C>,
     req: RequestHead,
     uri: Uri,
     w: &Worker,
+    cache_status: impl FnOnce(&ResponseHead) -> Option<String>,
 ) -> Outcome {
     let req_kind = match req.body_kind() {
         Ok(k) => k,
@@ -154,76 +217,46 @@ pub async fn forward<C: AsyncReadRent + AsyncWriteRent>(
         }
     };
     let mut body = BodyReader::new(req_kind);
-    if req.headers.has_token("expect", "100-continue")
-        && !body.is_done()
-        && req.version == Version::Http11
-    {
-        if let Err(e) = client
-            .io
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
-            .await
-            .0
-        {
-            return Outcome::Aborted {
-                status: 100,
-                bytes: 0,
-                op: "pass",
-                reason: e.to_string(),
-            };
-        }
+    if let Err(e) = answer_expect(client, &req, &body).await {
+        return Outcome::Aborted {
+            status: 100,
+            bytes: 0,
+            op: "pass",
+            reason: e.to_string(),
+        };
     }
     let mut head_bytes = Vec::with_capacity(1024);
     upstream_request_head(&req, &uri, req_kind).write_to(&mut head_bytes);
-    let key = PoolKey {
-        tls: uri.scheme == Scheme::Https,
-        host: uri.host.clone(),
-        port: uri.port_or_default(),
-    };
-
-    let (mut up, resp) = loop {
-        let mut up = match w.upstream.take_idle(&key) {
-            Some(c) => c,
-            None => match w.upstream.connect_new(&key).await {
-                Ok(c) => c,
-                Err(e) => {
-                    return Outcome::Failed {
-                        error: e.into(),
-                        close: !body.is_done(),
-                        op: "pass",
-                    }
+    let (mut up, resp) =
+        match send_upstream(client, &head_bytes, &pool_key(&uri), &mut body, w).await {
+            Ok(x) => x,
+            Err((error, close)) => {
+                return Outcome::Failed {
+                    error,
+                    close,
+                    op: "pass",
                 }
-            },
+            }
         };
-        match send_request(&mut up, &head_bytes, client, &mut body, w).await {
-            Ok(resp) => break (up, resp),
-            Err(SendError::Stale(e)) => {
-                log::debug!(
-                    "pooled connection to {}:{} was stale ({e}); retrying",
-                    key.host,
-                    key.port
-                );
-                continue;
-            }
-            Err(SendError::Upstream(e)) => {
-                return Outcome::Failed {
-                    error: e.into(),
-                    close: !body.is_done(),
-                    op: "pass",
-                }
-            }
-            Err(SendError::Client(e)) => {
-                return Outcome::Failed {
-                    error: ProxyError::ClientIo(e),
-                    close: true,
-                    op: "pass",
-                }
-            }
-        }
-    };
+    let status = cache_status(&resp);
+    relay_and_release(client, &req, &mut up, resp, w, "pass", status).await
+}
+
+/// [`relay_response`], then returns the origin connection to the pool when it can carry
+/// another request.
+pub async fn relay_and_release<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    up: &mut UpstreamConn,
+    resp: ResponseHead,
+    w: &Worker,
+    op: &'static str,
+    cache_status: Option<String>,
+) -> Outcome {
     let origin_keep_alive = resp.keep_alive();
-    let outcome = relay_response(client, &req, &mut up, resp, w, "pass").await;
+    let outcome = relay_response(client, req, up, resp, w, op, cache_status).await;
     if origin_keep_alive && matches!(outcome, Outcome::Done(_)) {
-        w.upstream.release(up);
+        w.upstream.release_ref(up);
     }
     outcome
 }
@@ -236,6 +269,7 @@ pub async fn relay_response<C: AsyncWriteRent>(
     resp: ResponseHead,
     w: &Worker,
     op: &'static str,
+    cache_status: Option<String>,
 ) -> Outcome {
     let resp_kind = match resp.body_kind(&req.method) {
         Ok(k) => k,
@@ -247,46 +281,32 @@ pub async fn relay_response<C: AsyncWriteRent>(
             }
         }
     };
-    let mut keep_alive = req.keep_alive() && !w.shutdown.is_triggered();
-    let mut out = ResponseHead {
-        version: Version::Http11,
-        status: resp.status,
-        reason: resp.reason.clone(),
-        headers: resp.headers.clone(),
-    };
-    out.headers.strip_hop_by_hop();
-    let writer = match resp_kind {
-        BodyKind::None => BodyWriter::Empty,
-        BodyKind::Length(n) => {
-            out.headers.set("Content-Length", n.to_string());
-            BodyWriter::Raw
-        }
-        BodyKind::Chunked | BodyKind::UntilClose => {
-            out.headers.remove("content-length");
-            if req.version == Version::Http11 {
-                out.headers.set("Transfer-Encoding", "chunked");
-                BodyWriter::Chunked
-            } else {
-                keep_alive = false; // RFC 9112 §6.3: the body ends when we close
-                BodyWriter::Raw
+    let mut headers = resp.headers.clone();
+    headers.strip_hop_by_hop();
+    if let Some(cs) = cache_status {
+        headers.set("Cache-Status", cs);
+    }
+    let (writer, keep_alive) = write_response_head(
+        client,
+        req,
+        resp.status,
+        &resp.reason,
+        headers,
+        resp_kind,
+        w,
+    )
+    .await;
+    let keep_alive = match keep_alive {
+        Ok(k) => k,
+        Err(e) => {
+            return Outcome::Aborted {
+                status: resp.status,
+                bytes: 0,
+                op,
+                reason: e.to_string(),
             }
         }
     };
-    if !keep_alive {
-        out.headers.set("Connection", "close");
-    } else if req.version == Version::Http10 {
-        out.headers.set("Connection", "keep-alive");
-    }
-    let mut head = Vec::with_capacity(1024);
-    out.write_to(&mut head);
-    if let Err(e) = client.io.write_all(head).await.0 {
-        return Outcome::Aborted {
-            status: resp.status,
-            bytes: 0,
-            op,
-            reason: e.to_string(),
-        };
-    }
     let mut reader = BodyReader::new(resp_kind);
     let mut bytes = 0u64;
     let mut buf = w.bufs.get();
@@ -331,4 +351,53 @@ pub async fn relay_response<C: AsyncWriteRent>(
         op,
         keep_alive,
     })
+}
+
+/// Writes a response head toward the client with framing for a body of `kind` (RFC 9112
+/// §6) and the connection fields (RFC 9112 §9.3); `headers` must already be free of
+/// hop-by-hop fields. Returns the body writer and whether the connection stays open.
+pub async fn write_response_head<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    status: u16,
+    reason: &str,
+    mut headers: Headers,
+    kind: BodyKind,
+    w: &Worker,
+) -> (BodyWriter, std::io::Result<bool>) {
+    let mut keep_alive = req.keep_alive() && !w.shutdown.is_triggered();
+    let writer = match kind {
+        BodyKind::None => BodyWriter::Empty,
+        BodyKind::Length(n) => {
+            headers.set("Content-Length", n.to_string());
+            BodyWriter::Raw
+        }
+        BodyKind::Chunked | BodyKind::UntilClose => {
+            headers.remove("content-length");
+            if req.version == Version::Http11 {
+                headers.set("Transfer-Encoding", "chunked");
+                BodyWriter::Chunked
+            } else {
+                keep_alive = false; // RFC 9112 §6.3: the body ends when we close
+                BodyWriter::Raw
+            }
+        }
+    };
+    if !keep_alive {
+        headers.set("Connection", "close");
+    } else if req.version == Version::Http10 {
+        headers.set("Connection", "keep-alive");
+    }
+    let out = ResponseHead {
+        version: Version::Http11,
+        status,
+        reason: reason.to_string(),
+        headers,
+    };
+    let mut head = Vec::with_capacity(1024);
+    out.write_to(&mut head);
+    match client.io.write_all(head).await.0 {
+        Ok(_) => (writer, Ok(keep_alive)),
+        Err(e) => (writer, Err(e)),
+    }
 }

@@ -1,6 +1,7 @@
 //! Per-connection request loop and dispatch: chacha's own endpoints, CONNECT, and
 //! forwarding of absolute-form requests.
 
+pub mod cached;
 pub mod error;
 pub mod forward;
 pub mod internal;
@@ -15,6 +16,9 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 pub use error::ProxyError;
 
+use crate::cache::status::Outcome as CacheOutcome;
+use crate::cache::store::Store;
+use crate::config::Rule;
 use crate::http::{parse_request, HeadError, Parsed, RequestHead, MAX_HEAD_BYTES};
 use crate::server::shutdown::Shutdown;
 use crate::stream::BufConn;
@@ -60,6 +64,9 @@ pub struct Worker {
     pub bufs: BufPool,
     /// Open client connections on this core (for the shutdown drain).
     pub active: Cell<usize>,
+    /// The disk cache, when `disk` is configured (shared by all cores).
+    pub store: Option<Arc<Store>>,
+    pub rules: Arc<Vec<Rule>>,
 }
 
 /// What one request did, for its log line.
@@ -250,7 +257,23 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
         return internal::handle(conn, head, w).await;
     }
     match crate::http::uri::parse_absolute(&head.target) {
-        Ok(uri) => forward::forward(conn, head, uri, w).await,
+        Ok(uri) => match &w.store {
+            Some(store) if head.method == "GET" => cached::handle(conn, head, uri, w, store).await,
+            Some(_) => {
+                forward::forward(conn, head, uri, w, |resp| {
+                    Some(
+                        CacheOutcome::NotStored {
+                            had_entry: false,
+                            status: resp.status,
+                            reason: crate::cache::policy::NotStorable::Method,
+                        }
+                        .header_value(),
+                    )
+                })
+                .await
+            }
+            None => forward::forward(conn, head, uri, w, |_| None).await,
+        },
         Err(_) => Outcome::Failed {
             error: ProxyError::BadTarget(head.target),
             close: true,

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use monoio::net::{ListenerOpts, TcpListener};
 
+use crate::cache::store::Store;
+use crate::config::Rule;
 use crate::proxy::{serve_connection, BufPool, Timeouts, Worker};
 use crate::upstream::Upstream;
 use shutdown::Shutdown;
@@ -26,11 +28,13 @@ pub const BACKLOG: i32 = 4096;
 /// Threads that run blocking work (DNS lookups) for all workers.
 pub const BLOCKING_THREADS: usize = 4;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub addr: SocketAddr,
     pub workers: usize,
     pub timeouts: Timeouts,
+    pub store: Option<Arc<Store>>,
+    pub rules: Arc<Vec<Rule>>,
 }
 
 pub fn driver_name() -> &'static str {
@@ -153,6 +157,8 @@ fn worker_main(
             shutdown: shutdown.clone(),
             bufs: BufPool::default(),
             active: Default::default(),
+            store: settings.store.clone(),
+            rules: settings.rules.clone(),
         });
         loop {
             monoio::select! {

@@ -91,8 +91,22 @@ impl Upstream {
         Err(last)
     }
 
+    /// Returns a connection whose last exchange ended cleanly to the pool, leaving a
+    /// closed placeholder behind in `c` (for callers that only hold a reference).
+    pub fn release_ref(&self, c: &mut UpstreamConn) {
+        let placeholder = UpstreamConn {
+            conn: BufConn::new(UpStream::Closed),
+            key: c.key.clone(),
+            reused: false,
+        };
+        self.release(std::mem::replace(c, placeholder));
+    }
+
     /// Returns a connection whose last exchange ended cleanly to the pool.
     pub fn release(&self, c: UpstreamConn) {
+        if matches!(c.conn.io, UpStream::Closed) {
+            return;
+        }
         if !c.conn.buffered().is_empty() {
             return; // unexpected extra bytes: the connection's state is unknown
         }

@@ -7,18 +7,29 @@ use monoio::BufResult;
 
 pub enum UpStream {
     Tcp(TcpStream),
+    /// A placeholder left behind when a connection went back to the pool.
+    Closed,
+}
+
+fn closed() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "connection returned to the pool",
+    )
 }
 
 impl AsyncReadRent for UpStream {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             UpStream::Tcp(s) => s.read(buf).await,
+            UpStream::Closed => (Err(closed()), buf),
         }
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             UpStream::Tcp(s) => s.readv(buf).await,
+            UpStream::Closed => (Err(closed()), buf),
         }
     }
 }
@@ -27,24 +38,28 @@ impl AsyncWriteRent for UpStream {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             UpStream::Tcp(s) => s.write(buf).await,
+            UpStream::Closed => (Err(closed()), buf),
         }
     }
 
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             UpStream::Tcp(s) => s.writev(buf).await,
+            UpStream::Closed => (Err(closed()), buf),
         }
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
         match self {
             UpStream::Tcp(s) => s.flush().await,
+            UpStream::Closed => Ok(()),
         }
     }
 
     async fn shutdown(&mut self) -> std::io::Result<()> {
         match self {
             UpStream::Tcp(s) => s.shutdown().await,
+            UpStream::Closed => Ok(()),
         }
     }
 }

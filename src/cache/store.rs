@@ -1,0 +1,326 @@
+//! The disk side of the cache: looking entries up and opening them, writing fills to temp
+//! files through io_uring and renaming them into place, deleting evicted files off the
+//! core threads. One `Store` (in an `Arc`) is shared by all cores.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use monoio::buf::IoBufMut;
+use monoio::fs::{File, OpenOptions};
+
+use super::fill::{FillHandle, Fills, StreamInfo};
+use super::index::{EntryInfo, Index, Reservation, TooBig, Victim};
+use super::meta::{self, Decoded, EntryMeta};
+use super::scan::{self, ScanReport};
+
+/// Reservation step for bodies of unknown length.
+pub const GROW_STEP: u64 = 8 * 1024 * 1024;
+
+pub struct Store {
+    pub dir: PathBuf,
+    pub index: Index,
+    pub fills: Arc<Fills>,
+    next_temp: AtomicU64,
+}
+
+/// An open, validated entry.
+pub struct Entry {
+    pub file: File,
+    pub meta: EntryMeta,
+    pub body_offset: u64,
+    pub generation: u64,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Store {
+    /// Opens (creating) the cache dir and rebuilds the index from it. Blocking: call before
+    /// the workers start.
+    pub fn open(dir: &Path, limit: u64) -> io::Result<(Arc<Store>, ScanReport)> {
+        std::fs::create_dir_all(dir)?;
+        let index = Index::new(limit);
+        let report = scan::rebuild(dir, &index)?;
+        let store = Store {
+            dir: dir.to_path_buf(),
+            index,
+            fills: Arc::new(Fills::default()),
+            next_temp: AtomicU64::new(0),
+        };
+        Ok((Arc::new(store), report))
+    }
+
+    /// The committed entry for `key`, opened and checked, or `None` (a miss is a value).
+    /// Entries that turn out missing or corrupt are dropped from the index.
+    pub async fn lookup(self: &Arc<Self>, hash: u64, key: &str) -> Option<Entry> {
+        let info = self.index.get(hash, key)?;
+        let path = meta::entry_path(&self.dir, hash);
+        let file = match File::open(&path).await {
+            Ok(f) => f,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotFound {
+                    log::warn!("cache: cannot open {}: {e}", path.display());
+                }
+                self.index.remove_if(hash, info.generation);
+                return None;
+            }
+        };
+        let mut want = meta::BODY_ALIGN as usize;
+        loop {
+            let buf = Vec::with_capacity(want);
+            let (res, buf) = file.read_exact_at(buf.slice_mut(0..want), 0).await;
+            let buf = buf.into_inner();
+            let decoded = match res {
+                Ok(()) => meta::decode_prefix(&buf),
+                Err(e) => {
+                    log::warn!("cache: cannot read {}: {e}", path.display());
+                    break;
+                }
+            };
+            match decoded {
+                Ok(Decoded::Complete { meta, body_offset }) if meta.key == key => {
+                    return Some(Entry {
+                        file,
+                        meta,
+                        body_offset,
+                        generation: info.generation,
+                    });
+                }
+                Ok(Decoded::NeedMore(n)) if n > want => want = n,
+                Ok(_) => {
+                    log::warn!("cache: {} holds another key; dropping it", path.display());
+                    break;
+                }
+                Err(e) => {
+                    log::warn!("cache: {} is corrupt ({e}); dropping it", path.display());
+                    break;
+                }
+            }
+        }
+        if self.index.remove_if(hash, info.generation).is_some() {
+            self.unlink_later(vec![path]);
+        }
+        None
+    }
+
+    /// Drops the entry for `hash` (e.g. the origin answered 404/410).
+    pub fn remove(self: &Arc<Self>, hash: u64, generation: u64) {
+        if self.index.remove_if(hash, generation).is_some() {
+            self.unlink_later(vec![meta::entry_path(&self.dir, hash)]);
+        }
+    }
+
+    /// Deletes evicted entries' files on the blocking pool, never on a core thread and
+    /// never under an index lock. A victim whose hash came back with a newer generation
+    /// is skipped (a newer file lives at that path).
+    pub fn delete_victims(self: &Arc<Self>, victims: Vec<Victim>) {
+        if victims.is_empty() {
+            return;
+        }
+        let store = self.clone();
+        let _ = monoio::spawn_blocking(move || {
+            for v in victims {
+                if store
+                    .index
+                    .peek(v.hash)
+                    .is_some_and(|e| e.generation > v.generation)
+                {
+                    continue;
+                }
+                let path = meta::entry_path(&store.dir, v.hash);
+                if let Err(e) = std::fs::remove_file(&path) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        log::warn!("cache: cannot delete {}: {e}", path.display());
+                    }
+                }
+            }
+        });
+    }
+
+    fn unlink_later(&self, paths: Vec<PathBuf>) {
+        let _ = monoio::spawn_blocking(move || {
+            for p in paths {
+                let _ = std::fs::remove_file(p);
+            }
+        });
+    }
+
+    fn temp_path(&self, hash: u64) -> PathBuf {
+        let unique =
+            self.next_temp.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u64) << 40;
+        meta::temp_path(&self.dir, hash, unique)
+    }
+
+    /// Reserves room and creates the temp file of a fill; readers may join once it exists.
+    pub async fn start_fill(
+        self: &Arc<Self>,
+        handle: FillHandle,
+        mut meta: EntryMeta,
+        body_len: Option<u64>,
+    ) -> Result<FillWriter, FillStartError> {
+        meta.check_limits().map_err(|_| FillStartError::TooLarge)?;
+        meta.body_len = body_len.unwrap_or(0);
+        meta.stored_at = now_secs();
+        let body_offset = meta.encode().len() as u64;
+        let want = body_offset + body_len.unwrap_or(GROW_STEP);
+        let (reservation, victims) = match self.index.reserve(want) {
+            Ok(r) => r,
+            Err(TooBig { victims, .. }) => {
+                self.delete_victims(victims);
+                return Err(FillStartError::TooLarge);
+            }
+        };
+        self.delete_victims(victims);
+        let temp_path = self.temp_path(handle.fill().hash);
+        let file = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .open(&temp_path)
+            .await
+            .map_err(FillStartError::Io)?;
+        let final_path = meta::entry_path(&self.dir, handle.fill().hash);
+        handle.start(StreamInfo {
+            meta: meta.clone(),
+            body_len,
+            temp_path: temp_path.clone(),
+            final_path: final_path.clone(),
+            body_offset,
+        });
+        Ok(FillWriter {
+            store: self.clone(),
+            file: Some(file),
+            handle: Some(handle),
+            reservation: Some(reservation),
+            meta,
+            body_len,
+            body_offset,
+            written: 0,
+            temp_path,
+            final_path,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub enum FillStartError {
+    /// Larger than the cache, or in-flight fills hold all the room.
+    TooLarge,
+    Io(io::Error),
+}
+
+/// The leader's writer of one fill. Dropping it without [`FillWriter::commit`] removes
+/// the temp file and fails the fill (its readers abort).
+pub struct FillWriter {
+    store: Arc<Store>,
+    file: Option<File>,
+    handle: Option<FillHandle>,
+    reservation: Option<Reservation>,
+    meta: EntryMeta,
+    body_len: Option<u64>,
+    body_offset: u64,
+    written: u64,
+    temp_path: PathBuf,
+    final_path: PathBuf,
+}
+
+impl FillWriter {
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends body bytes; hands the buffer back.
+    pub async fn write(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let n = buf.len() as u64;
+        if let Some(len) = self.body_len {
+            if self.written + n > len {
+                return (
+                    Err(io::Error::other("origin sent more than its Content-Length")),
+                    buf,
+                );
+            }
+        } else {
+            let r = self.reservation.as_mut().expect("reservation");
+            let need = self.body_offset + self.written + n;
+            if need > r.bytes() {
+                let more = (need - r.bytes()).max(GROW_STEP);
+                match self.store.index.grow(r, more) {
+                    Ok(v) => self.store.delete_victims(v),
+                    Err(TooBig { victims, .. }) => {
+                        self.store.delete_victims(victims);
+                        return (Err(io::Error::other("object outgrew the cache limit")), buf);
+                    }
+                }
+            }
+        }
+        let file = self.file.as_ref().expect("file");
+        let (res, buf) = file
+            .write_all_at(buf, self.body_offset + self.written)
+            .await;
+        if res.is_ok() {
+            self.written += n;
+            if let Some(h) = &self.handle {
+                h.progress(self.written);
+            }
+        }
+        (res, buf)
+    }
+
+    /// Writes the header, renames the file into place and indexes it.
+    pub async fn commit(mut self) -> io::Result<()> {
+        if let Some(len) = self.body_len {
+            if self.written != len {
+                return Err(io::Error::other(format!(
+                    "body has {} bytes, Content-Length said {len}",
+                    self.written
+                )));
+            }
+        }
+        self.meta.body_len = self.written;
+        let prefix = self.meta.encode();
+        debug_assert_eq!(prefix.len() as u64, self.body_offset);
+        let file = self.file.take().expect("file");
+        let (res, _) = file.write_all_at(prefix, 0).await;
+        res?;
+        file.close().await?;
+        monoio::fs::rename(&self.temp_path, &self.final_path).await?;
+        let info = EntryInfo {
+            hash: self.handle.as_ref().expect("handle").fill().hash,
+            key: self.meta.key.clone(),
+            size: self.body_offset + self.written,
+            body_len: self.written,
+            generation: 0,
+        };
+        let reservation = self.reservation.take().expect("reservation");
+        // A replaced entry's file was overwritten by the rename: nothing to delete.
+        let _ = self.store.index.commit(reservation, info);
+        self.handle.take().expect("handle").complete();
+        Ok(())
+    }
+}
+
+impl Drop for FillWriter {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            // Not committed: fail the fill (wakes readers) and remove the temp file.
+            self.handle.take();
+            self.file.take();
+            self.store.unlink_later(vec![self.temp_path.clone()]);
+        }
+    }
+}
+
+/// Records an access in the entry file's mtime, so recency survives a restart.
+pub fn touch(file: &File) {
+    // SAFETY: a valid open fd; a null `times` sets both timestamps to now.
+    unsafe {
+        libc::futimens(file.as_raw_fd(), std::ptr::null());
+    }
+}
