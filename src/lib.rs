@@ -5,4 +5,5 @@ pub mod http;
 pub mod proxy;
 pub mod server;
 pub mod stream;
+pub mod tls;
 pub mod upstream;

@@ -125,7 +125,7 @@ impl Store {
             return;
         }
         let store = self.clone();
-        let _ = monoio::spawn_blocking(move || {
+        drop(monoio::spawn_blocking(move || {
             for v in victims {
                 if store
                     .index
@@ -141,15 +141,15 @@ impl Store {
                     }
                 }
             }
-        });
+        }));
     }
 
     fn unlink_later(&self, paths: Vec<PathBuf>) {
-        let _ = monoio::spawn_blocking(move || {
+        drop(monoio::spawn_blocking(move || {
             for p in paths {
                 let _ = std::fs::remove_file(p);
             }
-        });
+        }));
     }
 
     fn temp_path(&self, hash: u64) -> PathBuf {
