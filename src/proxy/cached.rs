@@ -22,7 +22,7 @@ use crate::cache::policy::{
     response_storable, should_drop_on_status, stored_headers, NotStorable, Validators,
 };
 use crate::cache::status::Outcome as CacheOutcome;
-use crate::cache::store::{touch, Entry, FillStartError, Store};
+use crate::cache::store::{touch, Entry, FillStartError, FillWriter, Store};
 use crate::http::uri::Uri;
 use crate::http::{BodyKind, Headers, RequestHead, ResponseHead};
 use crate::stream::{BodyReader, BodyWriter, BufConn};
@@ -484,7 +484,7 @@ async fn fill<C: AsyncWriteRent>(
     mut up: UpstreamConn,
     resp: ResponseHead,
     kind: BodyKind,
-    writer: crate::cache::store::FillWriter,
+    writer: FillWriter,
     replaced: bool,
     w: &Worker,
 ) -> Outcome {
@@ -541,6 +541,11 @@ async fn fill<C: AsyncWriteRent>(
                 writer = None;
             }
         }
+        if reader.is_done() {
+            // Commit before the client sees its last byte, so that a request it sends
+            // right after finds the entry (not a fill that is about to end).
+            commit(writer.take(), req).await;
+        }
         if client_wants_body && client_error.is_none() {
             let (res, b) = body_writer.write(&mut client.io, buf).await;
             buf = b;
@@ -559,11 +564,7 @@ async fn fill<C: AsyncWriteRent>(
         }
     }
     w.bufs.put(buf);
-    if let Some(fw) = writer {
-        if let Err(e) = fw.commit().await {
-            log::warn!("cache: cannot commit {}: {e}", req.target);
-        }
-    }
+    commit(writer, req).await;
     if resp.keep_alive() {
         w.upstream.release(up);
     }
@@ -586,4 +587,12 @@ async fn fill<C: AsyncWriteRent>(
         op,
         keep_alive,
     })
+}
+
+async fn commit(writer: Option<FillWriter>, req: &RequestHead) {
+    if let Some(fw) = writer {
+        if let Err(e) = fw.commit().await {
+            log::warn!("cache: cannot commit {}: {e}", req.target);
+        }
+    }
 }
