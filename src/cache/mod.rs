@@ -2,6 +2,7 @@ pub mod fill;
 pub mod index;
 pub mod key;
 pub mod meta;
+pub mod open;
 pub mod policy;
 pub mod scan;
 pub mod status;

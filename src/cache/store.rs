@@ -61,6 +61,16 @@ impl Store {
     /// Entries that turn out missing or corrupt are dropped from the index.
     pub async fn lookup(self: &Arc<Self>, hash: u64, key: &str) -> Option<Entry> {
         let info = self.index.get(hash, key)?;
+        self.open_entry(hash, key, &info).await
+    }
+
+    /// Opens the entry file the index described as `info`.
+    pub async fn open_entry(
+        self: &Arc<Self>,
+        hash: u64,
+        key: &str,
+        info: &EntryInfo,
+    ) -> Option<Entry> {
         let path = meta::entry_path(&self.dir, hash);
         let file = match File::open(&path).await {
             Ok(f) => f,
@@ -118,14 +128,15 @@ impl Store {
     }
 
     /// Deletes evicted entries' files on the blocking pool, never on a core thread and
-    /// never under an index lock. A victim whose hash came back with a newer generation
-    /// is skipped (a newer file lives at that path).
-    pub fn delete_victims(self: &Arc<Self>, victims: Vec<Victim>) {
+    /// never under an index lock, and returns once they are gone (so a fill that made
+    /// room writes only after the room exists). A victim whose hash came back with a newer
+    /// generation is skipped (a newer file lives at that path).
+    pub async fn delete_victims(self: &Arc<Self>, victims: Vec<Victim>) {
         if victims.is_empty() {
             return;
         }
         let store = self.clone();
-        drop(monoio::spawn_blocking(move || {
+        let _ = monoio::spawn_blocking(move || {
             for v in victims {
                 if store
                     .index
@@ -141,7 +152,8 @@ impl Store {
                     }
                 }
             }
-        }));
+        })
+        .await;
     }
 
     fn unlink_later(&self, paths: Vec<PathBuf>) {
@@ -173,11 +185,11 @@ impl Store {
         let (reservation, victims) = match self.index.reserve(want) {
             Ok(r) => r,
             Err(TooBig { victims, .. }) => {
-                self.delete_victims(victims);
+                self.delete_victims(victims).await;
                 return Err(FillStartError::TooLarge);
             }
         };
-        self.delete_victims(victims);
+        self.delete_victims(victims).await;
         let temp_path = self.temp_path(handle.fill().hash);
         let file = OpenOptions::new()
             .write(true)
@@ -252,9 +264,9 @@ impl FillWriter {
             if need > r.bytes() {
                 let more = (need - r.bytes()).max(GROW_STEP);
                 match self.store.index.grow(r, more) {
-                    Ok(v) => self.store.delete_victims(v),
+                    Ok(v) => self.store.delete_victims(v).await,
                     Err(TooBig { victims, .. }) => {
-                        self.store.delete_victims(victims);
+                        self.store.delete_victims(victims).await;
                         return (Err(io::Error::other("object outgrew the cache limit")), buf);
                     }
                 }

@@ -4,25 +4,28 @@
 //! entry as it is written; storable 200 → fill (to the client and the cache file at
 //! once); anything else → relay.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use monoio::buf::IoBufMut;
 use monoio::fs::File;
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::forward::{
-    pool_key, relay_and_release, send_upstream, upstream_request_head, write_response_head,
+    build_response_head, pool_key, relay_and_release, send_upstream, upstream_request_head,
+    write_response_head,
 };
 use super::{Exchange, Outcome, ProxyError, Worker};
 use crate::cache::fill::{Fill, Phase, Role, StreamInfo};
 use crate::cache::key::{cache_key, key_hash, match_rule};
 use crate::cache::meta::EntryMeta;
+use crate::cache::open::OpenEntry;
 use crate::cache::policy::{
     client_conditional_matches, conditional_headers, merge_304, request_storable,
     response_storable, should_drop_on_status, stored_headers, NotStorable, Validators,
 };
 use crate::cache::status::Outcome as CacheOutcome;
-use crate::cache::store::{touch, Entry, FillStartError, FillWriter, Store};
+use crate::cache::store::{FillStartError, FillWriter, Store};
 use crate::http::uri::Uri;
 use crate::http::{BodyKind, Headers, RequestHead, ResponseHead};
 use crate::stream::{BodyReader, BodyWriter, BufConn};
@@ -79,7 +82,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     let key = cache_key(&uri, rule);
     let hash = key_hash(&key);
 
-    let mut entry = store.lookup(hash, &key).await;
+    let mut entry = w.open_entries.lookup(store, hash, &key).await;
     let mut lead = None;
     let mut joined: Option<(Arc<Fill>, Arc<StreamInfo>)> = None;
     if entry.is_none() {
@@ -88,7 +91,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
             Role::Waiter(f) => match wait_for_head(&f, w).await {
                 Some(info) => joined = Some((f, info)),
                 None if f.snapshot().phase == Phase::Complete => {
-                    entry = store.lookup(hash, &key).await
+                    entry = w.open_entries.lookup(store, hash, &key).await
                 }
                 None => {}
             },
@@ -97,7 +100,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     }
     let had_entry = entry.is_some();
     let validators = match (&entry, &joined) {
-        (Some(e), _) => Some(Validators::from_headers(&headers_of(&e.meta))),
+        (Some(e), _) => Some(Validators::from_headers(&headers_of(&e.entry.meta))),
         (None, Some((_, info))) => Some(Validators::from_headers(&headers_of(&info.meta))),
         _ => None,
     };
@@ -201,7 +204,8 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     }
     if let Some(e) = &entry {
         if should_drop_on_status(resp.status) {
-            store.remove(hash, e.generation);
+            w.open_entries.forget(hash);
+            store.remove(hash, e.entry.generation);
         }
     }
     let cs = not_stored(had_entry, NotStorable::Status)(&resp);
@@ -286,83 +290,99 @@ async fn answer_client_conditional<C: AsyncWriteRent>(
     })
 }
 
-/// Serves a validated entry from disk.
+/// Serves a validated entry from disk: the head and the first part of the body go out in
+/// one write; the rest is read ahead into a second buffer while the first is written.
 async fn serve_entry<C: AsyncWriteRent>(
     client: &mut BufConn<C>,
     req: &RequestHead,
-    entry: Entry,
+    open: Rc<OpenEntry>,
     not_modified: &ResponseHead,
     w: &Worker,
 ) -> Outcome {
+    let op = "hit";
+    let entry = &open.entry;
     let headers = validated_headers(&entry.meta, not_modified, CacheOutcome::Revalidated);
-    touch(&entry.file);
-    if let Some(o) = answer_client_conditional(client, req, &headers, w, "hit").await {
+    open.touch();
+    if let Some(o) = answer_client_conditional(client, req, &headers, w, op).await {
         return o;
     }
     let len = entry.meta.body_len;
-    let (writer, res) = write_response_head(
-        client,
+    let mut buf = w.bufs.get();
+    let (_, keep_alive) = build_response_head(
         req,
         entry.meta.status,
         "",
         headers,
         BodyKind::Length(len),
         w,
-    )
-    .await;
-    let keep_alive = match res {
-        Ok(k) => k,
-        Err(e) => {
-            return Outcome::Aborted {
-                status: 200,
-                bytes: 0,
-                op: "hit",
-                reason: e.to_string(),
+        &mut buf,
+    );
+    let head_len = buf.len();
+    let first = (len.min((buf.capacity() - head_len) as u64)) as usize;
+    let file = &entry.file;
+    let (res, slice) = file
+        .read_exact_at(buf.slice_mut(head_len..head_len + first), entry.body_offset)
+        .await;
+    buf = slice.into_inner();
+    if let Err(e) = res {
+        w.bufs.put(buf);
+        let reason = format!("cache file read failed: {e}");
+        return Outcome::Aborted {
+            status: 200,
+            bytes: 0,
+            op,
+            reason,
+        };
+    }
+    let mut off = first as u64; // body bytes read so far
+    let mut spare = w.bufs.get();
+    let mut result: Result<(), String> = Ok(());
+    loop {
+        if off >= len {
+            let (res, b) = client.io.write_all(buf).await;
+            buf = b;
+            if let Err(e) = res {
+                result = Err(format!("client write failed: {e}"));
             }
+            break;
         }
-    };
-    let mut buf = w.bufs.get();
-    let mut off = 0u64;
-    while off < len {
-        let want = (len - off).min(buf.capacity() as u64) as usize;
-        buf.clear();
-        let (res, slice) = entry
-            .file
-            .read_at(buf.slice_mut(0..want), entry.body_offset + off)
-            .await;
-        buf = slice.into_inner();
-        match res {
-            Ok(0) | Err(_) => {
-                w.bufs.put(buf);
-                let reason = format!("cache file read failed at {off} of {len}: {:?}", res.err());
-                return Outcome::Aborted {
-                    status: 200,
-                    bytes: off,
-                    op: "hit",
-                    reason,
-                };
-            }
-            Ok(n) => off += n as u64,
-        }
-        let (res, b) = writer.write(&mut client.io, buf).await;
+        // Write what we have while reading the next part (RFC-free: just overlap I/O).
+        let want = (len - off).min(spare.capacity() as u64) as usize;
+        spare.clear();
+        let pos = entry.body_offset + off;
+        let ((wres, b), (rres, slice)) = monoio::join!(
+            client.io.write_all(buf),
+            file.read_exact_at(spare.slice_mut(0..want), pos)
+        );
         buf = b;
-        if let Err(e) = res {
-            w.bufs.put(buf);
-            return Outcome::Aborted {
-                status: 200,
-                bytes: off,
-                op: "hit",
-                reason: format!("client write failed: {e}"),
-            };
+        spare = slice.into_inner();
+        if let Err(e) = wres {
+            result = Err(format!("client write failed: {e}"));
+            break;
         }
+        if let Err(e) = rres {
+            result = Err(format!("cache file read failed at {off} of {len}: {e}"));
+            break;
+        }
+        off += want as u64;
+        std::mem::swap(&mut buf, &mut spare);
     }
     w.bufs.put(buf);
-    Outcome::Done(Exchange {
-        status: 200,
-        bytes: len,
-        op: "hit",
-        keep_alive,
-    })
+    w.bufs.put(spare);
+    match result {
+        Ok(()) => Outcome::Done(Exchange {
+            status: 200,
+            bytes: len,
+            op,
+            keep_alive,
+        }),
+        Err(reason) => Outcome::Aborted {
+            status: 200,
+            bytes: off,
+            op,
+            reason,
+        },
+    }
 }
 
 /// Streams an entry that another request is still writing (read-while-write), woken as

@@ -353,18 +353,19 @@ pub async fn relay_response<C: AsyncWriteRent>(
     })
 }
 
-/// Writes a response head toward the client with framing for a body of `kind` (RFC 9112
-/// §6) and the connection fields (RFC 9112 §9.3); `headers` must already be free of
-/// hop-by-hop fields. Returns the body writer and whether the connection stays open.
-pub async fn write_response_head<C: AsyncWriteRent>(
-    client: &mut BufConn<C>,
+/// Serialises a response head toward the client into `out`, with framing for a body of
+/// `kind` (RFC 9112 §6) and the connection fields (RFC 9112 §9.3); `headers` must already
+/// be free of hop-by-hop fields. Returns the body writer and whether the connection stays
+/// open.
+pub fn build_response_head(
     req: &RequestHead,
     status: u16,
     reason: &str,
     mut headers: Headers,
     kind: BodyKind,
     w: &Worker,
-) -> (BodyWriter, std::io::Result<bool>) {
+    out: &mut Vec<u8>,
+) -> (BodyWriter, bool) {
     let mut keep_alive = req.keep_alive() && !w.shutdown.is_triggered();
     let writer = match kind {
         BodyKind::None => BodyWriter::Empty,
@@ -388,14 +389,29 @@ pub async fn write_response_head<C: AsyncWriteRent>(
     } else if req.version == Version::Http10 {
         headers.set("Connection", "keep-alive");
     }
-    let out = ResponseHead {
+    let head = ResponseHead {
         version: Version::Http11,
         status,
         reason: reason.to_string(),
         headers,
     };
+    head.write_to(out);
+    (writer, keep_alive)
+}
+
+/// [`build_response_head`] and write it.
+pub async fn write_response_head<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    status: u16,
+    reason: &str,
+    headers: Headers,
+    kind: BodyKind,
+    w: &Worker,
+) -> (BodyWriter, std::io::Result<bool>) {
     let mut head = Vec::with_capacity(1024);
-    out.write_to(&mut head);
+    let (writer, keep_alive) =
+        build_response_head(req, status, reason, headers, kind, w, &mut head);
     match client.io.write_all(head).await.0 {
         Ok(_) => (writer, Ok(keep_alive)),
         Err(e) => (writer, Err(e)),

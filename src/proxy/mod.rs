@@ -16,6 +16,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 pub use error::ProxyError;
 
+use crate::cache::open::OpenEntries;
 use crate::cache::status::Outcome as CacheOutcome;
 use crate::cache::store::Store;
 use crate::config::Rule;
@@ -67,6 +68,8 @@ pub struct Worker {
     /// The disk cache, when `disk` is configured (shared by all cores).
     pub store: Option<Arc<Store>>,
     pub rules: Arc<Vec<Rule>>,
+    /// Hot small entries kept open on this core.
+    pub open_entries: OpenEntries,
 }
 
 /// What one request did, for its log line.

@@ -159,6 +159,7 @@ fn worker_main(
             active: Default::default(),
             store: settings.store.clone(),
             rules: settings.rules.clone(),
+            open_entries: Default::default(),
         });
         loop {
             monoio::select! {

@@ -1,0 +1,110 @@
+//! A small per-core cache of open, decoded entries, so that a hot object's hit does not
+//! pay open + header read + decode + close every time. Only small entries are kept
+//! (a large body's transfer dwarfs that cost), and few of them: an evicted entry whose
+//! file is still open here keeps its disk blocks until it is dropped, which bounds the
+//! overshoot of the disk limit to `MAX_OPEN × MAX_BODY` per core. Entries are re-checked
+//! against the shared index (generation) on every use.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::store::{touch, Entry, Store};
+
+/// Most entries kept open per core.
+pub const MAX_OPEN: usize = 256;
+/// Largest body kept open (bytes).
+pub const MAX_BODY: u64 = 256 * 1024;
+/// Access times are written to the file at most this often per entry.
+pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+/// Every this many lookups, entries the index no longer knows are dropped.
+const PURGE_EVERY: u64 = 1024;
+
+pub struct OpenEntry {
+    pub entry: Entry,
+    last_touch: Cell<Option<Instant>>,
+    last_use: Cell<u64>,
+}
+
+impl OpenEntry {
+    /// Records the access in the file's mtime (survives a restart), rate-limited.
+    pub fn touch(&self) {
+        let now = Instant::now();
+        if self
+            .last_touch
+            .get()
+            .is_none_or(|t| now - t >= TOUCH_INTERVAL)
+        {
+            self.last_touch.set(Some(now));
+            touch(&self.entry.file);
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct OpenEntries {
+    map: RefCell<HashMap<u64, Rc<OpenEntry>>>,
+    clock: Cell<u64>,
+}
+
+impl OpenEntries {
+    /// The committed entry for `key` (cached open file, or opened now).
+    pub async fn lookup(&self, store: &Arc<Store>, hash: u64, key: &str) -> Option<Rc<OpenEntry>> {
+        let now = self.clock.get() + 1;
+        self.clock.set(now);
+        if now.is_multiple_of(PURGE_EVERY) {
+            self.purge(store);
+        }
+        let info = store.index.get(hash, key)?;
+        if let Some(e) = self.map.borrow().get(&hash) {
+            if e.entry.generation == info.generation && e.entry.meta.key == key {
+                e.last_use.set(now);
+                return Some(e.clone());
+            }
+        }
+        self.map.borrow_mut().remove(&hash);
+        let entry = store.open_entry(hash, key, &info).await?;
+        let small = entry.meta.body_len <= MAX_BODY;
+        let open = Rc::new(OpenEntry {
+            entry,
+            last_touch: Cell::new(None),
+            last_use: Cell::new(now),
+        });
+        if small {
+            let mut map = self.map.borrow_mut();
+            if map.len() >= MAX_OPEN {
+                // Drop the least recently used half: O(n) but only every MAX_OPEN/2 inserts.
+                let mut uses: Vec<u64> = map.values().map(|e| e.last_use.get()).collect();
+                uses.sort_unstable();
+                let cut = uses[uses.len() / 2];
+                map.retain(|_, e| e.last_use.get() > cut);
+            }
+            map.insert(hash, open.clone());
+        }
+        Some(open)
+    }
+
+    /// Forgets the open entry of `hash` (it was replaced or dropped).
+    pub fn forget(&self, hash: u64) {
+        self.map.borrow_mut().remove(&hash);
+    }
+
+    fn purge(&self, store: &Store) {
+        self.map.borrow_mut().retain(|&hash, e| {
+            store
+                .index
+                .peek(hash)
+                .is_some_and(|i| i.generation == e.entry.generation)
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
