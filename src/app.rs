@@ -3,11 +3,51 @@
 use std::sync::Arc;
 
 use crate::cache::store::Store;
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
+use crate::proxy::connect::Interception;
 use crate::server::{self, Settings};
+use crate::tls::{Ca, CertCache, Interceptor};
+
+/// Exit code for an unusable configuration (before anything listens), as for config
+/// errors in `main`.
+pub const EXIT_CONFIG: i32 = 2;
+
+/// Loads the `tls-interceptor` CA and builds the shared leaf cache and acceptor side.
+/// The error names the offending file.
+pub fn load_interception(tls: &TlsConfig) -> Result<Interception, crate::tls::TlsError> {
+    let ca = Ca::load(&tls.cert, &tls.key)?;
+    Ok(Interception {
+        interceptor: Interceptor::new(Arc::new(CertCache::new(ca))),
+        ports: tls.ports.clone(),
+    })
+}
 
 /// Runs chacha with `config` until stopped; returns the process exit code.
 pub fn run(config: Config) -> i32 {
+    let interception = match &config.tls_interceptor {
+        Some(tls) => match load_interception(tls) {
+            Ok(i) => {
+                log::info!(
+                    "tls-interceptor: CA {} loaded; intercepting CONNECT to ports {:?}",
+                    tls.cert.display(),
+                    tls.ports
+                );
+                Some(Arc::new(i))
+            }
+            Err(e) => {
+                log::error!("tls-interceptor: {e}");
+                return EXIT_CONFIG;
+            }
+        },
+        None => None,
+    };
+    let tls_client = match crate::tls::client_config() {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("cannot build the TLS client for https origins: {e}");
+            return 1;
+        }
+    };
     let store = match &config.disk {
         Some(disk) => match Store::open(&disk.dir, disk.limit) {
             Ok((store, report)) => {
@@ -38,6 +78,8 @@ pub fn run(config: Config) -> i32 {
         timeouts: config.timeouts,
         store,
         rules: Arc::new(config.rules),
+        interception,
+        tls_client,
     };
     server::run(settings)
 }

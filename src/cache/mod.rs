@@ -1,3 +1,4 @@
+pub mod digest;
 pub mod fill;
 pub mod index;
 pub mod key;

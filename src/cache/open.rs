@@ -11,6 +11,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use monoio::buf::IoBufMut;
+
 use super::store::{touch, Entry, Store};
 
 /// Most entries kept open per core.
@@ -19,11 +21,15 @@ pub const MAX_OPEN: usize = 256;
 pub const MAX_BODY: u64 = 256 * 1024;
 /// Access times are written to the file at most this often per entry.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+/// Bodies up to this size are kept in memory with their open entry.
+pub const MAX_INLINE_BODY: u64 = 16 * 1024;
 /// Every this many lookups, entries the index no longer knows are dropped.
 const PURGE_EVERY: u64 = 1024;
 
 pub struct OpenEntry {
     pub entry: Entry,
+    /// The whole body of a tiny entry, read once when it was opened.
+    pub body: Option<Vec<u8>>,
     last_touch: Cell<Option<Instant>>,
     last_use: Cell<u64>,
 }
@@ -67,8 +73,20 @@ impl OpenEntries {
         self.map.borrow_mut().remove(&hash);
         let entry = store.open_entry(hash, key, &info).await?;
         let small = entry.meta.body_len <= MAX_BODY;
+        let mut body = None;
+        if entry.meta.body_len <= MAX_INLINE_BODY {
+            let len = entry.meta.body_len as usize;
+            let (res, buf) = entry
+                .file
+                .read_exact_at(Vec::with_capacity(len).slice_mut(0..len), entry.body_offset)
+                .await;
+            if res.is_ok() {
+                body = Some(buf.into_inner());
+            }
+        }
         let open = Rc::new(OpenEntry {
             entry,
+            body,
             last_touch: Cell::new(None),
             last_use: Cell::new(now),
         });

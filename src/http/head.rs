@@ -212,6 +212,13 @@ impl Headers {
 
     /// Removes the connection-specific fields before forwarding (RFC 9110 §7.6.1):
     /// `Connection`, every field it names, and the fixed hop-by-hop set.
+    /// Whether the field `name` is hop-by-hop here: a fixed one or one named in
+    /// Connection (RFC 9110 §7.6.1). Lets a head be written without cloning its fields.
+    pub fn is_hop_by_hop(&self, name: &str) -> bool {
+        HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+            || list_items(self, "connection").any(|c| name.as_bytes().eq_ignore_ascii_case(c))
+    }
+
     pub fn strip_hop_by_hop(&mut self) {
         let named: Vec<Vec<u8>> = list_items(self, "connection")
             .filter(|item| !item.is_empty())

@@ -7,6 +7,7 @@
 
 pub mod chunked;
 pub mod head;
+pub mod range;
 pub mod uri;
 
 pub use chunked::{ChunkError, ChunkedDecoder, Step};

@@ -7,15 +7,16 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use monoio::buf::IoBufMut;
+use monoio::buf::{IoBuf, IoBufMut};
 use monoio::fs::File;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::forward::{
-    build_response_head, pool_key, relay_and_release, send_upstream, upstream_request_head,
-    write_response_head,
+    build_response_head, pool_key, relay_and_release, send_upstream, write_response_head,
+    write_upstream_head,
 };
 use super::{Exchange, Outcome, ProxyError, Worker};
+use crate::cache::digest::{expected_sha256, Verifier};
 use crate::cache::fill::{Fill, Phase, Role, StreamInfo};
 use crate::cache::key::{cache_key, key_hash, match_rule};
 use crate::cache::meta::EntryMeta;
@@ -26,6 +27,7 @@ use crate::cache::policy::{
 };
 use crate::cache::status::Outcome as CacheOutcome;
 use crate::cache::store::{FillStartError, FillWriter, Store};
+use crate::http::range::{self, if_range_matches, RangeAnswer};
 use crate::http::uri::Uri;
 use crate::http::{BodyKind, Headers, RequestHead, ResponseHead};
 use crate::stream::{BodyReader, BodyWriter, BufConn};
@@ -100,22 +102,24 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     }
     let had_entry = entry.is_some();
     let validators = match (&entry, &joined) {
-        (Some(e), _) => Some(Validators::from_headers(&headers_of(&e.entry.meta))),
-        (None, Some((_, info))) => Some(Validators::from_headers(&headers_of(&info.meta))),
+        (Some(e), _) => Some(validators_of(&e.entry.meta)),
+        (None, Some((_, info))) => Some(validators_of(&info.meta)),
         _ => None,
     };
-
-    let mut up_head = upstream_request_head(&req, &uri, BodyKind::None);
-    for name in CLIENT_CONDITIONALS {
-        up_head.headers.remove(name);
-    }
-    if let Some(v) = &validators {
-        for (name, value) in conditional_headers(v) {
-            up_head.headers.set(name, value);
-        }
-    }
-    let mut head_bytes = Vec::with_capacity(1024);
-    up_head.write_to(&mut head_bytes);
+    let conditionals = validators
+        .as_ref()
+        .map(conditional_headers)
+        .unwrap_or_default();
+    let extra: Vec<(&str, &str)> = conditionals.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let mut head_bytes = Vec::with_capacity(512);
+    write_upstream_head(
+        &req,
+        &uri,
+        BodyKind::None,
+        CLIENT_CONDITIONALS,
+        &extra,
+        &mut head_bytes,
+    );
     let mut no_body = BodyReader::new(BodyKind::None);
     let (mut up, resp) =
         match send_upstream(client, &head_bytes, &pool_key(&uri), &mut no_body, w).await {
@@ -183,7 +187,10 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
                 _ => None,
             };
             return match store.start_fill(handle, meta, body_len).await {
-                Ok(writer) => fill(client, &req, up, resp, kind, writer, had_entry, w).await,
+                Ok(writer) => {
+                    let digest = expected_sha256(&uri.path_and_query);
+                    fill(client, &req, up, resp, kind, writer, had_entry, digest, w).await
+                }
                 Err(FillStartError::TooLarge) => {
                     let cs = not_stored(had_entry, NotStorable::TooLarge)(&resp);
                     relay_and_release(client, &req, &mut up, resp, w, "pass", cs).await
@@ -210,6 +217,23 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     }
     let cs = not_stored(had_entry, NotStorable::Status)(&resp);
     relay_and_release(client, &req, &mut up, resp, w, "pass", cs).await
+}
+
+/// The validators of a stored response, read without copying its fields.
+fn validators_of(meta: &EntryMeta) -> Validators {
+    let find = |name: &str| {
+        meta.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    Validators {
+        etag: find("etag"),
+        last_modified: find("last-modified"),
+    }
 }
 
 fn headers_of(meta: &EntryMeta) -> Headers {
@@ -290,6 +314,63 @@ async fn answer_client_conditional<C: AsyncWriteRent>(
     })
 }
 
+/// Which part of a body of `len` bytes (when known) the client asked for, honouring
+/// `If-Range` (RFC 9110 §13.1.5, §14.2).
+fn range_of(req: &RequestHead, headers: &Headers, len: Option<u64>) -> RangeAnswer {
+    let (Some(len), Some(range)) = (len, req.headers.get_str("range")) else {
+        return RangeAnswer::Full;
+    };
+    if let Some(if_range) = req.headers.get_str("if-range") {
+        let v = Validators::from_headers(headers);
+        if !if_range_matches(if_range, v.etag.as_deref(), v.last_modified.as_deref()) {
+            return RangeAnswer::Full;
+        }
+    }
+    range::evaluate(Some(range), len)
+}
+
+/// The part of the body a response carries: `count` bytes from `start`.
+struct Window {
+    status: u16,
+    start: u64,
+    count: u64,
+    keep_alive: bool,
+}
+
+/// Serialises the head of a response with a stored body of `len` bytes, for the range
+/// answer: 200 whole, 206 with Content-Range, or 416 with `bytes */len` (RFC 9110 §14.4,
+/// §15.3.7, §15.5.17).
+fn cached_head(
+    req: &RequestHead,
+    status: u16,
+    mut headers: Headers,
+    len: u64,
+    answer: RangeAnswer,
+    w: &Worker,
+    out: &mut Vec<u8>,
+) -> Window {
+    headers.set("Accept-Ranges", "bytes");
+    let (status, start, count) = match answer {
+        RangeAnswer::Full => (status, 0, len),
+        RangeAnswer::Partial { start, end } => {
+            headers.set("Content-Range", range::content_range(start, end, len));
+            (206, start, end - start + 1)
+        }
+        RangeAnswer::Unsatisfiable => {
+            headers.set("Content-Range", range::unsatisfied_range(len));
+            (416, 0, 0)
+        }
+    };
+    let (_, keep_alive) =
+        build_response_head(req, status, "", headers, BodyKind::Length(count), w, out);
+    Window {
+        status,
+        start,
+        count,
+        keep_alive,
+    }
+}
+
 /// Serves a validated entry from disk: the head and the first part of the body go out in
 /// one write; the rest is read ahead into a second buffer while the first is written.
 async fn serve_entry<C: AsyncWriteRent>(
@@ -307,61 +388,110 @@ async fn serve_entry<C: AsyncWriteRent>(
         return o;
     }
     let len = entry.meta.body_len;
+    let answer = range_of(req, &headers, Some(len));
     let mut buf = w.bufs.get();
-    let (_, keep_alive) = build_response_head(
-        req,
-        entry.meta.status,
-        "",
-        headers,
-        BodyKind::Length(len),
-        w,
-        &mut buf,
-    );
-    let head_len = buf.len();
-    let first = (len.min((buf.capacity() - head_len) as u64)) as usize;
-    let file = &entry.file;
-    let (res, slice) = file
-        .read_exact_at(buf.slice_mut(head_len..head_len + first), entry.body_offset)
-        .await;
-    buf = slice.into_inner();
-    if let Err(e) = res {
-        w.bufs.put(buf);
-        let reason = format!("cache file read failed: {e}");
-        return Outcome::Aborted {
-            status: 200,
-            bytes: 0,
-            op,
-            reason,
+    let win = cached_head(req, entry.meta.status, headers, len, answer, w, &mut buf);
+    let (status, keep_alive) = (win.status, win.keep_alive);
+    if let Some(body) = &open.body {
+        // A tiny entry: head and body in one write, no file read.
+        buf.extend_from_slice(&body[win.start as usize..(win.start + win.count) as usize]);
+        let (res, b) = client.io.write_all(buf).await;
+        w.bufs.put(b);
+        return match res {
+            Ok(_) => Outcome::Done(Exchange {
+                status,
+                bytes: win.count,
+                op,
+                keep_alive,
+            }),
+            Err(e) => Outcome::Aborted {
+                status,
+                bytes: 0,
+                op,
+                reason: format!("client write failed: {e}"),
+            },
         };
     }
-    let mut off = first as u64; // body bytes read so far
-    let mut spare = w.bufs.get();
-    let mut result: Result<(), String> = Ok(());
+    match send_file_range(
+        client,
+        &entry.file,
+        entry.body_offset + win.start,
+        win.count,
+        buf,
+        w,
+    )
+    .await
+    {
+        Ok(()) => Outcome::Done(Exchange {
+            status,
+            bytes: win.count,
+            op,
+            keep_alive,
+        }),
+        Err((sent, reason)) => Outcome::Aborted {
+            status,
+            bytes: sent,
+            op,
+            reason,
+        },
+    }
+}
+
+/// Sends `buf` (a head already in it) followed by `count` file bytes from `pos`, filling
+/// the rest of `buf` first and then overlapping each write with the next read.
+async fn send_file_range<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    file: &File,
+    pos: u64,
+    count: u64,
+    mut buf: Vec<u8>,
+    w: &Worker,
+) -> Result<(), (u64, String)> {
+    let head_len = buf.len();
+    let first = count.min((buf.capacity() - head_len) as u64) as usize;
+    if first > 0 {
+        let (res, slice) = file
+            .read_exact_at(buf.slice_mut(head_len..head_len + first), pos)
+            .await;
+        buf = slice.into_inner();
+        if let Err(e) = res {
+            w.bufs.put(buf);
+            return Err((0, format!("cache file read failed: {e}")));
+        }
+    }
+    let mut off = first as u64; // bytes read so far
+    let mut spare = if off < count {
+        w.bufs.get()
+    } else {
+        Vec::new()
+    };
+    let mut result = Ok(());
     loop {
-        if off >= len {
+        if off >= count {
             let (res, b) = client.io.write_all(buf).await;
             buf = b;
             if let Err(e) = res {
-                result = Err(format!("client write failed: {e}"));
+                result = Err((off, format!("client write failed: {e}")));
             }
             break;
         }
-        // Write what we have while reading the next part (RFC-free: just overlap I/O).
-        let want = (len - off).min(spare.capacity() as u64) as usize;
+        let want = (count - off).min(spare.capacity() as u64) as usize;
         spare.clear();
-        let pos = entry.body_offset + off;
         let ((wres, b), (rres, slice)) = monoio::join!(
             client.io.write_all(buf),
-            file.read_exact_at(spare.slice_mut(0..want), pos)
+            file.read_exact_at(spare.slice_mut(0..want), pos + off)
         );
         buf = b;
         spare = slice.into_inner();
         if let Err(e) = wres {
-            result = Err(format!("client write failed: {e}"));
+            result = Err((off, format!("client write failed: {e}")));
             break;
         }
         if let Err(e) = rres {
-            result = Err(format!("cache file read failed at {off} of {len}: {e}"));
+            result = Err((
+                off,
+                format!("cache file read failed at {off} of {count}: {e}"),
+            ));
             break;
         }
         off += want as u64;
@@ -369,20 +499,7 @@ async fn serve_entry<C: AsyncWriteRent>(
     }
     w.bufs.put(buf);
     w.bufs.put(spare);
-    match result {
-        Ok(()) => Outcome::Done(Exchange {
-            status: 200,
-            bytes: len,
-            op,
-            keep_alive,
-        }),
-        Err(reason) => Outcome::Aborted {
-            status: 200,
-            bytes: off,
-            op,
-            reason,
-        },
-    }
+    result
 }
 
 /// Streams an entry that another request is still writing (read-while-write), woken as
@@ -417,30 +534,53 @@ async fn serve_fill<C: AsyncWriteRent>(
             }
         },
     };
-    let kind = match info.body_len {
-        Some(n) => BodyKind::Length(n),
-        None => BodyKind::Chunked,
-    };
-    let (writer, res) =
-        write_response_head(client, req, info.meta.status, "", headers, kind, w).await;
-    let keep_alive = match res {
-        Ok(k) => k,
-        Err(e) => {
-            return Outcome::Aborted {
-                status: 200,
-                bytes: 0,
-                op,
-                reason: e.to_string(),
-            }
+    let mut head = Vec::with_capacity(512);
+    let (writer, win) = match info.body_len {
+        Some(len) => {
+            let answer = range_of(req, &headers, Some(len));
+            let win = cached_head(req, info.meta.status, headers, len, answer, w, &mut head);
+            (BodyWriter::Raw, win)
+        }
+        None => {
+            let (writer, keep_alive) = build_response_head(
+                req,
+                info.meta.status,
+                "",
+                headers,
+                BodyKind::Chunked,
+                w,
+                &mut head,
+            );
+            let win = Window {
+                status: info.meta.status,
+                start: 0,
+                count: u64::MAX,
+                keep_alive,
+            };
+            (writer, win)
         }
     };
+    let (status, keep_alive) = (win.status, win.keep_alive);
+    if let Err(e) = client.io.write_all(head).await.0 {
+        return Outcome::Aborted {
+            status,
+            bytes: 0,
+            op,
+            reason: e.to_string(),
+        };
+    }
+    let end = win.start.saturating_add(win.count);
     let stall = w.timeouts.upstream_head;
     let mut buf = w.bufs.get();
-    let mut off = 0u64;
+    let mut off = win.start;
     let result = loop {
+        if off >= end {
+            break Ok(());
+        }
         let snap = fill.snapshot();
-        if off < snap.written {
-            let want = (snap.written - off).min(buf.capacity() as u64) as usize;
+        let avail = snap.written.min(end);
+        if off < avail {
+            let want = (avail - off).min(buf.capacity() as u64) as usize;
             buf.clear();
             let (res, slice) = file
                 .read_at(buf.slice_mut(0..want), info.body_offset + off)
@@ -458,7 +598,11 @@ async fn serve_fill<C: AsyncWriteRent>(
             continue;
         }
         match snap.phase {
-            Phase::Complete => break Ok(()),
+            // Complete: every byte is in `written`; a known length was checked at commit.
+            Phase::Complete if info.body_len.is_none() => break Ok(()),
+            Phase::Complete => {
+                break Err(format!("fill ended at {} before byte {end}", snap.written))
+            }
             Phase::Failed => break Err("the fill failed".to_string()),
             _ => {
                 if monoio::time::timeout(stall, fill.changed(snap.version))
@@ -471,32 +615,35 @@ async fn serve_fill<C: AsyncWriteRent>(
         }
     };
     w.bufs.put(buf);
+    let bytes = off - win.start;
     if let Err(reason) = result {
         return Outcome::Aborted {
-            status: 200,
-            bytes: off,
+            status,
+            bytes,
             op,
             reason,
         };
     }
     if let Err(e) = writer.finish(&mut client.io).await {
         return Outcome::Aborted {
-            status: 200,
-            bytes: off,
+            status,
+            bytes,
             op,
             reason: e.to_string(),
         };
     }
     Outcome::Done(Exchange {
-        status: 200,
-        bytes: off,
+        status,
+        bytes,
         op,
         keep_alive,
     })
 }
 
 /// Streams a storable 200 to the client and into the cache at once, from the same
-/// buffers. The fill belongs to the cache: if the client goes away the fill goes on.
+/// buffers. The fill belongs to the cache: if the client goes away the fill goes on. A
+/// blob URL's body is checked against its SHA-256 before the entry is committed and
+/// before the client gets its last byte.
 #[allow(clippy::too_many_arguments)]
 async fn fill<C: AsyncWriteRent>(
     client: &mut BufConn<C>,
@@ -506,52 +653,76 @@ async fn fill<C: AsyncWriteRent>(
     kind: BodyKind,
     writer: FillWriter,
     replaced: bool,
+    digest: Option<[u8; 32]>,
     w: &Worker,
 ) -> Outcome {
     let op = "fill";
     let mut writer = Some(writer);
+    let mut verifier = digest.map(Verifier::new);
     let mut headers = resp.headers.clone();
     headers.strip_hop_by_hop();
     headers.set(
         "Cache-Status",
         CacheOutcome::Stored { replaced }.header_value(),
     );
+    let body_len = match kind {
+        BodyKind::Length(n) => Some(n),
+        _ => None,
+    };
     // The client may already hold this representation: it gets a 304 while we fill.
     let mut client_error: Option<String> = None;
+    let mut status = 200;
     let mut keep_alive = false;
     let mut body_writer = BodyWriter::Empty;
-    let mut client_wants_body = true;
+    // The byte window of the body the client gets: [start, end).
+    let (mut start, mut end) = (0u64, 0u64);
     if let Some(o) = answer_client_conditional(client, req, &headers, w, op).await {
         match o {
             Outcome::Done(ex) => keep_alive = ex.keep_alive,
             _ => client_error = Some("client write failed".into()),
         }
-        client_wants_body = false;
+        status = 304;
     } else {
-        let (bw, res) = write_response_head(client, req, 200, &resp.reason, headers, kind, w).await;
-        body_writer = bw;
-        match res {
-            Ok(k) => keep_alive = k,
-            Err(e) => client_error = Some(e.to_string()),
+        let mut head = Vec::with_capacity(512);
+        match body_len {
+            Some(len) => {
+                let answer = range_of(req, &headers, Some(len));
+                let win = cached_head(req, 200, headers, len, answer, w, &mut head);
+                (status, keep_alive, start, end) =
+                    (win.status, win.keep_alive, win.start, win.start + win.count);
+                body_writer = BodyWriter::Raw;
+            }
+            None => {
+                let (bw, ka) =
+                    build_response_head(req, 200, &resp.reason, headers, kind, w, &mut head);
+                (body_writer, keep_alive, end) = (bw, ka, u64::MAX);
+            }
+        }
+        if let Err(e) = client.io.write_all(head).await.0 {
+            client_error = Some(e.to_string());
         }
     }
     let mut reader = BodyReader::new(kind);
     let mut buf = w.bufs.get();
-    let mut bytes = 0u64;
+    let mut pos = 0u64; // body bytes received from the origin
+    let mut sent = 0u64; // body bytes sent to the client
     loop {
-        match reader.read(&mut up.conn, &mut buf).await {
+        let n = match reader.read(&mut up.conn, &mut buf).await {
             Ok(0) => break,
-            Ok(n) => bytes += n as u64,
+            Ok(n) => n as u64,
             Err(e) => {
                 w.bufs.put(buf);
                 drop(writer); // fails the fill: readers abort, the temp file goes
                 return Outcome::Aborted {
-                    status: 200,
-                    bytes,
+                    status,
+                    bytes: sent,
                     op,
                     reason: format!("origin body failed: {e}"),
                 };
             }
+        };
+        if let Some(v) = verifier.as_mut() {
+            v.update(&buf);
         }
         if let Some(fw) = writer.as_mut() {
             let (res, b) = fw.write(buf).await;
@@ -562,22 +733,53 @@ async fn fill<C: AsyncWriteRent>(
             }
         }
         if reader.is_done() {
+            if let Some(v) = &verifier {
+                if !v.matches() {
+                    log::error!(
+                        "cache: {} does not match its sha256 digest; discarded, client aborted",
+                        req.target
+                    );
+                    w.bufs.put(buf);
+                    drop(writer);
+                    return Outcome::Aborted {
+                        status,
+                        bytes: sent,
+                        op,
+                        reason: "digest mismatch".into(),
+                    };
+                }
+            }
             // Commit before the client sees its last byte, so that a request it sends
             // right after finds the entry (not a fill that is about to end).
             commit(writer.take(), req).await;
         }
-        if client_wants_body && client_error.is_none() {
-            let (res, b) = body_writer.write(&mut client.io, buf).await;
-            buf = b;
-            if let Err(e) = res {
-                client_error = Some(format!("client write failed: {e}"));
+        // The part of this piece inside the client's window.
+        let (lo, hi) = (pos.max(start), (pos + n).min(end));
+        pos += n;
+        if status != 304 && status != 416 && client_error.is_none() && lo < hi {
+            let res = if lo == pos - n && hi == pos {
+                let (res, b) = body_writer.write(&mut client.io, buf).await;
+                buf = b;
+                res
+            } else {
+                let slice = buf.slice((lo - (pos - n)) as usize..(hi - (pos - n)) as usize);
+                let (res, s) = client.io.write_all(slice).await;
+                buf = s.into_inner();
+                res.map(|_| ())
+            };
+            match res {
+                Ok(()) => sent += hi - lo,
+                Err(e) => client_error = Some(format!("client write failed: {e}")),
             }
+        }
+        if writer.is_none() && reader.is_done() {
+            break;
         }
         if writer.is_none() && client_error.is_some() {
             w.bufs.put(buf);
             return Outcome::Aborted {
-                status: 200,
-                bytes,
+                status,
+                bytes: sent,
                 op,
                 reason: client_error.unwrap_or_default(),
             };
@@ -585,25 +787,25 @@ async fn fill<C: AsyncWriteRent>(
     }
     w.bufs.put(buf);
     commit(writer, req).await;
-    if resp.keep_alive() {
+    if resp.keep_alive() && reader.is_done() {
         w.upstream.release(up);
     }
-    if client_error.is_none() && client_wants_body {
+    if client_error.is_none() && status != 304 && status != 416 {
         if let Err(e) = body_writer.finish(&mut client.io).await {
             client_error = Some(e.to_string());
         }
     }
     if let Some(reason) = client_error {
         return Outcome::Aborted {
-            status: 200,
-            bytes,
+            status,
+            bytes: sent,
             op,
             reason,
         };
     }
     Outcome::Done(Exchange {
-        status: if client_wants_body { 200 } else { 304 },
-        bytes,
+        status,
+        bytes: sent,
         op,
         keep_alive,
     })

@@ -13,6 +13,8 @@ pub enum ProxyError {
     BadTarget(String),
     /// A method chacha does not handle here (405).
     MethodNotAllowed(String),
+    /// CONNECT to a port that is not intercepted (406, as the original answers).
+    PortNotAllowed(u16),
     /// No internal endpoint at this path (404).
     NotFound,
     Upstream(UpstreamError),
@@ -26,6 +28,7 @@ impl ProxyError {
             ProxyError::BadRequest(e) => e.status(),
             ProxyError::BadTarget(_) => 400,
             ProxyError::MethodNotAllowed(_) => 405,
+            ProxyError::PortNotAllowed(_) => 406,
             ProxyError::NotFound => 404,
             ProxyError::Upstream(UpstreamError::HeadTimeout(_))
             | ProxyError::Upstream(UpstreamError::ConnectTimeout(_)) => 504,
@@ -41,6 +44,10 @@ impl fmt::Display for ProxyError {
             ProxyError::BadRequest(e) => write!(f, "{e}"),
             ProxyError::BadTarget(t) => write!(f, "cannot proxy request target: {t}"),
             ProxyError::MethodNotAllowed(m) => write!(f, "method {m} is not allowed here"),
+            ProxyError::PortNotAllowed(p) => write!(
+                f,
+                "CONNECT to port {p} is not allowed (see tls-interceptor.ports)"
+            ),
             ProxyError::NotFound => write!(f, "not found"),
             ProxyError::Upstream(e) => write!(f, "{e}"),
             ProxyError::ClientIo(e) => write!(f, "reading the request body failed: {e}"),

@@ -13,24 +13,48 @@ use crate::http::{
 use crate::stream::{BodyReader, BodyWriter, BufConn};
 use crate::upstream::{PoolKey, UpStream, UpstreamConn, UpstreamError};
 
-/// The request head sent to the origin: origin-form target, our own HTTP version,
-/// hop-by-hop fields removed (RFC 9110 §7.6.1) and Host set from the target
-/// (RFC 9112 §3.2.2).
-pub fn upstream_request_head(req: &RequestHead, uri: &Uri, kind: BodyKind) -> RequestHead {
-    let mut headers = req.headers.clone();
-    headers.strip_hop_by_hop();
-    // We answer `Expect: 100-continue` ourselves (RFC 9110 §10.1.1).
-    headers.remove("expect");
-    headers.set("Host", uri.authority());
+/// Writes the request head sent to the origin into `out`: origin-form target, our own
+/// HTTP version, hop-by-hop fields removed (RFC 9110 §7.6.1), Host set from the target
+/// (RFC 9112 §3.2.2), `Expect` dropped (we answer `100-continue` ourselves, RFC 9110
+/// §10.1.1), fields named in `skip` dropped and `extra` appended. Written straight from
+/// the client's head, without copying its fields first.
+pub fn write_upstream_head(
+    req: &RequestHead,
+    uri: &Uri,
+    kind: BodyKind,
+    skip: &[&str],
+    extra: &[(&str, &str)],
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(req.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(uri.path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(uri.authority().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &req.headers.fields {
+        if name.eq_ignore_ascii_case("host")
+            || name.eq_ignore_ascii_case("expect")
+            || skip.iter().any(|s| name.eq_ignore_ascii_case(s))
+            || req.headers.is_hop_by_hop(name)
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
     if kind == BodyKind::Chunked {
-        headers.set("Transfer-Encoding", "chunked");
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
-    RequestHead {
-        method: req.method.clone(),
-        target: uri.path_and_query.clone(),
-        version: Version::Http11,
-        headers,
+    for (name, value) in extra {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Reads a final response head from the origin, skipping interim 1xx responses
@@ -225,8 +249,8 @@ pub async fn forward<C: AsyncReadRent + AsyncWriteRent>(
             reason: e.to_string(),
         };
     }
-    let mut head_bytes = Vec::with_capacity(1024);
-    upstream_request_head(&req, &uri, req_kind).write_to(&mut head_bytes);
+    let mut head_bytes = Vec::with_capacity(512);
+    write_upstream_head(&req, &uri, req_kind, &[], &[], &mut head_bytes);
     let (mut up, resp) =
         match send_upstream(client, &head_bytes, &pool_key(&uri), &mut body, w).await {
             Ok(x) => x,

@@ -1,7 +1,9 @@
 //! Per-connection request loop and dispatch: chacha's own endpoints, CONNECT, and
-//! forwarding of absolute-form requests.
+//! forwarding of absolute-form requests. The same loop serves the decrypted requests
+//! inside an intercepted CONNECT tunnel ([`connect`]).
 
 pub mod cached;
+pub mod connect;
 pub mod error;
 pub mod forward;
 pub mod internal;
@@ -28,7 +30,7 @@ use crate::upstream::Upstream;
 /// Size of the buffers bodies are moved through.
 pub const TRANSFER_BUF: usize = 256 * 1024;
 /// Transfer buffers kept for reuse per core.
-pub const MAX_POOLED_BUFS: usize = 64;
+pub const MAX_POOLED_BUFS: usize = 16;
 
 pub use crate::config::Timeouts;
 
@@ -70,6 +72,9 @@ pub struct Worker {
     pub rules: Arc<Vec<Rule>>,
     /// Hot small entries kept open on this core.
     pub open_entries: OpenEntries,
+    /// `tls-interceptor`, when configured (shared by all cores): CONNECT opens
+    /// intercepted tunnels; without it CONNECT gets 405.
+    pub interception: Option<Arc<connect::Interception>>,
 }
 
 /// What one request did, for its log line.
@@ -178,6 +183,31 @@ pub async fn write_simple<S: AsyncWriteRent>(
     Ok(body.len() as u64)
 }
 
+/// Where the requests on a connection come from.
+#[derive(Clone, Copy)]
+pub enum Channel<'a> {
+    /// A client's own connection to chacha: absolute-form requests are proxied,
+    /// origin-form ones reach chacha's endpoints, CONNECT may open a tunnel.
+    Direct,
+    /// Decrypted requests inside an intercepted tunnel to this origin: origin form names
+    /// a resource there with scheme https; chacha's endpoints are not reachable.
+    Tunnel(&'a connect::Target),
+}
+
+/// How a request loop ended.
+pub enum LoopEnd {
+    /// The connection is finished. `clean` when no response was cut short (only then
+    /// may a TLS tunnel send close_notify).
+    Closed { clean: bool },
+    /// A CONNECT was accepted ([`Channel::Direct`] only); its head is consumed and the
+    /// tunnel is opened by the caller, which owns the connection.
+    Connect {
+        target: connect::Target,
+        line: String,
+        start: Instant,
+    },
+}
+
 /// Serves one client connection until it closes, errs, or the worker shuts down.
 pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
     io: S,
@@ -186,21 +216,62 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
 ) {
     w.active.set(w.active.get() + 1);
     let mut conn = BufConn::new(io);
+    if let LoopEnd::Connect {
+        target,
+        line,
+        start,
+    } = request_loop(&mut conn, peer, &w, Channel::Direct).await
+    {
+        connect::tunnel(conn, target, peer, &w, &line, start).await;
+    }
+    w.active.set(w.active.get() - 1);
+}
+
+/// Reads and answers requests on `conn` until it closes, errs, the worker shuts down,
+/// or (on a direct connection) a CONNECT is accepted.
+pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
+    conn: &mut BufConn<S>,
+    peer: SocketAddr,
+    w: &Worker,
+    channel: Channel<'_>,
+) -> LoopEnd {
     let mut first = true;
     loop {
-        let head = match read_head(&mut conn, &w, first).await {
+        let head = match read_head(conn, w, first).await {
             HeadRead::Head(h) => h,
-            HeadRead::Quiet => break,
+            HeadRead::Quiet => return LoopEnd::Closed { clean: true },
             HeadRead::Error(status, msg) => {
                 log::info!("{peer} - {status} 0 0ms reject: {msg}");
                 let _ = write_simple(&mut conn.io, status, &msg, true, &[]).await;
-                break;
+                return LoopEnd::Closed { clean: true };
             }
         };
         first = false;
         let start = Instant::now();
-        let line = format!("{} {}", head.method, head.target);
-        let keep = match dispatch(&mut conn, head, &w).await {
+        let line = match channel {
+            Channel::Tunnel(t) if head.target.starts_with('/') => {
+                format!("{} https://{}{}", head.method, t.authority(), head.target)
+            }
+            _ => format!("{} {}", head.method, head.target),
+        };
+        let outcome = match channel {
+            Channel::Direct if head.method == "CONNECT" => match connect::check(&head, w) {
+                Ok(target) => {
+                    return LoopEnd::Connect {
+                        target,
+                        line,
+                        start,
+                    }
+                }
+                Err(error) => Outcome::Failed {
+                    error,
+                    close: true,
+                    op: "reject",
+                },
+            },
+            _ => dispatch(conn, head, w, channel).await,
+        };
+        let keep = match outcome {
             Outcome::Done(ex) => {
                 log::info!(
                     "{peer} \"{line}\" {} {} {}ms {}",
@@ -232,34 +303,40 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
                     "{peer} \"{line}\" {status} {bytes} {}ms {op} aborted: {reason}",
                     start.elapsed().as_millis()
                 );
-                false
+                return LoopEnd::Closed { clean: false };
             }
         };
         if !keep || w.shutdown.is_triggered() {
-            break;
+            return LoopEnd::Closed { clean: true };
         }
         conn.shrink();
     }
-    w.active.set(w.active.get() - 1);
 }
 
 async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
     conn: &mut BufConn<S>,
     head: RequestHead,
     w: &Worker,
+    channel: Channel<'_>,
 ) -> Outcome {
     if head.method == "CONNECT" {
-        // RFC 9110 §9.3.6; interception comes with the TLS interceptor.
+        // RFC 9110 §9.3.6. Direct CONNECTs are handled by the loop; a CONNECT inside a
+        // tunnel would nest tunnels, which we do not do.
         return Outcome::Failed {
             error: ProxyError::MethodNotAllowed("CONNECT".into()),
             close: true,
             op: "reject",
         };
     }
-    if head.target.starts_with('/') {
-        return internal::handle(conn, head, w).await;
-    }
-    match crate::http::uri::parse_absolute(&head.target) {
+    let uri = match channel {
+        Channel::Direct if head.target.starts_with('/') => {
+            return internal::handle(conn, head, w).await;
+        }
+        Channel::Direct => crate::http::uri::parse_absolute(&head.target)
+            .map_err(|_| ProxyError::BadTarget(head.target.clone())),
+        Channel::Tunnel(target) => target.uri_for(&head.target),
+    };
+    match uri {
         Ok(uri) => match &w.store {
             Some(store) if head.method == "GET" => cached::handle(conn, head, uri, w, store).await,
             Some(_) => {
@@ -277,8 +354,8 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
             }
             None => forward::forward(conn, head, uri, w, |_| None).await,
         },
-        Err(_) => Outcome::Failed {
-            error: ProxyError::BadTarget(head.target),
+        Err(error) => Outcome::Failed {
+            error,
             close: true,
             op: "reject",
         },

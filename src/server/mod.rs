@@ -12,9 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::net::{ListenerOpts, TcpListener};
+use rustls::ClientConfig;
 
 use crate::cache::store::Store;
 use crate::config::Rule;
+use crate::proxy::connect::Interception;
 use crate::proxy::{serve_connection, BufPool, Timeouts, Worker};
 use crate::upstream::Upstream;
 use shutdown::Shutdown;
@@ -35,6 +37,11 @@ pub struct Settings {
     pub timeouts: Timeouts,
     pub store: Option<Arc<Store>>,
     pub rules: Arc<Vec<Rule>>,
+    /// `tls-interceptor`: CONNECT tunnels are intercepted only with it.
+    pub interception: Option<Arc<Interception>>,
+    /// The verifying client config for `https` origins (one for all cores, so the
+    /// trust store is read once and TLS sessions resume across cores).
+    pub tls_client: Arc<ClientConfig>,
 }
 
 pub fn driver_name() -> &'static str {
@@ -153,13 +160,14 @@ fn worker_main(
         let worker = Rc::new(Worker {
             id,
             timeouts: settings.timeouts,
-            upstream: Upstream::new(settings.timeouts.connect),
+            upstream: Upstream::with_tls(settings.timeouts.connect, settings.tls_client.clone()),
             shutdown: shutdown.clone(),
             bufs: BufPool::default(),
             active: Default::default(),
             store: settings.store.clone(),
             rules: settings.rules.clone(),
             open_entries: Default::default(),
+            interception: settings.interception.clone(),
         });
         loop {
             monoio::select! {

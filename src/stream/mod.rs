@@ -3,6 +3,8 @@
 
 pub mod body;
 pub mod buffered;
+pub mod prefixed;
 
 pub use body::{BodyReader, BodyWriter};
 pub use buffered::BufConn;
+pub use prefixed::Prefixed;

@@ -66,6 +66,19 @@ pub fn normalize_host(host: &str) -> String {
     h.to_ascii_lowercase()
 }
 
+/// The useful text of a failed monoio-rustls handshake: the rustls error (e.g.
+/// "invalid peer certificate: UnknownIssuer") travels inside an `io::Error` whose
+/// kind alone says nothing, and the wrapper's own message is just "io error".
+pub fn handshake_error_reason(e: monoio_rustls::TlsError) -> String {
+    match e {
+        monoio_rustls::TlsError::Io(io) => match io.get_ref() {
+            Some(inner) => inner.to_string(),
+            None => io.to_string(),
+        },
+        monoio_rustls::TlsError::Rustls(r) => r.to_string(),
+    }
+}
+
 /// Everything that can go wrong loading the CA, minting, or building configs.
 #[derive(Debug)]
 pub enum TlsError {
@@ -177,6 +190,18 @@ mod tests {
         check::<CertCache>();
         check::<Interceptor>();
         check::<TlsError>();
+    }
+
+    #[test]
+    fn handshake_error_reason_unwraps_rustls() {
+        let inner = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let wrapped = std::io::Error::new(std::io::ErrorKind::InvalidData, inner.clone());
+        let reason = handshake_error_reason(monoio_rustls::TlsError::Io(wrapped));
+        assert_eq!(reason, inner.to_string());
+        assert!(reason.contains("UnknownIssuer"), "{reason}");
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "tls handshake eof");
+        let reason = handshake_error_reason(monoio_rustls::TlsError::Io(eof));
+        assert_eq!(reason, "tls handshake eof");
     }
 
     #[test]

@@ -3,9 +3,12 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
+use monoio_rustls::TlsConnector;
+use rustls::ClientConfig;
 
 use super::dns::Resolver;
 use super::{UpStream, UpstreamError};
@@ -38,14 +41,27 @@ pub struct Upstream {
     idle: RefCell<IdleMap>,
     resolver: Resolver,
     connect_timeout: Duration,
+    /// Connector for `https` origins (verification always on).
+    tls: Option<TlsConnector>,
 }
 
 impl Upstream {
+    /// An upstream client without TLS: `https` origins fail with [`UpstreamError::Tls`].
     pub fn new(connect_timeout: Duration) -> Self {
         Upstream {
             idle: RefCell::new(HashMap::new()),
             resolver: Resolver::default(),
             connect_timeout,
+            tls: None,
+        }
+    }
+
+    /// An upstream client that reaches `https` origins with `tls` (a verifying rustls
+    /// client config, see [`crate::tls::client_config`]).
+    pub fn with_tls(connect_timeout: Duration, tls: Arc<ClientConfig>) -> Self {
+        Upstream {
+            tls: Some(crate::tls::connector(tls)),
+            ..Upstream::new(connect_timeout)
         }
     }
 
@@ -65,28 +81,66 @@ impl Upstream {
         None
     }
 
-    /// A new connection to `key` (each resolved address in turn).
+    /// A new connection to `key` (each resolved address in turn). For `key.tls` the TLS
+    /// handshake (SNI = host, certificate verified against the trust store, ALPN
+    /// http/1.1) completes within the same connect timeout as the TCP connect; a
+    /// failed verification is final (never retried in plain text or elsewhere).
     pub async fn connect_new(&self, key: &PoolKey) -> Result<UpstreamConn, UpstreamError> {
+        let tls = match (key.tls, &self.tls) {
+            (false, _) => None,
+            (true, Some(connector)) => {
+                let name = crate::tls::server_name(&key.host)
+                    .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+                Some((connector, name))
+            }
+            (true, None) => {
+                return Err(UpstreamError::Tls(
+                    "no TLS client configured for https origins".into(),
+                ))
+            }
+        };
         let addrs = self.resolver.resolve(&key.host, key.port).await?;
         let mut last = UpstreamError::Connect("no address".into());
         for addr in addrs {
-            match monoio::time::timeout(self.connect_timeout, TcpStream::connect_addr(addr)).await {
-                Ok(Ok(tcp)) => {
-                    let _ = tcp.set_nodelay(true);
-                    if key.tls {
-                        return Err(UpstreamError::Tls(
-                            "https origins are not supported yet".into(),
-                        ));
-                    }
-                    return Ok(UpstreamConn {
-                        conn: BufConn::new(UpStream::Tcp(tcp)),
-                        key: key.clone(),
-                        reused: false,
-                    });
+            let deadline = Instant::now() + self.connect_timeout;
+            let tcp = match monoio::time::timeout_at(deadline.into(), TcpStream::connect_addr(addr))
+                .await
+            {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => {
+                    last = UpstreamError::Connect(format!("{addr}: {e}"));
+                    continue;
                 }
-                Ok(Err(e)) => last = UpstreamError::Connect(format!("{addr}: {e}")),
-                Err(_) => last = UpstreamError::ConnectTimeout(self.connect_timeout),
-            }
+                Err(_) => {
+                    last = UpstreamError::ConnectTimeout(self.connect_timeout);
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let io = match &tls {
+                None => UpStream::Tcp(tcp),
+                Some((connector, name)) => {
+                    let hs = connector.connect(name.clone(), tcp);
+                    match monoio::time::timeout_at(deadline.into(), hs).await {
+                        Ok(Ok(stream)) => UpStream::Tls(Box::new(stream)),
+                        Ok(Err(e)) => {
+                            return Err(UpstreamError::Tls(format!(
+                                "{addr}: {}",
+                                crate::tls::handshake_error_reason(e)
+                            )))
+                        }
+                        Err(_) => {
+                            last = UpstreamError::ConnectTimeout(self.connect_timeout);
+                            continue;
+                        }
+                    }
+                }
+            };
+            return Ok(UpstreamConn {
+                conn: BufConn::new(io),
+                key: key.clone(),
+                reused: false,
+            });
         }
         Err(last)
     }

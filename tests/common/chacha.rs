@@ -83,13 +83,16 @@ fn write_config(root: &TempDir, yaml: &str) -> (PathBuf, PathBuf) {
     (config, data)
 }
 
-fn command(args: &[&str], config: &Path, rust_log: &str) -> Command {
+fn command(args: &[&str], config: &Path, rust_log: &str, env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .arg("-f")
         .arg(config)
         .env("RUST_LOG", rust_log)
         .env_remove("RUST_LOG_STYLE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -113,6 +116,8 @@ pub struct Chacha {
     log: Arc<Log>,
     addr: SocketAddr,
     rust_log: String,
+    /// Extra environment variables, kept for restarts.
+    env: Vec<(String, String)>,
 }
 
 impl Chacha {
@@ -122,10 +127,20 @@ impl Chacha {
     }
 
     pub fn start_with_log(yaml: &str, rust_log: &str) -> Chacha {
+        Chacha::start_with_env(yaml, rust_log, &[])
+    }
+
+    /// Like [`Chacha::start_with_log`] with extra environment variables (e.g.
+    /// `SSL_CERT_FILE` for a test CA).
+    pub fn start_with_env(yaml: &str, rust_log: &str, env: &[(&str, &str)]) -> Chacha {
         let root = TempDir::new("run");
         let (config, data) = write_config(&root, yaml);
         let log = Arc::new(Log::default());
-        let (child, addr) = spawn_ready(&config, rust_log, &log);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, addr) = spawn_ready(&config, rust_log, &log, &env);
         Chacha {
             child,
             root,
@@ -134,6 +149,7 @@ impl Chacha {
             log,
             addr,
             rust_log: rust_log.to_string(),
+            env,
         }
     }
 
@@ -216,7 +232,7 @@ impl Chacha {
             }
         }
         self.log.push("---- test harness: restart ----");
-        let (child, addr) = spawn_ready(&self.config, &self.rust_log, &self.log);
+        let (child, addr) = spawn_ready(&self.config, &self.rust_log, &self.log, &self.env);
         self.child = child;
         self.addr = addr;
         addr
@@ -243,8 +259,13 @@ impl Drop for Chacha {
 }
 
 /// Spawns `chacha run` and waits for its `listening on <addr>` line.
-fn spawn_ready(config: &Path, rust_log: &str, log: &Arc<Log>) -> (Child, SocketAddr) {
-    let mut child = command(&["run"], config, rust_log)
+fn spawn_ready(
+    config: &Path,
+    rust_log: &str,
+    log: &Arc<Log>,
+    env: &[(String, String)],
+) -> (Child, SocketAddr) {
+    let mut child = command(&["run"], config, rust_log, env)
         .spawn()
         .expect("spawn chacha");
     let (tx, rx) = mpsc::channel::<Option<SocketAddr>>();
@@ -334,7 +355,7 @@ impl Outcome {
 pub fn run_to_exit(subcommand: &str, yaml: &str, timeout: Duration) -> Outcome {
     let root = TempDir::new(subcommand);
     let (config, _data) = write_config(&root, yaml);
-    let mut child = command(&[subcommand], &config, "info")
+    let mut child = command(&[subcommand], &config, "info", &[])
         .spawn()
         .expect("spawn chacha");
     let mut stdout = child.stdout.take().unwrap();

@@ -9,6 +9,7 @@ pub mod chacha;
 pub mod client;
 pub mod gen;
 pub mod origin;
+pub mod tls;
 pub mod wire;
 
 pub use chacha::{run_to_exit, Chacha, Outcome, TempDir};

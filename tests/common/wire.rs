@@ -43,17 +43,18 @@ pub fn set_timeouts(stream: &TcpStream, timeout: Duration) {
         .expect("set_write_timeout");
 }
 
-/// A `TcpStream` with a read-ahead buffer, so head bytes and body bytes (and pipelined
-/// messages) can be split exactly where the framing says.
-pub struct Wire {
-    pub stream: TcpStream,
+/// A stream (a `TcpStream` unless said otherwise; a TLS stream in the TLS tests) with a
+/// read-ahead buffer, so head bytes and body bytes (and pipelined messages) can be split
+/// exactly where the framing says.
+pub struct Wire<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
     start: usize,
     end: usize,
 }
 
-impl Wire {
-    pub fn new(stream: TcpStream) -> Wire {
+impl<S: Read + Write> Wire<S> {
+    pub fn new(stream: S) -> Wire<S> {
         Wire {
             stream,
             buf: vec![0; READ_CHUNK],
@@ -239,6 +240,12 @@ impl Wire {
         }
     }
 
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+}
+
+impl Wire<TcpStream> {
     /// True when the peer has closed: the next read returns EOF (or a reset) within
     /// `timeout`, with no further bytes. Buffered leftovers count as "not closed".
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
@@ -257,10 +264,6 @@ impl Wire {
         };
         let _ = self.stream.set_read_timeout(Some(DEFAULT_IO_TIMEOUT));
         closed
-    }
-
-    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)
     }
 }
 

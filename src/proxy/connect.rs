@@ -1,0 +1,204 @@
+//! CONNECT with TLS interception (RFC 9110 §9.3.6): answer 200, terminate the client's
+//! TLS with a leaf minted for the requested host, and run the decrypted requests through
+//! the same request loop as plain ones, with scheme `https`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+use super::{request_loop, Channel, LoopEnd, ProxyError, Worker};
+use crate::http::uri::{parse_absolute, parse_authority, Scheme, Uri};
+use crate::http::RequestHead;
+use crate::stream::{BufConn, Prefixed};
+use crate::tls::Interceptor;
+
+/// The answer that opens a tunnel (RFC 9110 §9.3.6: any 2xx; this is the customary one).
+pub const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection Established\r\n\r\n";
+/// How long our TLS close_notify may take to go out before the tunnel is just dropped.
+pub const CLOSE_NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `tls-interceptor` as the workers use it: the leaf minting side and the ports whose
+/// tunnels are intercepted. Shared by all cores.
+pub struct Interception {
+    pub interceptor: Interceptor,
+    pub ports: Vec<u16>,
+}
+
+/// The origin a tunnel leads to: the CONNECT target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Lower-case name, or an IP literal without brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    /// `host[:port]` as it appears in `https://` URLs: the port only when it is not
+    /// the https default (RFC 9110 §4.2.2), IPv6 literals bracketed.
+    pub fn authority(&self) -> String {
+        Uri {
+            scheme: Scheme::Https,
+            host: self.host.clone(),
+            port: (self.port != Scheme::Https.default_port()).then_some(self.port),
+            path_and_query: String::new(),
+        }
+        .authority()
+    }
+
+    /// The URL a request inside the tunnel names. Origin form (`/path?q`, the usual
+    /// case, RFC 9112 §3.2.1) is resolved against the tunnel's origin; absolute form
+    /// (which servers must accept, RFC 9112 §3.2.2) must name that same origin, so a
+    /// tunnel can never be used to reach another host.
+    pub fn uri_for(&self, target: &str) -> Result<Uri, ProxyError> {
+        let bad = || ProxyError::BadTarget(target.to_string());
+        if target.starts_with('/') {
+            return parse_absolute(&format!("https://{}{target}", self.authority()))
+                .map_err(|_| bad());
+        }
+        let uri = parse_absolute(target).map_err(|_| bad())?;
+        if uri.scheme == Scheme::Https
+            && uri.host == self.host
+            && uri.port_or_default() == self.port
+        {
+            // Normalise to the tunnel's spelling so rules and cache keys agree.
+            return Ok(Uri {
+                port: (self.port != Scheme::Https.default_port()).then_some(self.port),
+                ..uri
+            });
+        }
+        Err(bad())
+    }
+}
+
+/// Decides whether a CONNECT may open an intercepted tunnel: 405 without
+/// `tls-interceptor`, 406 for a port not in `tls-interceptor.ports` (as the original
+/// does), 400 for a malformed authority (RFC 9112 §3.2.3).
+pub fn check(head: &RequestHead, w: &Worker) -> Result<Target, ProxyError> {
+    let Some(icpt) = &w.interception else {
+        return Err(ProxyError::MethodNotAllowed("CONNECT".into()));
+    };
+    let (host, port) =
+        parse_authority(&head.target).map_err(|_| ProxyError::BadTarget(head.target.clone()))?;
+    if !icpt.ports.contains(&port) {
+        return Err(ProxyError::PortNotAllowed(port));
+    }
+    Ok(Target { host, port })
+}
+
+/// Opens the tunnel on `conn` (whose CONNECT head was consumed and accepted by
+/// [`check`]), terminates TLS and serves the requests inside. Failures close the
+/// tunnel; they are logged, never answered (there is no HTTP channel to answer on).
+pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent>(
+    mut conn: BufConn<S>,
+    target: Target,
+    peer: SocketAddr,
+    w: &Worker,
+    line: &str,
+    start: Instant,
+) {
+    let Some(icpt) = &w.interception else {
+        return; // check() let it through only with an interceptor
+    };
+    if let Err(e) = conn.io.write_all(ESTABLISHED.to_vec()).await.0 {
+        log::info!("{peer} \"{line}\" 200 0 0ms tunnel: client gone: {e}");
+        return;
+    }
+    // Bytes the client sent right behind the CONNECT head (an eager ClientHello) are in
+    // the read buffer: the acceptor reads them first.
+    let (io, early) = conn.into_parts();
+    let acceptor = icpt.interceptor.acceptor_for(&target.host);
+    // Bounded like a request head: a client that never completes the handshake cannot
+    // hold the connection open.
+    let handshake = monoio::time::timeout(
+        w.timeouts.client_head,
+        acceptor.accept(Prefixed::new(io, early)),
+    )
+    .await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            log::info!(
+                "{peer} \"{line}\" 200 0 {}ms tunnel closed: client TLS handshake failed: {}",
+                start.elapsed().as_millis(),
+                crate::tls::handshake_error_reason(e)
+            );
+            return;
+        }
+        Err(_) => {
+            log::info!(
+                "{peer} \"{line}\" 200 0 {}ms tunnel closed: no TLS handshake within {:?}",
+                start.elapsed().as_millis(),
+                w.timeouts.client_head
+            );
+            return;
+        }
+    };
+    log::debug!(
+        "{peer} \"{line}\" 200 0 {}ms tunnel established",
+        start.elapsed().as_millis()
+    );
+    let mut conn = BufConn::new(tls);
+    let end = request_loop(&mut conn, peer, w, Channel::Tunnel(&target)).await;
+    if matches!(end, LoopEnd::Closed { clean: true }) {
+        // close_notify (RFC 8446 §6.1) only after complete responses: after an aborted
+        // one it would make a close-delimited body look complete.
+        let _ = monoio::time::timeout(CLOSE_NOTIFY_TIMEOUT, conn.io.shutdown()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(host: &str, port: u16) -> Target {
+        Target {
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn authority_omits_default_port() {
+        assert_eq!(t("example.com", 443).authority(), "example.com");
+        assert_eq!(t("example.com", 8443).authority(), "example.com:8443");
+        assert_eq!(t("::1", 443).authority(), "[::1]");
+        assert_eq!(t("::1", 8443).authority(), "[::1]:8443");
+    }
+
+    #[test]
+    fn origin_form_becomes_https_url() {
+        let uri = t("example.com", 443).uri_for("/a/b?x=1#frag").unwrap();
+        assert_eq!(uri.to_url_string(), "https://example.com/a/b?x=1");
+        let uri = t("127.0.0.1", 8443).uri_for("/").unwrap();
+        assert_eq!(uri.to_url_string(), "https://127.0.0.1:8443/");
+        assert_eq!(uri.port_or_default(), 8443);
+    }
+
+    #[test]
+    fn origin_form_cannot_change_the_host() {
+        // The authority ends at the first '/', so this is a path on example.com.
+        let uri = t("example.com", 443).uri_for("//evil.com/x").unwrap();
+        assert_eq!(uri.host, "example.com");
+        assert_eq!(uri.path_and_query, "//evil.com/x");
+    }
+
+    #[test]
+    fn absolute_form_must_name_the_tunnel_origin() {
+        let tun = t("example.com", 443);
+        let uri = tun.uri_for("https://EXAMPLE.com:443/p").unwrap();
+        assert_eq!(uri.to_url_string(), "https://example.com/p");
+        for bad in [
+            "https://other.com/p",
+            "http://example.com/p",
+            "https://example.com:8443/p",
+            "*",
+            "example.com:443",
+        ] {
+            assert!(
+                matches!(tun.uri_for(bad), Err(ProxyError::BadTarget(_))),
+                "{bad}"
+            );
+        }
+    }
+}
