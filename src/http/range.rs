@@ -14,6 +14,13 @@ pub enum RangeAnswer {
     Unsatisfiable,
 }
 
+impl RangeAnswer {
+    /// `Some((self, len))` unless the answer is the whole body.
+    pub fn then_len(self, len: u64) -> Option<(RangeAnswer, u64)> {
+        (self != RangeAnswer::Full).then_some((self, len))
+    }
+}
+
 /// Most bytes of a Range field we look at (a longer one is ignored, answered whole).
 const MAX_RANGE_FIELD: usize = 1024;
 

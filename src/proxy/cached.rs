@@ -145,16 +145,8 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     }
     if resp.status == 200 {
         if let Err(reason) = response_storable(&req, &resp, rule) {
-            return relay_and_release(
-                client,
-                &req,
-                &mut up,
-                resp.clone(),
-                w,
-                "pass",
-                not_stored(had_entry, reason)(&resp),
-            )
-            .await;
+            let cs = not_stored(had_entry, reason)(&resp);
+            return relay_ranged(client, &req, &mut up, resp, w, cs).await;
         }
         if lead.is_none() && joined.is_none() {
             // Replacing an entry (or a waiter whose fill went away): try to become the filler.
@@ -193,7 +185,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
                 }
                 Err(FillStartError::TooLarge) => {
                     let cs = not_stored(had_entry, NotStorable::TooLarge)(&resp);
-                    relay_and_release(client, &req, &mut up, resp, w, "pass", cs).await
+                    relay_ranged(client, &req, &mut up, resp, w, cs).await
                 }
                 Err(FillStartError::Io(e)) => {
                     log::warn!(
@@ -202,12 +194,12 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
                     );
                     let cs =
                         Some("chacha; fwd=miss; fwd-status=200; detail=disk-error".to_string());
-                    relay_and_release(client, &req, &mut up, resp, w, "pass", cs).await
+                    relay_ranged(client, &req, &mut up, resp, w, cs).await
                 }
             };
         }
         let cs = Some("chacha; fwd=miss; fwd-status=200; detail=fill-in-progress".to_string());
-        return relay_and_release(client, &req, &mut up, resp, w, "pass", cs).await;
+        return relay_ranged(client, &req, &mut up, resp, w, cs).await;
     }
     if let Some(e) = &entry {
         if should_drop_on_status(resp.status) {
@@ -312,6 +304,91 @@ async fn answer_client_conditional<C: AsyncWriteRent>(
             reason: e.to_string(),
         },
     })
+}
+
+/// Relays an uncached 200 to the client. We did not forward the client's Range (to be
+/// able to fill), so a client that asked for one gets its window cut out of the stream
+/// as a 206 (RFC 9110 §14.2 lets a cache answer a range from a full representation):
+/// a client like Tart that resumes with `Range: bytes=N-` accepts only a 206.
+async fn relay_ranged<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    up: &mut UpstreamConn,
+    resp: ResponseHead,
+    w: &Worker,
+    cache_status: Option<String>,
+) -> Outcome {
+    let op = "pass";
+    let mut headers = resp.headers.clone();
+    headers.strip_hop_by_hop();
+    let answer = match resp.body_kind(&req.method) {
+        Ok(BodyKind::Length(len)) if req.headers.contains("range") => {
+            range_of(req, &headers, Some(len)).then_len(len)
+        }
+        _ => None,
+    };
+    let Some((answer, len)) = answer else {
+        return relay_and_release(client, req, up, resp, w, op, cache_status).await;
+    };
+    if let Some(cs) = cache_status {
+        headers.set("Cache-Status", cs);
+    }
+    let mut head = Vec::with_capacity(512);
+    let win = cached_head(req, 200, headers, len, answer, w, &mut head);
+    let (status, keep_alive) = (win.status, win.keep_alive);
+    if let Err(e) = client.io.write_all(head).await.0 {
+        return Outcome::Aborted {
+            status,
+            bytes: 0,
+            op,
+            reason: e.to_string(),
+        };
+    }
+    let (start, end) = (win.start, win.start + win.count);
+    let mut reader = BodyReader::new(BodyKind::Length(len));
+    let mut buf = w.bufs.get();
+    let (mut pos, mut sent) = (0u64, 0u64);
+    // Read only up to the end of the window; the origin connection is then dropped
+    // rather than drained (it is not reused).
+    let result = loop {
+        if pos >= end {
+            break Ok(());
+        }
+        let n = match reader.read(&mut up.conn, &mut buf).await {
+            Ok(0) => break Err("origin body ended early".to_string()),
+            Ok(n) => n as u64,
+            Err(e) => break Err(format!("origin body failed: {e}")),
+        };
+        let (lo, hi) = (pos.max(start), (pos + n).min(end));
+        if lo < hi {
+            let slice = buf.slice((lo - pos) as usize..(hi - pos) as usize);
+            let (res, s) = client.io.write_all(slice).await;
+            buf = s.into_inner();
+            if let Err(e) = res {
+                break Err(format!("client write failed: {e}"));
+            }
+            sent += hi - lo;
+        }
+        pos += n;
+    };
+    w.bufs.put(buf);
+    if reader.is_done() && resp.keep_alive() {
+        w.upstream.release_ref(up);
+    }
+    match result {
+        Ok(()) => Outcome::Done(Exchange {
+            status,
+            bytes: sent,
+            op,
+            keep_alive,
+        }),
+        Err(reason) => Outcome::Aborted {
+            status,
+            bytes: sent,
+            op,
+            reason,
+        },
+    }
 }
 
 /// Which part of a body of `len` bytes (when known) the client asked for, honouring
