@@ -429,6 +429,16 @@ impl Index {
     /// Looks up `hash` and marks it most recently used. `None` if absent or stored under a
     /// different key (a hash collision: the caller treats it as a miss).
     pub fn get(&self, hash: u64, key: &str) -> Option<EntryInfo> {
+        self.touch_with(hash, key, |info| info.clone())
+    }
+
+    /// Like [`Index::get`] (touches recency) but returns only the generation: the hit path
+    /// checks a cached open entry with it without copying the key.
+    pub fn get_generation(&self, hash: u64, key: &str) -> Option<u64> {
+        self.touch_with(hash, key, |info| info.generation)
+    }
+
+    fn touch_with<T>(&self, hash: u64, key: &str, f: impl FnOnce(&EntryInfo) -> T) -> Option<T> {
         let slot = self.slot(hash);
         let mut shard = slot.lock();
         let i = *shard.map.get(&hash)?;
@@ -438,7 +448,7 @@ impl Index {
         let tick = self.next_tick();
         shard.touch(i, tick);
         slot.publish_tail(&shard);
-        Some(shard.node(i).info.clone())
+        Some(f(&shard.node(i).info))
     }
 
     /// Looks up `hash` without touching recency.
