@@ -544,3 +544,17 @@ fn streaming_huge_body_keeps_rss_flat() {
         );
     });
 }
+
+#[test]
+fn request_naming_chacha_itself_is_refused_as_a_loop() {
+    with_deadline(Duration::from_secs(20), || {
+        let proxy = Chacha::start(&config(""));
+        let addr = proxy.addr();
+        let resp = common::request(
+            addr,
+            format!("GET http://{addr}/loop HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        )
+        .expect("a response");
+        assert_eq!(resp.status(), 508, "{resp:?}");
+    });
+}

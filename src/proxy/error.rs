@@ -11,6 +11,8 @@ pub enum ProxyError {
     BadRequest(HeadError),
     /// The request target cannot be proxied (400).
     BadTarget(String),
+    /// The request already went through this chacha (its Via names us): 508.
+    LoopDetected,
     /// A method chacha does not handle here (405).
     MethodNotAllowed(String),
     /// CONNECT to a port that is not intercepted (406, as the original answers).
@@ -28,6 +30,7 @@ impl ProxyError {
             ProxyError::BadRequest(e) => e.status(),
             ProxyError::BadTarget(_) => 400,
             ProxyError::MethodNotAllowed(_) => 405,
+            ProxyError::LoopDetected => 508,
             ProxyError::PortNotAllowed(_) => 406,
             ProxyError::NotFound => 404,
             ProxyError::Upstream(UpstreamError::HeadTimeout(_))
@@ -49,6 +52,10 @@ impl fmt::Display for ProxyError {
                 "CONNECT to port {p} is not allowed (see tls-interceptor.ports)"
             ),
             ProxyError::NotFound => write!(f, "not found"),
+            ProxyError::LoopDetected => write!(
+                f,
+                "request loop: this request already passed through this proxy"
+            ),
             ProxyError::Upstream(e) => write!(f, "{e}"),
             ProxyError::ClientIo(e) => write!(f, "reading the request body failed: {e}"),
         }

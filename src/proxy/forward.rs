@@ -13,6 +13,27 @@ use crate::http::{
 use crate::stream::{BodyReader, BodyWriter, BufConn};
 use crate::upstream::{PoolKey, UpStream, UpstreamConn, UpstreamError};
 
+/// This process's name in `Via` (RFC 9110 §7.6.3): unique per process, so a request that
+/// comes back to the same chacha (e.g. an absolute URL naming chacha itself) is refused
+/// instead of looping.
+pub fn via_pseudonym() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        format!("chacha-{:x}{:08x}", std::process::id(), nanos)
+    })
+}
+
+/// Whether this request already passed through this process.
+pub fn is_loop(req: &RequestHead) -> bool {
+    let me = via_pseudonym().as_bytes();
+    req.headers
+        .get_all("via")
+        .any(|v| v.windows(me.len()).any(|w| w == me))
+}
+
 /// Writes the request head sent to the origin into `out`: origin-form target, our own
 /// HTTP version, hop-by-hop fields removed (RFC 9110 §7.6.1), Host set from the target
 /// (RFC 9112 §3.2.2), `Expect` dropped (we answer `100-continue` ourselves, RFC 9110
@@ -48,6 +69,10 @@ pub fn write_upstream_head(
     if kind == BodyKind::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
+    // RFC 9110 §7.6.3: a proxy adds itself to Via (also how we detect loops).
+    out.extend_from_slice(b"Via: 1.1 ");
+    out.extend_from_slice(via_pseudonym().as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (name, value) in extra {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");

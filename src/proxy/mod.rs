@@ -328,6 +328,13 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
             op: "reject",
         };
     }
+    if forward::is_loop(&head) {
+        return Outcome::Failed {
+            error: ProxyError::LoopDetected,
+            close: true,
+            op: "reject",
+        };
+    }
     let uri = match channel {
         Channel::Direct if head.target.starts_with('/') => {
             return internal::handle(conn, head, w).await;
