@@ -11,7 +11,17 @@
 //! chacha's CPU time (utime + stime from /proc/<pid>/stat). The bar (issue 3): small p99
 //! under 50 ms while the big downloads run.
 //!
-//! Last measured: (pending)
+//! Last measured (2026-11-26, shared 2-core VM, load average ~3-8 from other builds and
+//! tests; chacha with RUST_LOG=info, i.e. one log line per request):
+//!   baseline: small 150977 req (30185/s): p50 0.13 ms, p99 0.21 ms, max 7.38 ms;
+//!             chacha CPU 4.00 s over 5.0 s
+//!   loaded:   small 21668 req (2166/s): p50 1.56 ms, p99 5.61 ms, max 29.00 ms;
+//!             big 8 clients 4372 MiB/s aggregate (40 complete 1 GiB bodies, all hits);
+//!             chacha CPU 9.89 s over 10.0 s (232 ms per GiB of big)
+//!   origin: 0 full bodies after warm-up (every measured request was a 304-validated hit).
+//! An earlier run under heavier load (load average ~9): loaded p99 9.96 ms, max 44.97 ms,
+//! 3641 MiB/s. Both meet the 50 ms bar. The small clients' rate drops ~14x under load
+//! because the 8 big readers, chacha's 2 workers and everything else share 2 cores.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -111,6 +121,8 @@ fn read_request(
 }
 
 fn serve_origin_conn(mut s: TcpStream, stats: &OriginStats) -> io::Result<()> {
+    // Small heads must not wait for delayed ACKs (Nagle).
+    s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     let block = pattern_block();
@@ -126,15 +138,17 @@ fn serve_origin_conn(mut s: TcpStream, stats: &OriginStats) -> io::Result<()> {
         };
         if inm.is_some_and(|v| v.split(',').any(|t| t.trim() == etag)) {
             stats.not_modified.fetch_add(1, Ordering::Relaxed);
-            write!(s, "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n\r\n")?;
+            let head = format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n\r\n");
+            s.write_all(head.as_bytes())?;
             continue;
         }
         stats.full_bodies.fetch_add(1, Ordering::Relaxed);
-        write!(
-            s,
+        // One write per head: `write!` on a socket issues a write per formatted piece.
+        let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
              Content-Length: {len}\r\nETag: {etag}\r\n\r\n"
-        )?;
+        );
+        s.write_all(head.as_bytes())?;
         let mut left = len;
         while left > 0 {
             let n = left.min(BLOCK as u64) as usize;
@@ -216,7 +230,10 @@ impl Proxy {
                     if let (Some(tx), Ok(addr)) = (tx.take(), addr) {
                         let _ = tx.send(addr);
                     }
-                } else if line.contains("WARN") || line.contains("ERROR") {
+                } else if (line.contains("WARN") || line.contains("ERROR"))
+                    // Big clients hang up mid-body at the end of the run, on purpose.
+                    && !line.contains("client write failed")
+                {
                     eprintln!("[chacha] {line}");
                 }
             }
@@ -343,8 +360,10 @@ impl Conn {
 
 /// A forward-proxy request: absolute-form target.
 fn request_for(origin: SocketAddr, path: &str) -> Vec<u8> {
-    format!("GET http://{origin}{path} HTTP/1.1\r\nHost: {origin}\r\nUser-Agent: chacha-bench\r\n\r\n")
-        .into_bytes()
+    format!(
+        "GET http://{origin}{path} HTTP/1.1\r\nHost: {origin}\r\nUser-Agent: chacha-bench\r\n\r\n"
+    )
+    .into_bytes()
 }
 
 #[derive(Default)]
