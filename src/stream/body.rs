@@ -13,6 +13,12 @@ use super::BufConn;
 use crate::http::chunked::{write_chunk_header, ChunkedDecoder, LAST_CHUNK};
 use crate::http::BodyKind;
 
+/// A read at least this large suggests more data is already on its way (16 KiB is the
+/// TLS record size, so TLS streams hand us at most this per read).
+const COALESCE_AFTER: usize = 16 * 1024;
+/// Bulk reads are coalesced up to this many bytes.
+const COALESCE: usize = 128 * 1024;
+
 /// Reads one message body.
 pub enum BodyReader {
     Length(u64),
@@ -57,7 +63,7 @@ impl BodyReader {
             BodyReader::UntilClose => out.capacity(),
             BodyReader::Chunked(_) => return self.read_chunked(conn, out).await,
         };
-        let n = if !conn.buffered().is_empty() {
+        let mut n = if !conn.buffered().is_empty() {
             conn.take_into(out, want)
         } else {
             let buf = std::mem::take(out);
@@ -65,6 +71,20 @@ impl BodyReader {
             *out = slice.into_inner();
             res?
         };
+        // A read that returned a whole TLS record (or more) means a bulk transfer: keep
+        // reading up to COALESCE bytes so that the writes downstream (client, cache
+        // file) are large. A trickle (smaller reads) is passed on at once.
+        let mut last = n;
+        while last >= COALESCE_AFTER && n < want.min(COALESCE) {
+            let buf = std::mem::take(out);
+            let (res, slice) = conn.io.read(buf.slice_mut(n..want)).await;
+            *out = slice.into_inner();
+            last = res?;
+            if last == 0 {
+                break;
+            }
+            n += last;
+        }
         match self {
             BodyReader::Length(rem) => {
                 if n == 0 {
