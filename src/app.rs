@@ -72,6 +72,27 @@ pub fn run(config: Config) -> i32 {
             None
         }
     };
+    let cluster = config.cluster.as_ref().map(|c| {
+        let cluster = crate::cluster::Cluster::new(config.addr, c);
+        match cluster.local {
+            Some(_) if config.disk.is_none() => log::warn!(
+                "cluster: this node ({}) is listed in cluster.nodes but has no disk: its keys go uncached",
+                config.addr
+            ),
+            Some(_) => log::info!(
+                "cluster: node {} of {} ({})",
+                config.addr,
+                cluster.nodes.len(),
+                cluster.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            None => log::info!(
+                "cluster: {} is not in cluster.nodes: a front end for {} nodes, storing nothing itself",
+                config.addr,
+                cluster.nodes.len()
+            ),
+        }
+        Arc::new(cluster)
+    });
     let settings = Settings {
         addr: config.addr,
         workers: config.workers.max(1),
@@ -80,6 +101,7 @@ pub fn run(config: Config) -> i32 {
         rules: Arc::new(config.rules),
         interception,
         tls_client,
+        cluster,
     };
     server::run(settings)
 }

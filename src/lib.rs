@@ -1,5 +1,6 @@
 pub mod app;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod proxy;

@@ -26,7 +26,8 @@ use crate::cache::policy::{
     response_storable, should_drop_on_status, stored_headers, NotStorable, Validators,
 };
 use crate::cache::status::Outcome as CacheOutcome;
-use crate::cache::store::{FillStartError, FillWriter, Store};
+use crate::cache::store::{FillStartError, FillWriter};
+use crate::cluster::Owner;
 use crate::http::range::{self, if_range_matches, RangeAnswer};
 use crate::http::uri::Uri;
 use crate::http::{BodyKind, Headers, RequestHead, ResponseHead};
@@ -36,9 +37,10 @@ use crate::upstream::UpstreamConn;
 /// Client request fields replaced by our own validators: a 304 answering the client's
 /// validators would say nothing about our entry (we evaluate the client's conditionals
 /// ourselves against the validated entry, RFC 9111 §4.3.2).
-const CLIENT_CONDITIONALS: &[&str] = &["if-none-match", "if-modified-since", "if-range", "range"];
+pub(crate) const CLIENT_CONDITIONALS: &[&str] =
+    &["if-none-match", "if-modified-since", "if-range", "range"];
 
-fn not_stored(
+pub(crate) fn not_stored(
     had_entry: bool,
     reason: NotStorable,
 ) -> impl FnOnce(&ResponseHead) -> Option<String> {
@@ -54,13 +56,12 @@ fn not_stored(
     }
 }
 
-/// Entry point for requests when a cache is configured.
+/// Entry point for GET requests when a cache or a cluster is configured.
 pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     client: &mut BufConn<C>,
     req: RequestHead,
     uri: Uri,
     w: &Worker,
-    store: &Arc<Store>,
 ) -> Outcome {
     let url = uri.to_url_string();
     let rule = match_rule(&w.rules, &url);
@@ -82,6 +83,16 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         }
     }
     let key = cache_key(&uri, rule);
+    // Cluster mode: a key another node owns is served through that node.
+    if let Some(cluster) = &w.cluster {
+        if let Owner::Peer(node) = cluster.owner(&key) {
+            return super::remote::handle(client, req, uri, key, rule, node, w).await;
+        }
+    }
+    let Some(store) = &w.store else {
+        // A cluster member without a disk: its own keys go uncached.
+        return super::forward::forward(client, req, uri, w, |_| None).await;
+    };
     let hash = key_hash(&key);
 
     let mut entry = w.open_entries.lookup(store, hash, &key).await;
@@ -212,7 +223,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
 }
 
 /// The validators of a stored response, read without copying its fields.
-fn validators_of(meta: &EntryMeta) -> Validators {
+pub(crate) fn validators_of(meta: &EntryMeta) -> Validators {
     let find = |name: &str| {
         meta.headers
             .iter()
@@ -228,14 +239,14 @@ fn validators_of(meta: &EntryMeta) -> Validators {
     }
 }
 
-fn headers_of(meta: &EntryMeta) -> Headers {
+pub(crate) fn headers_of(meta: &EntryMeta) -> Headers {
     Headers {
         fields: meta.headers.clone(),
     }
 }
 
 /// A 304 has no body: its connection can go back to the pool at once.
-fn release_bodyless(up: &mut UpstreamConn, resp: &ResponseHead, w: &Worker) {
+pub(crate) fn release_bodyless(up: &mut UpstreamConn, resp: &ResponseHead, w: &Worker) {
     if resp.keep_alive() {
         w.upstream.release_ref(up);
     }
@@ -243,7 +254,7 @@ fn release_bodyless(up: &mut UpstreamConn, resp: &ResponseHead, w: &Worker) {
 
 /// Waits (bounded) until the fill we joined has its response head: returns it, or `None`
 /// when the fill completed, failed, or took too long.
-async fn wait_for_head(fill: &Fill, w: &Worker) -> Option<Arc<StreamInfo>> {
+pub(crate) async fn wait_for_head(fill: &Fill, w: &Worker) -> Option<Arc<StreamInfo>> {
     let deadline = std::time::Instant::now() + w.timeouts.connect + w.timeouts.upstream_head;
     loop {
         let snap = fill.snapshot();
@@ -263,7 +274,7 @@ async fn wait_for_head(fill: &Fill, w: &Worker) -> Option<Arc<StreamInfo>> {
 }
 
 /// Headers of a validated entry: stored ones updated by the 304 (RFC 9111 §4.3.4).
-fn validated_headers(
+pub(crate) fn validated_headers(
     stored: &EntryMeta,
     not_modified: &ResponseHead,
     status: CacheOutcome,
@@ -276,7 +287,7 @@ fn validated_headers(
 
 /// Answers the client's own conditional request against the validated entry with a 304
 /// (RFC 9110 §13.1.2–§13.1.3); `None` when the client wants the body.
-async fn answer_client_conditional<C: AsyncWriteRent>(
+pub(crate) async fn answer_client_conditional<C: AsyncWriteRent>(
     client: &mut BufConn<C>,
     req: &RequestHead,
     headers: &Headers,
@@ -310,7 +321,7 @@ async fn answer_client_conditional<C: AsyncWriteRent>(
 /// able to fill), so a client that asked for one gets its window cut out of the stream
 /// as a 206 (RFC 9110 §14.2 lets a cache answer a range from a full representation):
 /// a client like Tart that resumes with `Range: bytes=N-` accepts only a 206.
-async fn relay_ranged<C: AsyncWriteRent>(
+pub(crate) async fn relay_ranged<C: AsyncWriteRent>(
     client: &mut BufConn<C>,
     req: &RequestHead,
     up: &mut UpstreamConn,
@@ -393,7 +404,7 @@ async fn relay_ranged<C: AsyncWriteRent>(
 
 /// Which part of a body of `len` bytes (when known) the client asked for, honouring
 /// `If-Range` (RFC 9110 §13.1.5, §14.2).
-fn range_of(req: &RequestHead, headers: &Headers, len: Option<u64>) -> RangeAnswer {
+pub(crate) fn range_of(req: &RequestHead, headers: &Headers, len: Option<u64>) -> RangeAnswer {
     let (Some(len), Some(range)) = (len, req.headers.get_str("range")) else {
         return RangeAnswer::Full;
     };
@@ -407,17 +418,17 @@ fn range_of(req: &RequestHead, headers: &Headers, len: Option<u64>) -> RangeAnsw
 }
 
 /// The part of the body a response carries: `count` bytes from `start`.
-struct Window {
-    status: u16,
-    start: u64,
-    count: u64,
-    keep_alive: bool,
+pub(crate) struct Window {
+    pub status: u16,
+    pub start: u64,
+    pub count: u64,
+    pub keep_alive: bool,
 }
 
 /// Serialises the head of a response with a stored body of `len` bytes, for the range
 /// answer: 200 whole, 206 with Content-Range, or 416 with `bytes */len` (RFC 9110 §14.4,
 /// §15.3.7, §15.5.17).
-fn cached_head(
+pub(crate) fn cached_head(
     req: &RequestHead,
     status: u16,
     mut headers: Headers,
@@ -516,7 +527,7 @@ async fn serve_entry<C: AsyncWriteRent>(
 
 /// Sends `buf` (a head already in it) followed by `count` file bytes from `pos`, filling
 /// the rest of `buf` first and then overlapping each write with the next read.
-async fn send_file_range<C: AsyncWriteRent>(
+pub(crate) async fn send_file_range<C: AsyncWriteRent>(
     client: &mut BufConn<C>,
     file: &File,
     pos: u64,
@@ -594,22 +605,14 @@ async fn serve_fill<C: AsyncWriteRent>(
     if let Some(o) = answer_client_conditional(client, req, &headers, w, op).await {
         return o;
     }
-    // The temp file is renamed into place when the fill completes; either path works,
-    // since the layout is the same.
-    let file = match File::open(&info.temp_path).await {
-        Ok(f) => f,
-        Err(_) => match File::open(&info.final_path).await {
-            Ok(f) if fill.snapshot().phase == Phase::Complete => f,
-            _ => {
-                return Outcome::Failed {
-                    error: ProxyError::Upstream(crate::upstream::UpstreamError::Closed(
-                        "the fill this request joined failed".into(),
-                    )),
-                    close: false,
-                    op,
-                }
-            }
-        },
+    let Some(file) = open_fill_file(fill, info).await else {
+        return Outcome::Failed {
+            error: ProxyError::Upstream(crate::upstream::UpstreamError::Closed(
+                "the fill this request joined failed".into(),
+            )),
+            close: false,
+            op,
+        };
     };
     let mut head = Vec::with_capacity(512);
     let (writer, win) = match info.body_len {
@@ -647,9 +650,61 @@ async fn serve_fill<C: AsyncWriteRent>(
         };
     }
     let end = win.start.saturating_add(win.count);
+    let (bytes, result) = stream_fill(client, fill, info, &file, win.start, end, writer, w).await;
+    if let Err(reason) = result {
+        return Outcome::Aborted {
+            status,
+            bytes,
+            op,
+            reason,
+        };
+    }
+    if let Err(e) = writer.finish(&mut client.io).await {
+        return Outcome::Aborted {
+            status,
+            bytes,
+            op,
+            reason: e.to_string(),
+        };
+    }
+    Outcome::Done(Exchange {
+        status,
+        bytes,
+        op,
+        keep_alive,
+    })
+}
+
+/// Opens the file of a fill that is streaming or just completed. The temp file is
+/// renamed into place when the fill completes; either path works, since the layout is
+/// the same.
+pub(crate) async fn open_fill_file(fill: &Fill, info: &StreamInfo) -> Option<File> {
+    match File::open(&info.temp_path).await {
+        Ok(f) => Some(f),
+        Err(_) => match File::open(&info.final_path).await {
+            Ok(f) if fill.snapshot().phase == Phase::Complete => Some(f),
+            _ => None,
+        },
+    }
+}
+
+/// Sends body bytes `[start, end)` of a fill (`end` may be `u64::MAX` for "all") to
+/// `client` framed by `writer`, waiting for bytes as they land. Returns the bytes sent
+/// and whether the whole window went out (not `writer.finish`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn stream_fill<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    fill: &Fill,
+    info: &StreamInfo,
+    file: &File,
+    start: u64,
+    end: u64,
+    writer: BodyWriter,
+    w: &Worker,
+) -> (u64, Result<(), String>) {
     let stall = w.timeouts.upstream_head;
     let mut buf = w.bufs.get();
-    let mut off = win.start;
+    let mut off = start;
     let result = loop {
         if off >= end {
             break Ok(());
@@ -692,29 +747,7 @@ async fn serve_fill<C: AsyncWriteRent>(
         }
     };
     w.bufs.put(buf);
-    let bytes = off - win.start;
-    if let Err(reason) = result {
-        return Outcome::Aborted {
-            status,
-            bytes,
-            op,
-            reason,
-        };
-    }
-    if let Err(e) = writer.finish(&mut client.io).await {
-        return Outcome::Aborted {
-            status,
-            bytes,
-            op,
-            reason: e.to_string(),
-        };
-    }
-    Outcome::Done(Exchange {
-        status,
-        bytes,
-        op,
-        keep_alive,
-    })
+    (off - start, result)
 }
 
 /// Streams a storable 200 to the client and into the cache at once, from the same

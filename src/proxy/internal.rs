@@ -1,4 +1,6 @@
-//! chacha's own endpoints, reached with origin-form requests to its own address.
+//! chacha's own endpoints, reached with origin-form requests to its own address:
+//! `GET /health`, and in cluster mode the KV protocol ([`super::kv`]); without a
+//! cluster a KV request gets 404, as from the original.
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
@@ -11,6 +13,11 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     head: RequestHead,
     w: &Worker,
 ) -> Outcome {
+    if let Some(cluster) = &w.cluster {
+        if super::kv::is_kv_request(&head) {
+            return super::kv::handle(conn, head, w, cluster).await;
+        }
+    }
     // Internal endpoints take no body; one we would have to skip closes the connection.
     let has_body = !matches!(
         head.body_kind(),

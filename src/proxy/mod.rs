@@ -7,6 +7,9 @@ pub mod connect;
 pub mod error;
 pub mod forward;
 pub mod internal;
+pub mod kv;
+pub mod peer;
+pub mod remote;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -75,6 +78,8 @@ pub struct Worker {
     /// `tls-interceptor`, when configured (shared by all cores): CONNECT opens
     /// intercepted tunnels; without it CONNECT gets 405.
     pub interception: Option<Arc<connect::Interception>>,
+    /// `cluster`, when configured (shared by all cores): key owners, peer health, claims.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// What one request did, for its log line.
@@ -345,7 +350,9 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
     };
     match uri {
         Ok(uri) => match &w.store {
-            Some(store) if head.method == "GET" => cached::handle(conn, head, uri, w, store).await,
+            _ if head.method == "GET" && (w.store.is_some() || w.cluster.is_some()) => {
+                cached::handle(conn, head, uri, w).await
+            }
             Some(_) => {
                 forward::forward(conn, head, uri, w, |resp| {
                     Some(

@@ -42,6 +42,8 @@ pub struct Settings {
     /// The verifying client config for `https` origins (one for all cores, so the
     /// trust store is read once and TLS sessions resume across cores).
     pub tls_client: Arc<ClientConfig>,
+    /// Cluster mode: key owners, peer health and claims (one for all cores).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 pub fn driver_name() -> &'static str {
@@ -168,7 +170,14 @@ fn worker_main(
             rules: settings.rules.clone(),
             open_entries: Default::default(),
             interception: settings.interception.clone(),
+            cluster: settings.cluster.clone(),
         });
+        if id == 0 {
+            if let Some(cluster) = &settings.cluster {
+                // One place probes down peers and expires claims, for the whole process.
+                monoio::spawn(crate::proxy::peer::watch(worker.clone(), cluster.clone()));
+            }
+        }
         loop {
             monoio::select! {
                 r = listener.accept() => match r {

@@ -1,0 +1,143 @@
+//! `X-Chacha-Metadata`: base64 of a JSON object describing a KV entry. The original
+//! (`internal/cache/cache.go`) defines only `{"etag": "..."}` (omitted when empty); Go's
+//! decoder ignores unknown fields, so ours adds what a non-owner needs to rebuild the
+//! full response: `status` and the stored `headers` as `[name, value]` pairs. Header
+//! values are bytes; they travel as JSON strings with one char per byte (Latin-1), so
+//! any value round-trips exactly.
+
+use serde::{Deserialize, Serialize};
+
+use super::base64;
+use crate::cache::meta::EntryMeta;
+
+/// The JSON object of `X-Chacha-Metadata`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The stored `ETag` field value (quotes included), as the original's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub etag: String,
+    /// Ours: the stored status (200 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Ours: the stored header fields, Latin-1 encoded values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
+fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
+}
+
+/// The inverse of [`latin1`]; a char above U+00FF (not written by us) keeps its UTF-8.
+fn from_latin1(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        match u8::try_from(c as u32) {
+            Ok(b) => out.push(b),
+            Err(_) => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
+    out
+}
+
+impl Metadata {
+    /// Describes a stored response (its key travels separately, in `X-Chacha-Key`).
+    pub fn of_entry(meta: &EntryMeta) -> Metadata {
+        let etag = meta
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("etag"))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        Metadata {
+            etag,
+            status: Some(meta.status),
+            headers: meta
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), latin1(v)))
+                .collect(),
+        }
+    }
+
+    /// The entry to store for `key`. An entry written by the original's client carries
+    /// only an ETag: it becomes a 200 with that one field.
+    pub fn to_entry(&self, key: String) -> EntryMeta {
+        let mut headers: Vec<(String, Vec<u8>)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.clone(), from_latin1(v)))
+            .collect();
+        if !self.etag.is_empty() && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("etag")) {
+            headers.push(("ETag".to_string(), self.etag.clone().into_bytes()));
+        }
+        EntryMeta {
+            key,
+            status: self.status.unwrap_or(200),
+            headers,
+            ..Default::default()
+        }
+    }
+
+    /// The `X-Chacha-Metadata` field value.
+    pub fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).expect("metadata serialises");
+        base64::encode(&json)
+    }
+
+    pub fn decode(field: &[u8]) -> Result<Metadata, String> {
+        let json =
+            base64::decode(field.trim_ascii()).map_err(|e| format!("X-Chacha-Metadata: {e}"))?;
+        serde_json::from_slice(&json).map_err(|e| format!("X-Chacha-Metadata: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_and_writes_the_originals_shape() {
+        // Go: json.Marshal(cache.Metadata{ETag: "\"abc\""}), base64.StdEncoding.
+        let go = base64::encode(br#"{"etag":"\"abc\""}"#);
+        let md = Metadata::decode(go.as_bytes()).unwrap();
+        assert_eq!(md.etag, "\"abc\"");
+        let entry = md.to_entry("k".into());
+        assert_eq!(entry.status, 200);
+        assert_eq!(entry.headers, vec![("ETag".into(), b"\"abc\"".to_vec())]);
+        // Empty ETag is omitted, like `omitempty`.
+        assert_eq!(
+            base64::decode(Metadata::default().encode().as_bytes()).unwrap(),
+            b"{}"
+        );
+        // Unknown fields are ignored, as Go's decoder does.
+        let extra = base64::encode(br#"{"etag":"x","future":[1,{"a":null}]}"#);
+        assert_eq!(Metadata::decode(extra.as_bytes()).unwrap().etag, "x");
+    }
+
+    #[test]
+    fn round_trips_a_stored_response_exactly() {
+        let meta = EntryMeta {
+            key: "http://o/x".into(),
+            status: 200,
+            headers: vec![
+                ("ETag".into(), b"\"v1\"".to_vec()),
+                ("Content-Type".into(), b"text/plain".to_vec()),
+                ("X-Bytes".into(), vec![0x80, 0xff, b'"', b'\\', 0xc3, 0xa9]),
+            ],
+            ..Default::default()
+        };
+        let md = Metadata::decode(Metadata::of_entry(&meta).encode().as_bytes()).unwrap();
+        assert_eq!(md.etag, "\"v1\"");
+        assert_eq!(md.to_entry(meta.key.clone()), meta);
+    }
+
+    #[test]
+    fn refuses_malformed_fields() {
+        assert!(Metadata::decode(b"not base64!").is_err());
+        assert!(Metadata::decode(base64::encode(b"{").as_bytes()).is_err());
+        assert!(Metadata::decode(base64::encode(br#"{"etag":5}"#).as_bytes()).is_err());
+    }
+}

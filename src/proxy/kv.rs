@@ -1,0 +1,483 @@
+//! The KV protocol, server side: how other nodes read and write the entries this node
+//! owns. Wire-compatible with the original's (`internal/server/handle_kv.go`,
+//! `internal/cache/kv`): origin-form requests to the node's own address,
+//!
+//! - `GET /` with `X-Chacha-Key: base64(key)` → `200` with
+//!   `X-Chacha-Metadata: base64(JSON)` and the body, or `404`;
+//! - `PUT /` with `X-Chacha-Key` and `X-Chacha-Metadata`, the body streamed in
+//!   (Content-Length or chunked) → `200` once the entry is committed;
+//!
+//! both with `Authorization: Basic base64(":" + secret)`: `401` for a missing or wrong
+//! secret (checked first, before anything touches the disk), `400` for malformed
+//! headers. Ours in addition:
+//!
+//! - a GET of a key that is being filled (locally, or by another node's PUT) streams it
+//!   read-while-write (chunked when its length is unknown);
+//! - `X-Chacha-Fill: claim` on a GET miss registers a pending fill for the requester
+//!   (answered `404` with `X-Chacha-Fill: claimed`): until its PUT arrives, other
+//!   requests for the key wait for it instead of fetching the origin themselves;
+//! - `DELETE /` drops the entry and any claim on the key (`200`, or `404` if there was
+//!   neither);
+//! - a PUT of a key that another fill is writing gets `409` (the body is not read; the
+//!   connection closes): the entry being written is the same object.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+use super::cached::{open_fill_file, send_file_range, stream_fill, wait_for_head};
+use super::forward::{answer_expect, build_response_head};
+use super::{write_simple, Exchange, Outcome, Worker};
+use crate::cache::fill::{Fill, Phase, Role, StreamInfo};
+use crate::cache::key::key_hash;
+use crate::cache::open::OpenEntry;
+use crate::cache::store::{FillStartError, Store};
+use crate::cluster::metadata::Metadata;
+use crate::cluster::{base64, Cluster};
+use crate::http::{BodyKind, Headers, RequestHead};
+use crate::stream::{BodyReader, BufConn};
+
+pub const KEY_HEADER: &str = "X-Chacha-Key";
+pub const METADATA_HEADER: &str = "X-Chacha-Metadata";
+/// Ours: fill coordination between nodes (`claim` in a GET, `claimed` in its 404).
+pub const FILL_HEADER: &str = "X-Chacha-Fill";
+pub const FILL_CLAIM: &str = "claim";
+pub const FILL_CLAIMED: &str = "claimed";
+/// How long a claim outlives the longest origin exchange a claimant may wait for
+/// (connect + upstream-head): past that the claimant is presumed dead.
+pub const CLAIM_MARGIN: Duration = Duration::from_secs(5);
+/// Lookup/join rounds a KV GET makes (a fill it waited for may complete or fail).
+const MAX_ROUNDS: usize = 3;
+
+/// Whether an origin-form request is for the KV protocol (in cluster mode). Like the
+/// original, any GET other than `/health` is a KV GET, any PUT a KV PUT.
+pub fn is_kv_request(head: &RequestHead) -> bool {
+    let path = head.target.split('?').next().unwrap_or("");
+    match head.method.as_str() {
+        "GET" => path != "/health",
+        "PUT" | "DELETE" => true,
+        _ => false,
+    }
+}
+
+/// How long a claim stays valid.
+pub fn claim_ttl(w: &Worker) -> Duration {
+    w.timeouts.connect + w.timeouts.upstream_head + CLAIM_MARGIN
+}
+
+pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
+    conn: &mut BufConn<S>,
+    head: RequestHead,
+    w: &Worker,
+    cluster: &Cluster,
+) -> Outcome {
+    let op = match head.method.as_str() {
+        "GET" => "kv-get",
+        "PUT" => "kv-put",
+        _ => "kv-delete",
+    };
+    // A body we do not read closes the connection.
+    let unread_body = !matches!(
+        head.body_kind(),
+        Ok(BodyKind::None) | Ok(BodyKind::Length(0))
+    );
+    // First of all: nothing about keys or the disk for a caller without the secret.
+    if !cluster.authorized(head.headers.get("authorization")) {
+        let msg = if head.headers.contains("authorization") {
+            "invalid secret"
+        } else {
+            "failed to get basic auth"
+        };
+        let extra = [("WWW-Authenticate", "Basic realm=\"chacha\"")];
+        return reply(conn, &head, w, 401, msg, unread_body, op, &extra).await;
+    }
+    let key = match key_of(&head) {
+        Ok(k) => k,
+        Err(msg) => return reply(conn, &head, w, 400, &msg, unread_body, op, &[]).await,
+    };
+    let Some(store) = &w.store else {
+        let msg = "no disk is configured on this node";
+        return reply(conn, &head, w, 404, msg, unread_body, op, &[]).await;
+    };
+    match head.method.as_str() {
+        "GET" => get(conn, &head, w, cluster, store, key, op).await,
+        "PUT" => put(conn, &head, w, cluster, store, key, op).await,
+        _ => delete(conn, &head, w, cluster, store, key, op).await,
+    }
+}
+
+fn key_of(head: &RequestHead) -> Result<String, String> {
+    let Some(field) = head.headers.get(KEY_HEADER) else {
+        return Err(format!(
+            "failed to determine the key: no {KEY_HEADER} header"
+        ));
+    };
+    let bytes = base64::decode(field.trim_ascii())
+        .map_err(|e| format!("failed to determine the key: {KEY_HEADER}: {e}"))?;
+    match String::from_utf8(bytes) {
+        Ok(k) if !k.is_empty() => Ok(k),
+        _ => Err(format!(
+            "failed to determine the key: {KEY_HEADER} is empty or not UTF-8"
+        )),
+    }
+}
+
+/// A short text answer; `close` when the request's body was not read.
+#[allow(clippy::too_many_arguments)]
+async fn reply<S: AsyncWriteRent>(
+    conn: &mut BufConn<S>,
+    head: &RequestHead,
+    w: &Worker,
+    status: u16,
+    msg: &str,
+    close: bool,
+    op: &'static str,
+    extra: &[(&str, &str)],
+) -> Outcome {
+    let keep_alive = !close && head.keep_alive() && !w.shutdown.is_triggered();
+    match write_simple(&mut conn.io, status, msg, !keep_alive, extra).await {
+        Ok(bytes) => Outcome::Done(Exchange {
+            status,
+            bytes,
+            op,
+            keep_alive,
+        }),
+        Err(e) => Outcome::Aborted {
+            status,
+            bytes: 0,
+            op,
+            reason: e.to_string(),
+        },
+    }
+}
+
+async fn get<S: AsyncWriteRent>(
+    conn: &mut BufConn<S>,
+    head: &RequestHead,
+    w: &Worker,
+    cluster: &Cluster,
+    store: &std::sync::Arc<Store>,
+    key: String,
+    op: &'static str,
+) -> Outcome {
+    let hash = key_hash(&key);
+    let claim = head
+        .headers
+        .get_str(FILL_HEADER)
+        .is_some_and(|v| v.eq_ignore_ascii_case(FILL_CLAIM));
+    for _ in 0..MAX_ROUNDS {
+        if let Some(open) = w.open_entries.lookup(store, hash, &key).await {
+            return send_entry(conn, head, open, w, op).await;
+        }
+        let fill = if claim {
+            match store.fills.lead_or_join(hash, &key) {
+                Role::Leader(handle) => {
+                    // A fill may have completed between the lookup and the claim.
+                    if let Some(open) = w.open_entries.lookup(store, hash, &key).await {
+                        drop(handle);
+                        return send_entry(conn, head, open, w, op).await;
+                    }
+                    let deadline = Instant::now() + claim_ttl(w);
+                    cluster.claims.insert(hash, key, handle, deadline);
+                    let extra = [(FILL_HEADER, FILL_CLAIMED)];
+                    let msg = "no cache entry found; the fill is yours";
+                    return reply(conn, head, w, 404, msg, false, op, &extra).await;
+                }
+                Role::Waiter(f) => f,
+                Role::Collision => break,
+            }
+        } else {
+            match store.fills.get(hash) {
+                Some(f) if f.key == key => f,
+                _ => break,
+            }
+        };
+        match wait_for_head(&fill, w).await {
+            Some(info) => return send_fill(conn, head, &fill, &info, w, op).await,
+            None => match fill.snapshot().phase {
+                // Still pending after the wait: the requester goes on without it.
+                Phase::Pending | Phase::Streaming => break,
+                Phase::Complete | Phase::Failed => continue,
+            },
+        }
+    }
+    let msg = format!("no cache entry found for key {key}");
+    reply(conn, head, w, 404, &msg, false, op, &[]).await
+}
+
+fn metadata_headers(meta: &crate::cache::meta::EntryMeta) -> Headers {
+    Headers {
+        fields: vec![(
+            METADATA_HEADER.to_string(),
+            Metadata::of_entry(meta).encode().into_bytes(),
+        )],
+    }
+}
+
+async fn send_entry<S: AsyncWriteRent>(
+    conn: &mut BufConn<S>,
+    head: &RequestHead,
+    open: Rc<OpenEntry>,
+    w: &Worker,
+    op: &'static str,
+) -> Outcome {
+    let entry = &open.entry;
+    open.touch();
+    let len = entry.meta.body_len;
+    let mut buf = w.bufs.get();
+    let headers = metadata_headers(&entry.meta);
+    let (_, keep_alive) =
+        build_response_head(head, 200, "OK", headers, BodyKind::Length(len), w, &mut buf);
+    let result = match &open.body {
+        Some(body) => {
+            buf.extend_from_slice(body);
+            let (res, b) = conn.io.write_all(buf).await;
+            w.bufs.put(b);
+            res.map(|_| ())
+                .map_err(|e| (0, format!("write failed: {e}")))
+        }
+        None => send_file_range(conn, &entry.file, entry.body_offset, len, buf, w).await,
+    };
+    match result {
+        Ok(()) => Outcome::Done(Exchange {
+            status: 200,
+            bytes: len,
+            op,
+            keep_alive,
+        }),
+        Err((bytes, reason)) => Outcome::Aborted {
+            status: 200,
+            bytes,
+            op,
+            reason,
+        },
+    }
+}
+
+async fn send_fill<S: AsyncWriteRent>(
+    conn: &mut BufConn<S>,
+    head: &RequestHead,
+    fill: &Fill,
+    info: &StreamInfo,
+    w: &Worker,
+    op: &'static str,
+) -> Outcome {
+    let Some(file) = open_fill_file(fill, info).await else {
+        let msg = "the fill of this key failed";
+        return reply(conn, head, w, 404, msg, false, op, &[]).await;
+    };
+    let kind = info.body_len.map_or(BodyKind::Chunked, BodyKind::Length);
+    let mut out = Vec::with_capacity(1024);
+    let headers = metadata_headers(&info.meta);
+    let (writer, keep_alive) = build_response_head(head, 200, "OK", headers, kind, w, &mut out);
+    if let Err(e) = conn.io.write_all(out).await.0 {
+        return Outcome::Aborted {
+            status: 200,
+            bytes: 0,
+            op,
+            reason: e.to_string(),
+        };
+    }
+    let end = info.body_len.unwrap_or(u64::MAX);
+    let (bytes, result) = stream_fill(conn, fill, info, &file, 0, end, writer, w).await;
+    let result = match result {
+        Ok(()) => writer.finish(&mut conn.io).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => Outcome::Done(Exchange {
+            status: 200,
+            bytes,
+            op,
+            keep_alive,
+        }),
+        Err(reason) => Outcome::Aborted {
+            status: 200,
+            bytes,
+            op,
+            reason,
+        },
+    }
+}
+
+async fn put<S: AsyncReadRent + AsyncWriteRent>(
+    conn: &mut BufConn<S>,
+    head: &RequestHead,
+    w: &Worker,
+    cluster: &Cluster,
+    store: &std::sync::Arc<Store>,
+    key: String,
+    op: &'static str,
+) -> Outcome {
+    let kind = match head.body_kind() {
+        Ok(k) => k,
+        Err(e) => return reply(conn, head, w, 400, &e.to_string(), true, op, &[]).await,
+    };
+    let unread = !matches!(kind, BodyKind::None | BodyKind::Length(0));
+    let metadata = match head.headers.get(METADATA_HEADER).map(Metadata::decode) {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => {
+            let msg = format!("failed to determine the metadata: {e}");
+            return reply(conn, head, w, 400, &msg, unread, op, &[]).await;
+        }
+        None => {
+            let msg = format!("failed to determine the metadata: no {METADATA_HEADER} header");
+            return reply(conn, head, w, 400, &msg, unread, op, &[]).await;
+        }
+    };
+    let hash = key_hash(&key);
+    let handle = match cluster.claims.take(hash, &key, Instant::now()) {
+        Some(h) => h,
+        None => match store.fills.lead_or_join(hash, &key) {
+            Role::Leader(h) => h,
+            Role::Waiter(_) | Role::Collision => {
+                let msg = "this key is being filled; its entry will be the same object";
+                return reply(conn, head, w, 409, msg, unread, op, &[]).await;
+            }
+        },
+    };
+    let body_len = match kind {
+        BodyKind::Length(n) => Some(n),
+        BodyKind::None => Some(0),
+        _ => None,
+    };
+    let mut body = BodyReader::new(kind);
+    let mut writer = match store
+        .start_fill(handle, metadata.to_entry(key), body_len)
+        .await
+    {
+        Ok(writer) => writer,
+        Err(FillStartError::TooLarge) => {
+            let msg = "the object does not fit in this node's cache";
+            return reply(conn, head, w, 413, msg, unread, op, &[]).await;
+        }
+        Err(FillStartError::Io(e)) => {
+            let msg = format!("unable to put cache entry: {e}");
+            return reply(conn, head, w, 500, &msg, unread, op, &[]).await;
+        }
+    };
+    if let Err(e) = answer_expect(conn, head, &body).await {
+        return Outcome::Aborted {
+            status: 100,
+            bytes: 0,
+            op,
+            reason: e.to_string(),
+        };
+    }
+    // A sender that stalls this long is gone (its fill fails, readers abort).
+    let stall = w.timeouts.idle;
+    let mut buf = w.bufs.get();
+    let failure = loop {
+        let n = match monoio::time::timeout(stall, body.read(conn, &mut buf)).await {
+            Ok(Ok(0)) => break None,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => break Some((400, format!("reading the body failed: {e}"))),
+            Err(_) => break Some((408, format!("no body bytes for {stall:?}"))),
+        };
+        let (res, b) = writer.write(buf).await;
+        buf = b;
+        if let Err(e) = res {
+            break Some((500, format!("unable to put cache entry: {e}")));
+        }
+        debug_assert!(n > 0);
+    };
+    w.bufs.put(buf);
+    if let Some((status, msg)) = failure {
+        drop(writer); // fails the fill: readers abort, the temp file goes
+        return reply(conn, head, w, status, &msg, true, op, &[]).await;
+    }
+    let written = writer.written();
+    match writer.commit().await {
+        Ok(()) => {
+            let outcome = reply(
+                conn,
+                head,
+                w,
+                200,
+                "cache entry written successfully",
+                false,
+                op,
+                &[],
+            )
+            .await;
+            match outcome {
+                Outcome::Done(ex) => Outcome::Done(Exchange {
+                    bytes: written,
+                    ..ex
+                }),
+                other => other,
+            }
+        }
+        Err(e) => {
+            let msg = format!("unable to put cache entry: {e}");
+            reply(conn, head, w, 500, &msg, false, op, &[]).await
+        }
+    }
+}
+
+async fn delete<S: AsyncWriteRent>(
+    conn: &mut BufConn<S>,
+    head: &RequestHead,
+    w: &Worker,
+    cluster: &Cluster,
+    store: &std::sync::Arc<Store>,
+    key: String,
+    op: &'static str,
+) -> Outcome {
+    let hash = key_hash(&key);
+    let released = cluster.claims.release(hash, &key);
+    let removed = match store.index.get_generation(hash, &key) {
+        Some(generation) => {
+            w.open_entries.forget(hash);
+            store.remove(hash, generation);
+            true
+        }
+        None => false,
+    };
+    if removed || released {
+        reply(conn, head, w, 200, "cache entry removed", false, op, &[]).await
+    } else {
+        let msg = format!("no cache entry found for key {key}");
+        reply(conn, head, w, 404, &msg, false, op, &[]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{parse_request, Parsed};
+
+    fn head(raw: &str) -> RequestHead {
+        match parse_request(raw.as_bytes()) {
+            Ok(Parsed::Complete(h, _)) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn kv_requests_are_told_apart_from_health() {
+        assert!(is_kv_request(&head("GET / HTTP/1.1\r\nHost: n\r\n\r\n")));
+        assert!(is_kv_request(&head("PUT / HTTP/1.1\r\nHost: n\r\n\r\n")));
+        assert!(is_kv_request(&head("DELETE / HTTP/1.1\r\nHost: n\r\n\r\n")));
+        assert!(!is_kv_request(&head(
+            "GET /health HTTP/1.1\r\nHost: n\r\n\r\n"
+        )));
+        assert!(!is_kv_request(&head("POST / HTTP/1.1\r\nHost: n\r\n\r\n")));
+    }
+
+    #[test]
+    fn keys_must_be_base64_utf8_and_present() {
+        let ok = head("GET / HTTP/1.1\r\nX-Chacha-Key: aHR0cDovL28veA==\r\n\r\n");
+        assert_eq!(key_of(&ok).unwrap(), "http://o/x");
+        for bad in [
+            "",
+            "X-Chacha-Key: \r\n",
+            "X-Chacha-Key: !!\r\n",
+            "X-Chacha-Key: /w==\r\n",
+        ] {
+            let h = head(&format!("GET / HTTP/1.1\r\n{bad}\r\n"));
+            assert!(key_of(&h).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! The KV protocol, client side: a non-owner's requests to a key's owner, over the same
+//! per-core keep-alive pool as origins (`PoolKey { tls: false, host: peer ip, port }`),
+//! so steady-state hits set up no connection between nodes. Also the watch task: probes
+//! peers marked down with `GET /health` (backing off) until they answer, and expires
+//! claims that other nodes never completed.
+
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use super::kv::{claim_ttl, FILL_CLAIM, FILL_CLAIMED, FILL_HEADER, KEY_HEADER, METADATA_HEADER};
+use super::Worker;
+use crate::cache::meta::EntryMeta;
+use crate::cluster::metadata::Metadata;
+use crate::cluster::{base64, Cluster, Node};
+use crate::http::{parse_response, BodyKind, Parsed, ResponseHead, MAX_HEAD_BYTES};
+use crate::stream::{BodyReader, BodyWriter, BufConn};
+use crate::upstream::{UpStream, UpstreamConn, UpstreamError};
+
+/// How often the watch task wakes (probes are due by their own backoff).
+pub const WATCH_TICK: Duration = Duration::from_millis(200);
+/// First and longest wait between two probes of a down peer.
+pub const PROBE_BACKOFF_MIN: Duration = Duration::from_millis(200);
+pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A probe's connect + answer must fit in this.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most bytes of a short answer (404, PUT's 200) read to keep its connection.
+const MAX_DRAIN: u64 = 64 * 1024;
+/// Read buffer for those short answers.
+const DRAIN_BUF: usize = 4096;
+
+/// An entry the owner is sending: its metadata, and the body still to read from `conn`.
+pub struct Found {
+    pub conn: UpstreamConn,
+    pub meta: EntryMeta,
+    pub kind: BodyKind,
+    /// Whether the owner keeps the connection after this response.
+    pub keep_alive: bool,
+}
+
+/// Why a KV request to a peer failed.
+#[derive(Debug)]
+pub enum PeerError {
+    /// No usable answer (connect, I/O, timeout, garbage): the peer counts as down.
+    Unreachable(String),
+    /// The peer answered, but not as a KV server of this cluster should (e.g. 401: the
+    /// secrets differ). Not a health problem: probing would find it up at once.
+    Refused(String),
+}
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerError::Unreachable(e) | PeerError::Refused(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Describes a connection-level failure without the origin-centred wording of
+/// [`UpstreamError`]'s messages.
+fn unreachable(e: UpstreamError) -> PeerError {
+    PeerError::Unreachable(match e {
+        UpstreamError::Connect(s) | UpstreamError::Closed(s) | UpstreamError::Protocol(s) => s,
+        UpstreamError::ConnectTimeout(d) => format!("connect timed out after {d:?}"),
+        UpstreamError::HeadTimeout(d) => format!("no answer within {d:?}"),
+        other => other.to_string(),
+    })
+}
+
+pub enum Lookup {
+    Found(Box<Found>),
+    /// No entry; `claimed` when the owner made this node the one to fill it.
+    Miss {
+        claimed: bool,
+    },
+}
+
+/// Logs the state change once, however many requests see the failure.
+pub fn mark_down(node: &Node, reason: &str) {
+    if node.mark_down() {
+        log::warn!(
+            "cluster: node {} is unreachable ({reason}); its keys go to the origin uncached until it answers /health",
+            node.name
+        );
+    }
+}
+
+fn request_head(
+    method: &str,
+    node: &Node,
+    cluster: &Cluster,
+    key: &str,
+    extra: &[(&str, &str)],
+    body: Option<Option<u64>>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + key.len() * 2);
+    out.extend_from_slice(method.as_bytes());
+    out.extend_from_slice(b" / HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(node.name.as_bytes());
+    out.extend_from_slice(b"\r\nAuthorization: ");
+    out.extend_from_slice(cluster.authorization.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(KEY_HEADER.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(base64::encode(key.as_bytes()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in extra {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match body {
+        None => {}
+        Some(Some(len)) => out.extend_from_slice(format!("Content-Length: {len}\r\n").as_bytes()),
+        Some(None) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Reads a final response head before `deadline` (interim 1xx skipped).
+async fn read_head_by(
+    up: &mut BufConn<UpStream>,
+    deadline: Instant,
+    received: &mut bool,
+) -> Result<ResponseHead, UpstreamError> {
+    let started = Instant::now();
+    loop {
+        if !up.buffered().is_empty() {
+            *received = true;
+            match parse_response(up.buffered()) {
+                Ok(Parsed::Complete(head, n)) => {
+                    up.consume(n);
+                    if (100..200).contains(&head.status) {
+                        continue;
+                    }
+                    return Ok(head);
+                }
+                Ok(Parsed::Partial) if up.buffered().len() > MAX_HEAD_BYTES => {
+                    return Err(UpstreamError::Protocol("response head too large".into()))
+                }
+                Ok(Parsed::Partial) => {}
+                Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
+            }
+        }
+        match monoio::time::timeout_at(deadline.into(), up.fill()).await {
+            Err(_) => return Err(UpstreamError::HeadTimeout(started.elapsed())),
+            Ok(Ok(0)) => return Err(UpstreamError::Closed("end of stream".into())),
+            Ok(Err(e)) => return Err(UpstreamError::Closed(e.to_string())),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Sends a bodiless request to `node` on a pooled connection (retrying once per stale
+/// pooled connection) and reads the response head.
+async fn exchange(
+    w: &Worker,
+    node: &Node,
+    head: &[u8],
+    deadline: Instant,
+) -> Result<(UpstreamConn, ResponseHead), UpstreamError> {
+    loop {
+        let mut up = match w.upstream.take_idle(&node.pool_key) {
+            Some(c) => c,
+            None => w.upstream.connect_new(&node.pool_key).await?,
+        };
+        let reused = up.reused;
+        if let Err(e) = up.conn.io.write_all(head.to_vec()).await.0 {
+            if reused {
+                continue;
+            }
+            return Err(UpstreamError::Closed(e.to_string()));
+        }
+        let mut received = false;
+        match read_head_by(&mut up.conn, deadline, &mut received).await {
+            Ok(resp) => return Ok((up, resp)),
+            Err(UpstreamError::Closed(_)) if reused && !received => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads the rest of a short response and pools its connection when it can carry
+/// another request; a long or broken one is dropped (closed).
+async fn drain_and_release(w: &Worker, mut up: UpstreamConn, resp: &ResponseHead, method: &str) {
+    let Ok(kind) = resp.body_kind(method) else {
+        return;
+    };
+    if matches!(kind, BodyKind::Length(n) if n > MAX_DRAIN) || kind == BodyKind::UntilClose {
+        return;
+    }
+    let mut reader = BodyReader::new(kind);
+    let mut buf = Vec::with_capacity(DRAIN_BUF);
+    let mut total = 0u64;
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    while !reader.is_done() {
+        match monoio::time::timeout_at(deadline.into(), reader.read(&mut up.conn, &mut buf)).await {
+            Ok(Ok(n)) if n > 0 && total + (n as u64) <= MAX_DRAIN => total += n as u64,
+            Ok(Ok(0)) => break,
+            _ => return,
+        }
+    }
+    if reader.is_done() && resp.keep_alive() {
+        w.upstream.release(up);
+    }
+}
+
+/// KV GET of `key` on its owner. With `claim`, a miss makes this node the key's filler
+/// (see [`super::kv`]). The owner may hold the answer while a fill it knows of starts,
+/// up to the claim time-to-live.
+pub async fn get(
+    w: &Worker,
+    cluster: &Cluster,
+    node: &Node,
+    key: &str,
+    claim: bool,
+) -> Result<Lookup, PeerError> {
+    let extra: &[(&str, &str)] = if claim {
+        &[(FILL_HEADER, FILL_CLAIM)]
+    } else {
+        &[]
+    };
+    let head = request_head("GET", node, cluster, key, extra, None);
+    let deadline = Instant::now() + claim_ttl(w);
+    let (up, resp) = exchange(w, node, &head, deadline)
+        .await
+        .map_err(unreachable)?;
+    match resp.status {
+        200 => {
+            let field = resp
+                .headers
+                .get(METADATA_HEADER)
+                .ok_or_else(|| PeerError::Refused(format!("a KV 200 without {METADATA_HEADER}")))?;
+            let meta = Metadata::decode(field)
+                .map_err(PeerError::Refused)?
+                .to_entry(key.to_string());
+            let kind = resp
+                .body_kind("GET")
+                .map_err(|e| PeerError::Refused(format!("KV GET answer: {e}")))?;
+            Ok(Lookup::Found(Box::new(Found {
+                conn: up,
+                meta,
+                kind,
+                keep_alive: resp.keep_alive(),
+            })))
+        }
+        404 => {
+            let claimed = resp
+                .headers
+                .get_str(FILL_HEADER)
+                .is_some_and(|v| v.eq_ignore_ascii_case(FILL_CLAIMED));
+            drain_and_release(w, up, &resp, "GET").await;
+            Ok(Lookup::Miss { claimed })
+        }
+        s => Err(PeerError::Refused(format!("answered {s} to a KV GET"))),
+    }
+}
+
+/// Whether a pooled connection was closed by the peer while idle (EOF or stray bytes
+/// waiting), checked without blocking: a PUT cannot be retried once its body streamed.
+fn closed_while_idle(c: &UpstreamConn) -> bool {
+    if !c.conn.buffered().is_empty() {
+        return true;
+    }
+    let UpStream::Tcp(s) = &c.conn.io else {
+        return true;
+    };
+    let mut byte = 0u8;
+    // SAFETY: a valid socket fd owned by `s`; a one-byte buffer that outlives the call.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            &mut byte as *mut u8 as *mut libc::c_void,
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
+}
+
+/// Starts a KV PUT of `key` to its owner: sends the head; the caller streams the body
+/// through the returned writer and ends with [`put_finish`].
+pub async fn put_start(
+    w: &Worker,
+    cluster: &Cluster,
+    node: &Node,
+    key: &str,
+    metadata: &Metadata,
+    body_len: Option<u64>,
+) -> Result<(UpstreamConn, BodyWriter), PeerError> {
+    let md = metadata.encode();
+    let head = request_head(
+        "PUT",
+        node,
+        cluster,
+        key,
+        &[(METADATA_HEADER, &md)],
+        Some(body_len),
+    );
+    let mut up = loop {
+        match w.upstream.take_idle(&node.pool_key) {
+            Some(c) if closed_while_idle(&c) => continue,
+            Some(c) => break c,
+            None => {
+                break w
+                    .upstream
+                    .connect_new(&node.pool_key)
+                    .await
+                    .map_err(unreachable)?
+            }
+        }
+    };
+    if let Err(e) = up.conn.io.write_all(head).await.0 {
+        return Err(PeerError::Unreachable(e.to_string()));
+    }
+    let writer = match body_len {
+        Some(_) => BodyWriter::Raw,
+        None => BodyWriter::Chunked,
+    };
+    Ok((up, writer))
+}
+
+/// Ends a KV PUT's body and waits for the owner to commit it (its 200).
+pub async fn put_finish(
+    w: &Worker,
+    mut up: UpstreamConn,
+    writer: BodyWriter,
+) -> Result<(), String> {
+    writer
+        .finish(&mut up.conn.io)
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + w.timeouts.upstream_head;
+    let mut received = false;
+    let resp = read_head_by(&mut up.conn, deadline, &mut received)
+        .await
+        .map_err(|e| unreachable(e).to_string())?;
+    let status = resp.status;
+    drain_and_release(w, up, &resp, "PUT").await;
+    match status {
+        200 => Ok(()),
+        s => Err(format!("answered {s} to a KV PUT")),
+    }
+}
+
+/// KV DELETE of `key`: drops the owner's entry and any claim on the key.
+pub async fn delete(w: &Worker, cluster: &Cluster, node: &Node, key: &str) -> Result<(), String> {
+    let head = request_head("DELETE", node, cluster, key, &[], None);
+    let deadline = Instant::now() + w.timeouts.upstream_head;
+    let (up, resp) = exchange(w, node, &head, deadline)
+        .await
+        .map_err(|e| unreachable(e).to_string())?;
+    let status = resp.status;
+    drain_and_release(w, up, &resp, "DELETE").await;
+    match status {
+        200 | 404 => Ok(()),
+        s => Err(format!("answered {s} to a KV DELETE")),
+    }
+}
+
+/// `GET /health` on a fresh connection: Ok when the node answers 200 in time.
+async fn probe(node: &Node) -> Result<(), String> {
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    let tcp = monoio::time::timeout_at(deadline.into(), TcpStream::connect_addr(node.addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut conn = BufConn::new(UpStream::Tcp(tcp));
+    let req = format!(
+        "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        node.name
+    );
+    conn.io
+        .write_all(req.into_bytes())
+        .await
+        .0
+        .map_err(|e| e.to_string())?;
+    let mut received = false;
+    let resp = read_head_by(&mut conn, deadline, &mut received)
+        .await
+        .map_err(|e| unreachable(e).to_string())?;
+    match resp.status {
+        200 => Ok(()),
+        s => Err(format!("/health answered {s}")),
+    }
+}
+
+/// Runs on one core for the whole process (worker 0): probes down peers until they
+/// answer (backing off from [`PROBE_BACKOFF_MIN`] to [`PROBE_BACKOFF_MAX`]) and expires
+/// claims whose claimant never came back.
+pub async fn watch(w: Rc<Worker>, cluster: Arc<Cluster>) {
+    let n = cluster.nodes.len();
+    let mut backoff = vec![PROBE_BACKOFF_MIN; n];
+    let mut next = vec![Instant::now(); n];
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(WATCH_TICK) => {}
+            _ = w.shutdown.wait() => return,
+        }
+        let now = Instant::now();
+        let expired = cluster.claims.sweep(now);
+        if expired > 0 {
+            log::warn!("cluster: {expired} fill claims expired (their nodes never sent the body)");
+        }
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            if Some(i) == cluster.local {
+                continue;
+            }
+            if !node.is_down() {
+                backoff[i] = PROBE_BACKOFF_MIN;
+                next[i] = now;
+                continue;
+            }
+            if now < next[i] {
+                continue;
+            }
+            match probe(node).await {
+                Ok(()) => {
+                    if node.mark_up() {
+                        log::warn!(
+                            "cluster: node {} answers /health again; its keys are served through it again",
+                            node.name
+                        );
+                    }
+                }
+                Err(e) => {
+                    log::debug!("cluster: probe of {} failed: {e}", node.name);
+                    next[i] = Instant::now() + backoff[i];
+                    backoff[i] = (backoff[i] * 2).min(PROBE_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// Reads a piece of a body from a peer connection with a stall bound.
+pub async fn read_body<S: AsyncReadRent>(
+    reader: &mut BodyReader,
+    conn: &mut BufConn<S>,
+    buf: &mut Vec<u8>,
+    stall: Duration,
+) -> Result<usize, String> {
+    match monoio::time::timeout(stall, reader.read(conn, buf)).await {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no body bytes for {stall:?}")),
+    }
+}

@@ -1,0 +1,502 @@
+//! The request path for a key another node owns (cluster mode). Always validating, as
+//! the local path: ask the owner for the entry (KV GET, claiming the fill on a miss),
+//! send the conditional request to the origin, then
+//! - 304 with an entry → stream the body from the owner's KV response;
+//! - storable 200 → stream the origin's body to the client and, from the same buffers,
+//!   to the owner (KV PUT), committed there before the client gets its last byte;
+//! - anything else → relay (dropping the owner's entry on 404/410, releasing a claim).
+//!
+//! An owner that cannot be reached never fails the client: the request goes to the
+//! origin uncached and the owner is marked down until it answers `/health` again
+//! (`peer::watch`).
+
+use monoio::buf::IoBuf;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+use super::cached::{
+    answer_client_conditional, cached_head, not_stored, range_of, relay_ranged, release_bodyless,
+    validated_headers, validators_of, Window, CLIENT_CONDITIONALS,
+};
+use super::forward::{
+    build_response_head, forward, pool_key, relay_and_release, send_upstream, write_upstream_head,
+};
+use super::peer::{self, Found, Lookup, PeerError};
+use super::{Exchange, Outcome, ProxyError, Worker};
+use crate::cache::digest::{expected_sha256, Verifier};
+use crate::cache::meta::EntryMeta;
+use crate::cache::policy::{
+    conditional_headers, response_storable, should_drop_on_status, stored_headers, NotStorable,
+};
+use crate::cache::status::{Outcome as CacheOutcome, CACHE_NAME};
+use crate::cluster::metadata::Metadata;
+use crate::cluster::{Cluster, Node};
+use crate::config::Rule;
+use crate::http::uri::Uri;
+use crate::http::{BodyKind, RequestHead, ResponseHead};
+use crate::stream::{BodyReader, BodyWriter, BufConn};
+use crate::upstream::{UpstreamConn, UpstreamError};
+
+/// `Cache-Status` of a request relayed uncached because its owner is unreachable.
+fn owner_down(resp: &ResponseHead) -> Option<String> {
+    Some(format!(
+        "{CACHE_NAME}; fwd=uri-miss; fwd-status={}; detail=owner-unreachable",
+        resp.status
+    ))
+}
+
+pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: RequestHead,
+    uri: Uri,
+    key: String,
+    rule: Option<&Rule>,
+    node: &Node,
+    w: &Worker,
+) -> Outcome {
+    let cluster = w
+        .cluster
+        .as_deref()
+        .expect("remote keys exist in cluster mode");
+    if node.is_down() {
+        return forward(client, req, uri, w, owner_down).await;
+    }
+    let (found, claimed) = match peer::get(w, cluster, node, &key, true).await {
+        Ok(Lookup::Found(f)) => (Some(*f), false),
+        Ok(Lookup::Miss { claimed }) => (None, claimed),
+        Err(PeerError::Unreachable(e)) => {
+            peer::mark_down(node, &e);
+            return forward(client, req, uri, w, owner_down).await;
+        }
+        Err(PeerError::Refused(e)) => {
+            log::warn!(
+                "cluster: node {} refused a KV GET ({e}); is its secret the same? serving uncached",
+                node.name
+            );
+            return forward(client, req, uri, w, owner_down).await;
+        }
+    };
+    let had_entry = found.is_some();
+    let conditionals = found
+        .as_ref()
+        .map(|f| conditional_headers(&validators_of(&f.meta)))
+        .unwrap_or_default();
+    let extra: Vec<(&str, &str)> = conditionals.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let mut head_bytes = Vec::with_capacity(512);
+    write_upstream_head(
+        &req,
+        &uri,
+        BodyKind::None,
+        CLIENT_CONDITIONALS,
+        &extra,
+        &mut head_bytes,
+    );
+    let mut no_body = BodyReader::new(BodyKind::None);
+    let sent = send_upstream(client, &head_bytes, &pool_key(&uri), &mut no_body, w).await;
+    let (mut up, resp) = match sent {
+        Ok(x) => x,
+        Err((error, close)) => {
+            drop(found);
+            if claimed {
+                release(w, cluster, node, &key).await;
+            }
+            return Outcome::Failed {
+                error,
+                close,
+                op: "miss",
+            };
+        }
+    };
+    if resp.status == 304 {
+        if let Some(found) = found {
+            release_bodyless(&mut up, &resp, w);
+            return serve_from_owner(client, &req, found, &resp, w).await;
+        }
+    } else if resp.status == 200 {
+        // The owner's copy is outdated (or absent): its connection closes unread.
+        drop(found);
+        if let Err(reason) = response_storable(&req, &resp, rule) {
+            if claimed {
+                release(w, cluster, node, &key).await;
+            }
+            let cs = not_stored(had_entry, reason)(&resp);
+            return relay_ranged(client, &req, &mut up, resp, w, cs).await;
+        }
+        let digest = expected_sha256(&uri.path_and_query);
+        let target = Target {
+            cluster,
+            node,
+            key,
+            replaced: had_entry,
+            digest,
+        };
+        return fill_through(client, &req, up, resp, target, w).await;
+    }
+    let found_entry = found.is_some();
+    drop(found);
+    if claimed || (found_entry && should_drop_on_status(resp.status)) {
+        release(w, cluster, node, &key).await;
+    }
+    let cs = not_stored(had_entry, NotStorable::Status)(&resp);
+    relay_and_release(client, &req, &mut up, resp, w, "pass", cs).await
+}
+
+/// Ends our claim on `key` (nothing will be PUT) and drops the owner's entry, so that
+/// requests waiting on the owner go on at once.
+async fn release(w: &Worker, cluster: &Cluster, node: &Node, key: &str) {
+    if let Err(e) = peer::delete(w, cluster, node, key).await {
+        log::debug!("cluster: KV DELETE on {} failed: {e}", node.name);
+    }
+}
+
+/// How long the owner's body may stall (it may itself be streaming a fill).
+fn owner_stall(w: &Worker) -> std::time::Duration {
+    w.timeouts.upstream_head + super::kv::CLAIM_MARGIN
+}
+
+/// Serves a validated entry from the owner's KV response.
+async fn serve_from_owner<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    found: Found,
+    not_modified: &ResponseHead,
+    w: &Worker,
+) -> Outcome {
+    let op = "peer-hit";
+    let Found {
+        mut conn,
+        meta,
+        kind,
+        keep_alive: owner_keep_alive,
+    } = found;
+    let headers = validated_headers(&meta, not_modified, CacheOutcome::Revalidated);
+    if let Some(o) = answer_client_conditional(client, req, &headers, w, op).await {
+        return o; // the owner's connection closes unread
+    }
+    let mut head = Vec::with_capacity(1024);
+    let (writer, win) = match kind {
+        BodyKind::Length(len) => {
+            let answer = range_of(req, &headers, Some(len));
+            let win = cached_head(req, meta.status, headers, len, answer, w, &mut head);
+            (BodyWriter::Raw, win)
+        }
+        BodyKind::None => {
+            let answer = range_of(req, &headers, Some(0));
+            let win = cached_head(req, meta.status, headers, 0, answer, w, &mut head);
+            (BodyWriter::Raw, win)
+        }
+        _ => {
+            let (writer, keep_alive) = build_response_head(
+                req,
+                meta.status,
+                "",
+                headers,
+                BodyKind::Chunked,
+                w,
+                &mut head,
+            );
+            let win = Window {
+                status: meta.status,
+                start: 0,
+                count: u64::MAX,
+                keep_alive,
+            };
+            (writer, win)
+        }
+    };
+    let (status, keep_alive) = (win.status, win.keep_alive);
+    if let Err(e) = client.io.write_all(head).await.0 {
+        return Outcome::Aborted {
+            status,
+            bytes: 0,
+            op,
+            reason: e.to_string(),
+        };
+    }
+    let (start, end) = (win.start, win.start.saturating_add(win.count));
+    let stall = owner_stall(w);
+    let mut reader = BodyReader::new(kind);
+    let mut buf = w.bufs.get();
+    let (mut pos, mut sent) = (0u64, 0u64);
+    let result = loop {
+        if pos >= end {
+            break Ok(());
+        }
+        let n = match peer::read_body(&mut reader, &mut conn.conn, &mut buf, stall).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => n as u64,
+            Err(e) => break Err(format!("owner's body failed: {e}")),
+        };
+        let (lo, hi) = (pos.max(start), (pos + n).min(end));
+        if lo < hi {
+            let res = if lo == pos && hi == pos + n {
+                let (res, b) = writer.write(&mut client.io, buf).await;
+                buf = b;
+                res
+            } else {
+                let slice = buf.slice((lo - pos) as usize..(hi - pos) as usize);
+                let (res, s) = client.io.write_all(slice).await;
+                buf = s.into_inner();
+                res.map(|_| ())
+            };
+            if let Err(e) = res {
+                break Err(format!("client write failed: {e}"));
+            }
+            sent += hi - lo;
+        }
+        pos += n;
+    };
+    w.bufs.put(buf);
+    if reader.is_done() && owner_keep_alive {
+        w.upstream.release(conn);
+    }
+    let result = match result {
+        Ok(()) if end == u64::MAX => writer
+            .finish(&mut client.io)
+            .await
+            .map_err(|e| format!("client write failed: {e}")),
+        other => other,
+    };
+    match result {
+        Ok(()) => Outcome::Done(Exchange {
+            status,
+            bytes: sent,
+            op,
+            keep_alive,
+        }),
+        Err(reason) => Outcome::Aborted {
+            status,
+            bytes: sent,
+            op,
+            reason,
+        },
+    }
+}
+
+/// Where a fill through this node goes.
+struct Target<'a> {
+    cluster: &'a Cluster,
+    node: &'a Node,
+    key: String,
+    replaced: bool,
+    digest: Option<[u8; 32]>,
+}
+
+/// Streams a storable 200 to the client and to the owner (KV PUT) from the same
+/// buffers, as the local fill does with its file: the PUT goes on if the client leaves;
+/// a digest mismatch (OCI blobs) or an origin failure cuts the PUT short, so the owner
+/// never commits it; the owner's 200 arrives before the client's last byte is sent.
+async fn fill_through<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    mut up: UpstreamConn,
+    resp: ResponseHead,
+    target: Target<'_>,
+    w: &Worker,
+) -> Outcome {
+    let op = "peer-fill";
+    let kind = match resp.body_kind(&req.method) {
+        Ok(k) => k,
+        Err(e) => {
+            return Outcome::Failed {
+                error: ProxyError::Upstream(UpstreamError::Protocol(e.to_string())),
+                close: false,
+                op,
+            }
+        }
+    };
+    let body_len = match kind {
+        BodyKind::Length(n) => Some(n),
+        BodyKind::None => Some(0),
+        _ => None,
+    };
+    let meta = EntryMeta {
+        key: target.key.clone(),
+        status: 200,
+        headers: stored_headers(&resp.headers).fields,
+        ..Default::default()
+    };
+    let metadata = Metadata::of_entry(&meta);
+    let (cluster, node) = (target.cluster, target.node);
+    let mut put = match peer::put_start(w, cluster, node, &target.key, &metadata, body_len).await {
+        Ok(p) => Some(p),
+        Err(PeerError::Unreachable(e)) => {
+            peer::mark_down(node, &e);
+            None
+        }
+        Err(PeerError::Refused(e)) => {
+            log::warn!("cluster: PUT to {} refused: {e}", node.name);
+            None
+        }
+    };
+    let mut verifier = target.digest.map(Verifier::new);
+    let mut headers = resp.headers.clone();
+    headers.strip_hop_by_hop();
+    headers.set(
+        "Cache-Status",
+        CacheOutcome::Stored {
+            replaced: target.replaced,
+        }
+        .header_value(),
+    );
+    let mut client_error: Option<String> = None;
+    let mut status = 200;
+    let mut keep_alive = false;
+    let mut body_writer = BodyWriter::Empty;
+    // The byte window of the body the client gets: [start, end).
+    let (mut start, mut end) = (0u64, 0u64);
+    if let Some(o) = answer_client_conditional(client, req, &headers, w, op).await {
+        match o {
+            Outcome::Done(ex) => keep_alive = ex.keep_alive,
+            _ => client_error = Some("client write failed".into()),
+        }
+        status = 304;
+    } else {
+        let mut head = Vec::with_capacity(512);
+        match body_len {
+            Some(len) => {
+                let answer = range_of(req, &headers, Some(len));
+                let win = cached_head(req, 200, headers, len, answer, w, &mut head);
+                (status, keep_alive, start, end) =
+                    (win.status, win.keep_alive, win.start, win.start + win.count);
+                body_writer = BodyWriter::Raw;
+            }
+            None => {
+                let (bw, ka) =
+                    build_response_head(req, 200, &resp.reason, headers, kind, w, &mut head);
+                (body_writer, keep_alive, end) = (bw, ka, u64::MAX);
+            }
+        }
+        if let Err(e) = client.io.write_all(head).await.0 {
+            client_error = Some(e.to_string());
+        }
+    }
+    let wants_body = |status: u16| status != 304 && status != 416;
+    let mut reader = BodyReader::new(kind);
+    let mut buf = w.bufs.get();
+    let mut pos = 0u64; // body bytes received from the origin
+    let mut sent = 0u64; // body bytes sent to the client
+    while !reader.is_done() {
+        let n = match reader.read(&mut up.conn, &mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n as u64,
+            Err(e) => {
+                w.bufs.put(buf);
+                drop(put); // cut short: the owner drops its fill
+                return Outcome::Aborted {
+                    status,
+                    bytes: sent,
+                    op,
+                    reason: format!("origin body failed: {e}"),
+                };
+            }
+        };
+        if let Some(v) = verifier.as_mut() {
+            v.update(&buf);
+        }
+        if reader.is_done() && verifier.as_ref().is_some_and(|v| !v.matches()) {
+            log::error!(
+                "cache: {} does not match its sha256 digest; not stored, client aborted",
+                req.target
+            );
+            w.bufs.put(buf);
+            drop(put);
+            return Outcome::Aborted {
+                status,
+                bytes: sent,
+                op,
+                reason: "digest mismatch".into(),
+            };
+        }
+        if let Some((conn, writer)) = put.as_mut() {
+            let (res, b) = writer.write(&mut conn.conn.io, buf).await;
+            buf = b;
+            if let Err(e) = res {
+                log::info!("cluster: PUT to {} stopped: {e}", node.name);
+                put = None;
+            }
+        }
+        if reader.is_done() {
+            // Committed on the owner before the client sees its last byte, so that a
+            // request it sends right after finds the entry.
+            finish_put(w, node, put.take(), req).await;
+        }
+        let (lo, hi) = (pos.max(start), (pos + n).min(end));
+        pos += n;
+        if wants_body(status) && client_error.is_none() && lo < hi {
+            let res = if lo == pos - n && hi == pos {
+                let (res, b) = body_writer.write(&mut client.io, buf).await;
+                buf = b;
+                res
+            } else {
+                let slice = buf.slice((lo - (pos - n)) as usize..(hi - (pos - n)) as usize);
+                let (res, s) = client.io.write_all(slice).await;
+                buf = s.into_inner();
+                res.map(|_| ())
+            };
+            match res {
+                Ok(()) => sent += hi - lo,
+                Err(e) => client_error = Some(format!("client write failed: {e}")),
+            }
+        }
+        if put.is_none() && client_error.is_some() {
+            w.bufs.put(buf);
+            return Outcome::Aborted {
+                status,
+                bytes: sent,
+                op,
+                reason: client_error.unwrap_or_default(),
+            };
+        }
+    }
+    w.bufs.put(buf);
+    if verifier.as_ref().is_some_and(|v| !v.matches()) {
+        // A body that ended with an empty read (chunked, close-delimited) lands here.
+        log::error!(
+            "cache: {} does not match its sha256 digest; not stored, client aborted",
+            req.target
+        );
+        drop(put);
+        return Outcome::Aborted {
+            status,
+            bytes: sent,
+            op,
+            reason: "digest mismatch".into(),
+        };
+    }
+    finish_put(w, node, put.take(), req).await;
+    if resp.keep_alive() && reader.is_done() {
+        w.upstream.release(up);
+    }
+    if client_error.is_none() && wants_body(status) {
+        if let Err(e) = body_writer.finish(&mut client.io).await {
+            client_error = Some(e.to_string());
+        }
+    }
+    if let Some(reason) = client_error {
+        return Outcome::Aborted {
+            status,
+            bytes: sent,
+            op,
+            reason,
+        };
+    }
+    Outcome::Done(Exchange {
+        status,
+        bytes: sent,
+        op,
+        keep_alive,
+    })
+}
+
+async fn finish_put(
+    w: &Worker,
+    node: &Node,
+    put: Option<(UpstreamConn, BodyWriter)>,
+    req: &RequestHead,
+) {
+    if let Some((conn, writer)) = put {
+        if let Err(e) = peer::put_finish(w, conn, writer).await {
+            log::info!("cluster: {} not stored on {}: {e}", req.target, node.name);
+        }
+    }
+}

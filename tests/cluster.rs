@@ -1,0 +1,415 @@
+//! Cluster mode with real chacha processes: three nodes on 127.0.0.1 and one in-test
+//! origin. Keys live on their owners' disks only, every node serves every key, the
+//! origin sees one full fetch per key, the KV protocol speaks the original's wire
+//! format, and a dead owner never fails a client.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use chacha::cache::key::{cache_key, key_hash};
+use chacha::cache::meta::entry_path;
+use chacha::cluster::{base64, pick};
+use chacha::http::uri::parse_absolute;
+use common::origin::{self, Response};
+use common::{get, with_deadline, Chacha, Conn, Origin};
+
+const SECRET: &str = "cluster-test-secret";
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// Ports for the nodes, chosen now. Each is found by binding 127.0.0.1:0 (all held at
+/// once, so they differ) and released just before the nodes start: another process
+/// could take one in between, a small race accepted here because cluster mode needs
+/// explicit ports in the config (every node must know every other's address).
+fn reserve_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+fn node_config(port: u16, ports: &[u16], workers: usize) -> String {
+    let mut nodes = String::new();
+    for p in ports {
+        nodes.push_str(&format!("    - addr: 127.0.0.1:{p}\n"));
+    }
+    format!(
+        "addr: 127.0.0.1:{port}\nworkers: {workers}\ndisk:\n  dir: \"{}\"\n  limit: 100MB\ncluster:\n  secret: {SECRET}\n  nodes:\n{nodes}",
+        common::chacha::DIR_PLACEHOLDER
+    )
+}
+
+struct Cluster {
+    nodes: Vec<Chacha>,
+    names: Vec<String>,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        let ports = reserve_ports(n);
+        let nodes = ports
+            .iter()
+            .map(|&p| Chacha::start(&node_config(p, &ports, 2)))
+            .collect();
+        let names = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        Cluster { nodes, names }
+    }
+
+    /// Index of the node that owns `url`'s cache key (the README's formula).
+    fn owner(&self, url: &str) -> usize {
+        pick(self.names.iter().map(String::as_str), &key_of(url)).unwrap()
+    }
+}
+
+fn key_of(url: &str) -> String {
+    cache_key(&parse_absolute(url).unwrap(), None)
+}
+
+/// Whether node `dir` holds a committed entry for `url`.
+fn stored_in(dir: &std::path::Path, url: &str) -> bool {
+    entry_path(dir, key_hash(&key_of(url))).exists()
+}
+
+fn fetch(addr: SocketAddr, authority: &str, path: &str) -> common::Response {
+    Conn::connect(addr)
+        .request(get(authority, path))
+        .unwrap_or_else(|e| panic!("GET {path} via {addr}: {e:?}"))
+}
+
+#[test]
+fn keys_live_on_their_owners_and_every_node_serves_every_key() {
+    with_deadline(DEADLINE, || {
+        let origin = Origin::standard();
+        let c = Cluster::start(3);
+        let o = origin.authority();
+        let paths: Vec<String> = (0..12).map(|i| format!("/static/key-{i}")).collect();
+        for (i, path) in paths.iter().enumerate() {
+            // First request through any node fills the owner.
+            let r = fetch(c.nodes[i % 3].addr(), &o, path);
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.body, origin::static_body(path));
+            assert!(
+                r.header("cache-status").unwrap().contains("stored"),
+                "{:?}",
+                r.header("cache-status")
+            );
+        }
+        for path in &paths {
+            for node in &c.nodes {
+                let r = fetch(node.addr(), &o, path);
+                assert_eq!(r.status(), 200);
+                assert_eq!(r.body, origin::static_body(path));
+                assert_eq!(r.header("cache-status"), Some("chacha; hit"), "{path}");
+                assert_eq!(r.header("etag"), Some(origin::STATIC_ETAG));
+            }
+        }
+        assert_eq!(origin.full_bodies(), paths.len() as u64);
+        assert_eq!(origin.not_modified(), 3 * paths.len() as u64);
+        let mut owned = [0usize; 3];
+        for path in &paths {
+            let url = origin.url(path);
+            let owner = c.owner(&url);
+            owned[owner] += 1;
+            for (i, node) in c.nodes.iter().enumerate() {
+                assert_eq!(stored_in(node.dir(), &url), i == owner, "{url} on node {i}");
+            }
+        }
+        assert!(
+            owned.iter().all(|&n| n > 0),
+            "12 keys over 3 nodes: {owned:?}"
+        );
+    });
+}
+
+/// An origin whose body trickles, so that requests arriving together overlap.
+fn slow_validated(req: &origin::Request) -> Response {
+    const ETAG: &str = "\"slow-v1\"";
+    if req.header("if-none-match") == Some(ETAG) {
+        return Response::status(304).header("ETag", ETAG);
+    }
+    Response::generated(2 * 1024 * 1024)
+        .chunk_delay(Duration::from_millis(20))
+        .header("ETag", ETAG)
+}
+
+#[test]
+fn concurrent_cold_requests_at_every_node_share_one_origin_fetch() {
+    with_deadline(DEADLINE, || {
+        let origin = Arc::new(Origin::start(slow_validated));
+        let c = Cluster::start(3);
+        for round in 0..3 {
+            let path = format!("/slow/{round}");
+            let handles: Vec<_> = (0..6)
+                .map(|i| {
+                    let addr = c.nodes[i % 3].addr();
+                    let (o, path) = (origin.authority(), path.clone());
+                    thread::spawn(move || {
+                        let mut conn = Conn::connect_timeout(addr, Duration::from_secs(30));
+                        let r = conn.request(get(&o, &path)).expect("response");
+                        assert_eq!(r.status(), 200);
+                        let mut v = common::gen::Verifier::new();
+                        v.feed(&r.body);
+                        v.assert_complete(2 * 1024 * 1024);
+                        r.header("cache-status").unwrap_or("").to_string()
+                    })
+                })
+                .collect();
+            let statuses: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            assert_eq!(
+                origin.full_bodies(),
+                round + 1,
+                "round {round}: {statuses:?}"
+            );
+            let url = origin.url(&path);
+            let owner = c.owner(&url);
+            assert!(stored_in(c.nodes[owner].dir(), &url));
+        }
+    });
+}
+
+/// A KV request exactly as the original's Go client (`internal/cache/kv`) sends it.
+fn kv_request(
+    method: &str,
+    node: SocketAddr,
+    auth: Option<&str>,
+    key: &str,
+    metadata_json: Option<&str>,
+    body: Option<&[u8]>,
+    chunked: bool,
+) -> Vec<u8> {
+    let mut s =
+        format!("{method} / HTTP/1.1\r\nHost: {node}\r\nUser-Agent: Go-http-client/1.1\r\n");
+    if let Some(b) = body {
+        if chunked {
+            s.push_str("Transfer-Encoding: chunked\r\n");
+        } else {
+            s.push_str(&format!("Content-Length: {}\r\n", b.len()));
+        }
+    }
+    if let Some(secret) = auth {
+        let cred = base64::encode(format!(":{secret}").as_bytes());
+        s.push_str(&format!("Authorization: Basic {cred}\r\n"));
+    }
+    s.push_str(&format!(
+        "X-Chacha-Key: {}\r\n",
+        base64::encode(key.as_bytes())
+    ));
+    if let Some(json) = metadata_json {
+        s.push_str(&format!(
+            "X-Chacha-Metadata: {}\r\n",
+            base64::encode(json.as_bytes())
+        ));
+    }
+    s.push_str("Accept-Encoding: gzip\r\n\r\n");
+    let mut out = s.into_bytes();
+    if let Some(b) = body {
+        if chunked {
+            out.extend_from_slice(format!("{:x}\r\n", b.len()).as_bytes());
+            out.extend_from_slice(b);
+            out.extend_from_slice(b"\r\n0\r\n\r\n");
+        } else {
+            out.extend_from_slice(b);
+        }
+    }
+    out
+}
+
+fn metadata_of(r: &common::Response) -> serde_json::Value {
+    let field = r.header("x-chacha-metadata").expect("X-Chacha-Metadata");
+    serde_json::from_slice(&base64::decode(field.as_bytes()).unwrap()).unwrap()
+}
+
+#[test]
+fn kv_protocol_speaks_the_originals_wire_format() {
+    with_deadline(DEADLINE, || {
+        let port = reserve_ports(1)[0];
+        let node = Chacha::start(&node_config(port, &[port], 1));
+        let a = node.addr();
+        let key = "https://example.com/some/blob?x=1";
+        let mut conn = Conn::connect(a);
+        // Known bytes of `SetBasicAuth("", secret)`, not just our own encoder.
+        assert_eq!(base64::encode(b":s3cret"), "OnMzY3JldA==");
+
+        let miss = kv_request("GET", a, Some(SECRET), key, None, None, false);
+        assert_eq!(conn.request(&miss).unwrap().status(), 404);
+
+        let put1 = kv_request(
+            "PUT",
+            a,
+            Some(SECRET),
+            key,
+            Some(r#"{"etag":"first-etag"}"#),
+            Some(b"Hello, World!\n"),
+            false,
+        );
+        assert_eq!(conn.request(&put1).unwrap().status(), 200);
+        let r = conn.request(&miss).unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.body, b"Hello, World!\n");
+        assert_eq!(metadata_of(&r)["etag"], "first-etag");
+
+        // Overwrite, with the chunked body Go sends for a reader of unknown length.
+        let put2 = kv_request(
+            "PUT",
+            a,
+            Some(SECRET),
+            key,
+            Some(r#"{"etag":"second-etag"}"#),
+            Some(b"Goodbye, Cruel World!\n"),
+            true,
+        );
+        assert_eq!(conn.request(&put2).unwrap().status(), 200);
+        let r = conn.request(&miss).unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.body, b"Goodbye, Cruel World!\n");
+        assert_eq!(metadata_of(&r)["etag"], "second-etag");
+
+        // Wrong or missing secret: 401 before anything else, and nothing changes.
+        for auth in [Some("wrong-secret"), None] {
+            let get = kv_request("GET", a, auth, key, None, None, false);
+            let r = Conn::connect(a).request(&get).unwrap();
+            assert_eq!(r.status(), 401, "GET with {auth:?}");
+            assert!(!r.body_str().contains("Goodbye"));
+            assert!(r.header("x-chacha-metadata").is_none());
+            let put = kv_request(
+                "PUT",
+                a,
+                auth,
+                key,
+                Some(r#"{"etag":"evil"}"#),
+                Some(b"evil"),
+                false,
+            );
+            assert_eq!(Conn::connect(a).request(&put).unwrap().status(), 401);
+        }
+        let r = conn.request(&miss).unwrap();
+        assert_eq!(r.body, b"Goodbye, Cruel World!\n");
+
+        // Malformed headers: 400.
+        let no_key = format!(
+            "GET / HTTP/1.1\r\nHost: {a}\r\nAuthorization: Basic {}\r\n\r\n",
+            base64::encode(format!(":{SECRET}").as_bytes())
+        );
+        assert_eq!(Conn::connect(a).request(&no_key).unwrap().status(), 400);
+        let bad_key = no_key.replace("\r\n\r\n", "\r\nX-Chacha-Key: !!notbase64\r\n\r\n");
+        assert_eq!(Conn::connect(a).request(&bad_key).unwrap().status(), 400);
+        let no_meta = kv_request("PUT", a, Some(SECRET), key, None, Some(b"x"), false);
+        assert_eq!(Conn::connect(a).request(&no_meta).unwrap().status(), 400);
+        let bad_meta = kv_request("PUT", a, Some(SECRET), key, Some("{"), Some(b"x"), false);
+        assert_eq!(Conn::connect(a).request(&bad_meta).unwrap().status(), 400);
+        assert_eq!(
+            conn.request(&miss).unwrap().body,
+            b"Goodbye, Cruel World!\n"
+        );
+
+        // Without cluster mode the KV endpoint does not exist (404, as the original).
+        let plain = Chacha::start(&common::config(""));
+        let r = Conn::connect(plain.addr())
+            .request(kv_request(
+                "GET",
+                plain.addr(),
+                Some(SECRET),
+                key,
+                None,
+                None,
+                false,
+            ))
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    });
+}
+
+#[test]
+fn a_dead_owner_never_fails_a_client_and_its_disk_serves_again_after_restart() {
+    with_deadline(DEADLINE, || {
+        let origin = Origin::standard();
+        let mut c = Cluster::start(3);
+        let o = origin.authority();
+        let paths: Vec<String> = (0..15).map(|i| format!("/static/k{i}")).collect();
+        let victim = c.owner(&origin.url(&paths[0]));
+        let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+        let victim_paths: Vec<&String> = paths
+            .iter()
+            .filter(|p| c.owner(&origin.url(p)) == victim)
+            .collect();
+        for path in &paths {
+            assert_eq!(fetch(c.nodes[survivors[0]].addr(), &o, path).status(), 200);
+        }
+        assert_eq!(origin.full_bodies(), paths.len() as u64);
+
+        // Clients keep asking the survivors while the owner dies under them.
+        let stop = Arc::new(AtomicBool::new(false));
+        let addrs: Vec<SocketAddr> = survivors.iter().map(|&i| c.nodes[i].addr()).collect();
+        let load = {
+            let (stop, o, paths) = (stop.clone(), o.clone(), paths.clone());
+            thread::spawn(move || {
+                let mut served = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    for (i, path) in paths.iter().enumerate() {
+                        let r = fetch(addrs[i % addrs.len()], &o, path);
+                        assert_eq!(r.status(), 200, "{path}");
+                        assert_eq!(r.body, origin::static_body(path), "{path}");
+                        served += 1;
+                    }
+                }
+                served
+            })
+        };
+        thread::sleep(Duration::from_millis(300));
+        c.nodes[victim].signal(libc::SIGKILL);
+        assert!(c.nodes[victim].wait_exit(Duration::from_secs(5)).is_some());
+        for &s in &survivors {
+            assert!(
+                c.nodes[s].wait_log("is unreachable", Duration::from_secs(10)),
+                "node {s} did not notice"
+            );
+        }
+        thread::sleep(Duration::from_millis(500));
+        // Its keys go uncached meanwhile, and are said to.
+        let r = fetch(c.nodes[survivors[0]].addr(), &o, victim_paths[0]);
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.header("cache-status")
+                .unwrap()
+                .contains("owner-unreachable"),
+            "{:?}",
+            r.header("cache-status")
+        );
+
+        // Back on the same port with the same disk: the survivors notice and use it.
+        thread::sleep(Duration::from_millis(200)); // the killed listener may linger briefly
+        c.nodes[victim].restart();
+        for &s in &survivors {
+            assert!(
+                c.nodes[s].wait_log("answers /health again", Duration::from_secs(15)),
+                "node {s} did not see the owner come back"
+            );
+        }
+        stop.store(true, Ordering::SeqCst);
+        let served = load.join().expect("every request got a correct 200");
+        assert!(served > 0);
+        let full = origin.full_bodies();
+        for path in &victim_paths {
+            for &s in &survivors {
+                let r = fetch(c.nodes[s].addr(), &o, path);
+                assert_eq!(r.status(), 200);
+                assert_eq!(r.body, origin::static_body(path));
+                assert_eq!(r.header("cache-status"), Some("chacha; hit"), "{path}");
+            }
+        }
+        assert_eq!(origin.full_bodies(), full, "served from the owner's disk");
+        // One warning per state change, however many requests saw the owner down.
+        for &s in &survivors {
+            let log = c.nodes[s].log();
+            assert_eq!(log.matches("is unreachable").count(), 1, "node {s}");
+            assert_eq!(log.matches("answers /health again").count(), 1, "node {s}");
+        }
+    });
+}
