@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -21,27 +21,35 @@ use common::{get, with_deadline, Chacha, Conn, Origin};
 const SECRET: &str = "cluster-test-secret";
 const DEADLINE: Duration = Duration::from_secs(90);
 
-/// Ports for the nodes, chosen now. Each is found by binding 127.0.0.1:0 (all held at
-/// once, so they differ) and released just before the nodes start: another process
-/// could take one in between, a small race accepted here because cluster mode needs
-/// explicit ports in the config (every node must know every other's address).
-fn reserve_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+/// Addresses for `n` nodes, chosen now: cluster mode needs explicit ones in the config
+/// (every node must know every other's). Each node gets its own loopback address in a
+/// 127.x.y.0/24 picked from this process and call, and a port found by binding it with
+/// port 0 and released just before the node starts. Another process could take a port
+/// in between; that small race is kept away from ordinary sockets (which use 127.0.0.1
+/// or 0.0.0.0) and from concurrent test runs (other addresses).
+fn reserve_addrs(n: usize) -> Vec<SocketAddr> {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, Ordering::SeqCst);
+    let net = (
+        100 + (std::process::id() % 100) as u8,
+        (call % 250) as u8 + 1,
+    );
+    let listeners: Vec<TcpListener> = (1..=n)
+        .map(|i| {
+            TcpListener::bind(format!("127.{}.{}.{i}:0", net.0, net.1))
+                .expect("bind a loopback address")
+        })
         .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
 }
 
-fn node_config(port: u16, ports: &[u16], workers: usize) -> String {
-    let mut nodes = String::new();
-    for p in ports {
-        nodes.push_str(&format!("    - addr: 127.0.0.1:{p}\n"));
+fn node_config(addr: SocketAddr, nodes: &[SocketAddr], workers: usize) -> String {
+    let mut list = String::new();
+    for n in nodes {
+        list.push_str(&format!("    - addr: {n}\n"));
     }
     format!(
-        "addr: 127.0.0.1:{port}\nworkers: {workers}\ndisk:\n  dir: \"{}\"\n  limit: 100MB\ncluster:\n  secret: {SECRET}\n  nodes:\n{nodes}",
+        "addr: {addr}\nworkers: {workers}\ndisk:\n  dir: \"{}\"\n  limit: 100MB\ncluster:\n  secret: {SECRET}\n  nodes:\n{list}",
         common::chacha::DIR_PLACEHOLDER
     )
 }
@@ -53,12 +61,12 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize) -> Cluster {
-        let ports = reserve_ports(n);
-        let nodes = ports
+        let addrs = reserve_addrs(n);
+        let nodes = addrs
             .iter()
-            .map(|&p| Chacha::start(&node_config(p, &ports, 2)))
+            .map(|&a| Chacha::start(&node_config(a, &addrs, 2)))
             .collect();
-        let names = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let names = addrs.iter().map(|a| a.to_string()).collect();
         Cluster { nodes, names }
     }
 
@@ -75,6 +83,17 @@ fn key_of(url: &str) -> String {
 /// Whether node `dir` holds a committed entry for `url`.
 fn stored_in(dir: &std::path::Path, url: &str) -> bool {
     entry_path(dir, key_hash(&key_of(url))).exists()
+}
+
+/// An origin counter once it reached `want` (or after 2 s): the origin counts a
+/// response after writing it, so the count may trail the client by a moment.
+fn settled(count: impl Fn() -> u64, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while count() < want && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(50)); // and nothing more arrives
+    count()
 }
 
 fn fetch(addr: SocketAddr, authority: &str, path: &str) -> common::Response {
@@ -110,8 +129,9 @@ fn keys_live_on_their_owners_and_every_node_serves_every_key() {
                 assert_eq!(r.header("etag"), Some(origin::STATIC_ETAG));
             }
         }
-        assert_eq!(origin.full_bodies(), paths.len() as u64);
-        assert_eq!(origin.not_modified(), 3 * paths.len() as u64);
+        let n = paths.len() as u64;
+        assert_eq!(settled(|| origin.full_bodies(), n), n);
+        assert_eq!(settled(|| origin.not_modified(), 3 * n), 3 * n);
         let mut owned = [0usize; 3];
         for path in &paths {
             let url = origin.url(path);
@@ -163,7 +183,7 @@ fn concurrent_cold_requests_at_every_node_share_one_origin_fetch() {
                 .collect();
             let statuses: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
             assert_eq!(
-                origin.full_bodies(),
+                settled(|| origin.full_bodies(), round + 1),
                 round + 1,
                 "round {round}: {statuses:?}"
             );
@@ -229,8 +249,8 @@ fn metadata_of(r: &common::Response) -> serde_json::Value {
 #[test]
 fn kv_protocol_speaks_the_originals_wire_format() {
     with_deadline(DEADLINE, || {
-        let port = reserve_ports(1)[0];
-        let node = Chacha::start(&node_config(port, &[port], 1));
+        let addr = reserve_addrs(1)[0];
+        let node = Chacha::start(&node_config(addr, &[addr], 1));
         let a = node.addr();
         let key = "https://example.com/some/blob?x=1";
         let mut conn = Conn::connect(a);
@@ -342,7 +362,8 @@ fn a_dead_owner_never_fails_a_client_and_its_disk_serves_again_after_restart() {
         for path in &paths {
             assert_eq!(fetch(c.nodes[survivors[0]].addr(), &o, path).status(), 200);
         }
-        assert_eq!(origin.full_bodies(), paths.len() as u64);
+        let n = paths.len() as u64;
+        assert_eq!(settled(|| origin.full_bodies(), n), n);
 
         // Clients keep asking the survivors while the owner dies under them.
         let stop = Arc::new(AtomicBool::new(false));
@@ -395,6 +416,7 @@ fn a_dead_owner_never_fails_a_client_and_its_disk_serves_again_after_restart() {
         stop.store(true, Ordering::SeqCst);
         let served = load.join().expect("every request got a correct 200");
         assert!(served > 0);
+        thread::sleep(Duration::from_millis(100)); // the last uncached bodies get counted
         let full = origin.full_bodies();
         for path in &victim_paths {
             for &s in &survivors {
@@ -404,7 +426,11 @@ fn a_dead_owner_never_fails_a_client_and_its_disk_serves_again_after_restart() {
                 assert_eq!(r.header("cache-status"), Some("chacha; hit"), "{path}");
             }
         }
-        assert_eq!(origin.full_bodies(), full, "served from the owner's disk");
+        assert_eq!(
+            settled(|| origin.full_bodies(), full),
+            full,
+            "served from the owner's disk"
+        );
         // One warning per state change, however many requests saw the owner down.
         for &s in &survivors {
             let log = c.nodes[s].log();
