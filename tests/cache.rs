@@ -1421,3 +1421,71 @@ fn huge_object_cold_then_warm_keeps_rss_flat() {
         );
     });
 }
+
+/// A tmpfs mounted for one test (needs root, as CI has); unmounted on drop.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "chacha-small-disk-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::fs::remove_dir(&dir);
+            return None;
+        }
+        Some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn full_disk_stops_caching_the_object_and_still_serves_the_client() {
+    with_deadline(DEADLINE, || {
+        let Some(disk) = SmallDisk::mount("2m") else {
+            eprintln!("SKIP: cannot mount a tmpfs here (not root?)");
+            return;
+        };
+        // The limit is far above what the 2 MiB filesystem holds: writes hit ENOSPC.
+        let config = format!(
+            "addr: 127.0.0.1:0\nworkers: 1\ndisk:\n  dir: \"{}\"\n  limit: 100MB\n",
+            disk.dir.join("cache").display()
+        );
+        let proxy = Chacha::start(&config);
+        let origin = Origin::start(routes);
+        let auth = origin.authority();
+        let len = 8 << 20;
+        let path = format!("/obj/full/{len}");
+        for _ in 0..2 {
+            let r = fetch(proxy.addr(), get(&auth, &path));
+            assert_eq!(r.status(), 200);
+            assert_generated(&r.body, len);
+        }
+        // Not stored: the second request was a full fetch too, not a 304.
+        assert_served(&origin, 2, 0);
+        assert!(
+            proxy.wait_log("fill of", Duration::from_secs(5)),
+            "the disk error is logged"
+        );
+        let health = fetch(proxy.addr(), "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(health.status(), 200, "chacha is still up");
+        drop(proxy);
+    });
+}

@@ -769,53 +769,11 @@ async fn fill<C: AsyncWriteRent>(
     let op = "fill";
     let mut writer = Some(writer);
     let mut verifier = digest.map(Verifier::new);
-    let mut headers = resp.headers.clone();
-    headers.strip_hop_by_hop();
-    headers.set(
-        "Cache-Status",
-        CacheOutcome::Stored { replaced }.header_value(),
-    );
-    let body_len = match kind {
-        BodyKind::Length(n) => Some(n),
-        _ => None,
-    };
-    // The client may already hold this representation: it gets a 304 while we fill.
-    let mut client_error: Option<String> = None;
-    let mut status = 200;
-    let mut keep_alive = false;
-    let mut body_writer = BodyWriter::Empty;
-    // The byte window of the body the client gets: [start, end).
-    let (mut start, mut end) = (0u64, 0u64);
-    if let Some(o) = answer_client_conditional(client, req, &headers, w, op).await {
-        match o {
-            Outcome::Done(ex) => keep_alive = ex.keep_alive,
-            _ => client_error = Some("client write failed".into()),
-        }
-        status = 304;
-    } else {
-        let mut head = Vec::with_capacity(512);
-        match body_len {
-            Some(len) => {
-                let answer = range_of(req, &headers, Some(len));
-                let win = cached_head(req, 200, headers, len, answer, w, &mut head);
-                (status, keep_alive, start, end) =
-                    (win.status, win.keep_alive, win.start, win.start + win.count);
-                body_writer = BodyWriter::Raw;
-            }
-            None => {
-                let (bw, ka) =
-                    build_response_head(req, 200, &resp.reason, headers, kind, w, &mut head);
-                (body_writer, keep_alive, end) = (bw, ka, u64::MAX);
-            }
-        }
-        if let Err(e) = client.io.write_all(head).await.0 {
-            client_error = Some(e.to_string());
-        }
-    }
+    let stored = CacheOutcome::Stored { replaced };
+    let mut cs = ClientSide::begin(client, req, &resp, kind, stored, w, op).await;
     let mut reader = BodyReader::new(kind);
     let mut buf = w.bufs.get();
     let mut pos = 0u64; // body bytes received from the origin
-    let mut sent = 0u64; // body bytes sent to the client
     loop {
         let n = match reader.read(&mut up.conn, &mut buf).await {
             Ok(0) => break,
@@ -823,12 +781,8 @@ async fn fill<C: AsyncWriteRent>(
             Err(e) => {
                 w.bufs.put(buf);
                 drop(writer); // fails the fill: readers abort, the temp file goes
-                return Outcome::Aborted {
-                    status,
-                    bytes: sent,
-                    op,
-                    reason: format!("origin body failed: {e}"),
-                };
+                cs.error = Some(format!("origin body failed: {e}"));
+                return cs.outcome(op);
             }
         };
         if let Some(v) = verifier.as_mut() {
@@ -851,48 +805,22 @@ async fn fill<C: AsyncWriteRent>(
                     );
                     w.bufs.put(buf);
                     drop(writer);
-                    return Outcome::Aborted {
-                        status,
-                        bytes: sent,
-                        op,
-                        reason: "digest mismatch".into(),
-                    };
+                    cs.error = Some("digest mismatch".into());
+                    return cs.outcome(op);
                 }
             }
             // Commit before the client sees its last byte, so that a request it sends
             // right after finds the entry (not a fill that is about to end).
             commit(writer.take(), req).await;
         }
-        // The part of this piece inside the client's window.
-        let (lo, hi) = (pos.max(start), (pos + n).min(end));
+        buf = cs.write_piece(client, buf, pos).await;
         pos += n;
-        if status != 304 && status != 416 && client_error.is_none() && lo < hi {
-            let res = if lo == pos - n && hi == pos {
-                let (res, b) = body_writer.write(&mut client.io, buf).await;
-                buf = b;
-                res
-            } else {
-                let slice = buf.slice((lo - (pos - n)) as usize..(hi - (pos - n)) as usize);
-                let (res, s) = client.io.write_all(slice).await;
-                buf = s.into_inner();
-                res.map(|_| ())
-            };
-            match res {
-                Ok(()) => sent += hi - lo,
-                Err(e) => client_error = Some(format!("client write failed: {e}")),
-            }
-        }
         if writer.is_none() && reader.is_done() {
             break;
         }
-        if writer.is_none() && client_error.is_some() {
+        if writer.is_none() && cs.error.is_some() {
             w.bufs.put(buf);
-            return Outcome::Aborted {
-                status,
-                bytes: sent,
-                op,
-                reason: client_error.unwrap_or_default(),
-            };
+            return cs.outcome(op);
         }
     }
     w.bufs.put(buf);
@@ -900,25 +828,136 @@ async fn fill<C: AsyncWriteRent>(
     if resp.keep_alive() && reader.is_done() {
         w.upstream.release(up);
     }
-    if client_error.is_none() && status != 304 && status != 416 {
-        if let Err(e) = body_writer.finish(&mut client.io).await {
-            client_error = Some(e.to_string());
+    cs.finish(client).await;
+    cs.outcome(op)
+}
+
+/// The client's side of a response whose body streams from the origin while it is
+/// stored (a fill here, or a PUT to the owning node): its head is sent first, then the
+/// part of each body piece inside the client's window.
+pub(crate) struct ClientSide {
+    pub status: u16,
+    keep_alive: bool,
+    writer: BodyWriter,
+    /// The window of body bytes the client gets: `[start, end)`.
+    start: u64,
+    end: u64,
+    pub sent: u64,
+    pub error: Option<String>,
+}
+
+impl ClientSide {
+    /// Sends the head: 304 when the client already holds this representation (the body
+    /// still streams into the cache), 206/416 for a range of a body of known length
+    /// (RFC 9110 §14), 200 otherwise.
+    pub(crate) async fn begin<C: AsyncWriteRent>(
+        client: &mut BufConn<C>,
+        req: &RequestHead,
+        resp: &ResponseHead,
+        kind: BodyKind,
+        cache_status: CacheOutcome,
+        w: &Worker,
+        op: &'static str,
+    ) -> ClientSide {
+        let mut headers = resp.headers.clone();
+        headers.strip_hop_by_hop();
+        headers.set("Cache-Status", cache_status.header_value());
+        let mut cs = ClientSide {
+            status: 200,
+            keep_alive: false,
+            writer: BodyWriter::Empty,
+            start: 0,
+            end: 0,
+            sent: 0,
+            error: None,
+        };
+        if let Some(o) = answer_client_conditional(client, req, &headers, w, op).await {
+            match o {
+                Outcome::Done(ex) => cs.keep_alive = ex.keep_alive,
+                _ => cs.error = Some("client write failed".into()),
+            }
+            cs.status = 304;
+            return cs;
+        }
+        let mut head = Vec::with_capacity(512);
+        match kind {
+            BodyKind::Length(len) => {
+                let answer = range_of(req, &headers, Some(len));
+                let win = cached_head(req, 200, headers, len, answer, w, &mut head);
+                (cs.status, cs.keep_alive) = (win.status, win.keep_alive);
+                (cs.start, cs.end) = (win.start, win.start + win.count);
+                cs.writer = BodyWriter::Raw;
+            }
+            _ => {
+                let (bw, ka) =
+                    build_response_head(req, 200, &resp.reason, headers, kind, w, &mut head);
+                (cs.writer, cs.keep_alive, cs.end) = (bw, ka, u64::MAX);
+            }
+        }
+        if let Err(e) = client.io.write_all(head).await.0 {
+            cs.error = Some(e.to_string());
+        }
+        cs
+    }
+
+    fn wants_body(&self) -> bool {
+        self.status != 304 && self.status != 416 && self.error.is_none()
+    }
+
+    /// Sends the part of `buf` (body bytes `pos..pos + buf.len()`) inside the window.
+    pub(crate) async fn write_piece<C: AsyncWriteRent>(
+        &mut self,
+        client: &mut BufConn<C>,
+        mut buf: Vec<u8>,
+        pos: u64,
+    ) -> Vec<u8> {
+        let n = buf.len() as u64;
+        let (lo, hi) = (pos.max(self.start), (pos + n).min(self.end));
+        if !self.wants_body() || lo >= hi {
+            return buf;
+        }
+        let res = if lo == pos && hi == pos + n {
+            let (res, b) = self.writer.write(&mut client.io, buf).await;
+            buf = b;
+            res
+        } else {
+            let slice = buf.slice((lo - pos) as usize..(hi - pos) as usize);
+            let (res, s) = client.io.write_all(slice).await;
+            buf = s.into_inner();
+            res.map(|_| ())
+        };
+        match res {
+            Ok(()) => self.sent += hi - lo,
+            Err(e) => self.error = Some(format!("client write failed: {e}")),
+        }
+        buf
+    }
+
+    /// Ends the body (the last chunk of a chunked one).
+    pub(crate) async fn finish<C: AsyncWriteRent>(&mut self, client: &mut BufConn<C>) {
+        if self.wants_body() {
+            if let Err(e) = self.writer.finish(&mut client.io).await {
+                self.error = Some(e.to_string());
+            }
         }
     }
-    if let Some(reason) = client_error {
-        return Outcome::Aborted {
-            status,
-            bytes: sent,
-            op,
-            reason,
-        };
+
+    pub(crate) fn outcome(&mut self, op: &'static str) -> Outcome {
+        match self.error.take() {
+            Some(reason) => Outcome::Aborted {
+                status: self.status,
+                bytes: self.sent,
+                op,
+                reason,
+            },
+            None => Outcome::Done(Exchange {
+                status: self.status,
+                bytes: self.sent,
+                op,
+                keep_alive: self.keep_alive,
+            }),
+        }
     }
-    Outcome::Done(Exchange {
-        status,
-        bytes: sent,
-        op,
-        keep_alive,
-    })
 }
 
 async fn commit(writer: Option<FillWriter>, req: &RequestHead) {

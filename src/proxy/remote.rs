@@ -15,7 +15,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::cached::{
     answer_client_conditional, cached_head, not_stored, range_of, relay_ranged, release_bodyless,
-    validated_headers, validators_of, Window, CLIENT_CONDITIONALS,
+    validated_headers, validators_of, ClientSide, Window, CLIENT_CONDITIONALS,
 };
 use super::forward::{
     build_response_head, forward, pool_key, relay_and_release, send_upstream, write_upstream_head,
@@ -329,52 +329,13 @@ async fn fill_through<C: AsyncWriteRent>(
         }
     };
     let mut verifier = target.digest.map(Verifier::new);
-    let mut headers = resp.headers.clone();
-    headers.strip_hop_by_hop();
-    headers.set(
-        "Cache-Status",
-        CacheOutcome::Stored {
-            replaced: target.replaced,
-        }
-        .header_value(),
-    );
-    let mut client_error: Option<String> = None;
-    let mut status = 200;
-    let mut keep_alive = false;
-    let mut body_writer = BodyWriter::Empty;
-    // The byte window of the body the client gets: [start, end).
-    let (mut start, mut end) = (0u64, 0u64);
-    if let Some(o) = answer_client_conditional(client, req, &headers, w, op).await {
-        match o {
-            Outcome::Done(ex) => keep_alive = ex.keep_alive,
-            _ => client_error = Some("client write failed".into()),
-        }
-        status = 304;
-    } else {
-        let mut head = Vec::with_capacity(512);
-        match body_len {
-            Some(len) => {
-                let answer = range_of(req, &headers, Some(len));
-                let win = cached_head(req, 200, headers, len, answer, w, &mut head);
-                (status, keep_alive, start, end) =
-                    (win.status, win.keep_alive, win.start, win.start + win.count);
-                body_writer = BodyWriter::Raw;
-            }
-            None => {
-                let (bw, ka) =
-                    build_response_head(req, 200, &resp.reason, headers, kind, w, &mut head);
-                (body_writer, keep_alive, end) = (bw, ka, u64::MAX);
-            }
-        }
-        if let Err(e) = client.io.write_all(head).await.0 {
-            client_error = Some(e.to_string());
-        }
-    }
-    let wants_body = |status: u16| status != 304 && status != 416;
+    let stored = CacheOutcome::Stored {
+        replaced: target.replaced,
+    };
+    let mut cs = ClientSide::begin(client, req, &resp, kind, stored, w, op).await;
     let mut reader = BodyReader::new(kind);
     let mut buf = w.bufs.get();
     let mut pos = 0u64; // body bytes received from the origin
-    let mut sent = 0u64; // body bytes sent to the client
     while !reader.is_done() {
         let n = match reader.read(&mut up.conn, &mut buf).await {
             Ok(0) => break,
@@ -382,12 +343,8 @@ async fn fill_through<C: AsyncWriteRent>(
             Err(e) => {
                 w.bufs.put(buf);
                 drop(put); // cut short: the owner drops its fill
-                return Outcome::Aborted {
-                    status,
-                    bytes: sent,
-                    op,
-                    reason: format!("origin body failed: {e}"),
-                };
+                cs.error = Some(format!("origin body failed: {e}"));
+                return cs.outcome(op);
             }
         };
         if let Some(v) = verifier.as_mut() {
@@ -400,12 +357,8 @@ async fn fill_through<C: AsyncWriteRent>(
             );
             w.bufs.put(buf);
             drop(put);
-            return Outcome::Aborted {
-                status,
-                bytes: sent,
-                op,
-                reason: "digest mismatch".into(),
-            };
+            cs.error = Some("digest mismatch".into());
+            return cs.outcome(op);
         }
         if let Some((conn, writer)) = put.as_mut() {
             let (res, b) = writer.write(&mut conn.conn.io, buf).await;
@@ -420,32 +373,11 @@ async fn fill_through<C: AsyncWriteRent>(
             // request it sends right after finds the entry.
             finish_put(w, node, put.take(), req).await;
         }
-        let (lo, hi) = (pos.max(start), (pos + n).min(end));
+        buf = cs.write_piece(client, buf, pos).await;
         pos += n;
-        if wants_body(status) && client_error.is_none() && lo < hi {
-            let res = if lo == pos - n && hi == pos {
-                let (res, b) = body_writer.write(&mut client.io, buf).await;
-                buf = b;
-                res
-            } else {
-                let slice = buf.slice((lo - (pos - n)) as usize..(hi - (pos - n)) as usize);
-                let (res, s) = client.io.write_all(slice).await;
-                buf = s.into_inner();
-                res.map(|_| ())
-            };
-            match res {
-                Ok(()) => sent += hi - lo,
-                Err(e) => client_error = Some(format!("client write failed: {e}")),
-            }
-        }
-        if put.is_none() && client_error.is_some() {
+        if put.is_none() && cs.error.is_some() {
             w.bufs.put(buf);
-            return Outcome::Aborted {
-                status,
-                bytes: sent,
-                op,
-                reason: client_error.unwrap_or_default(),
-            };
+            return cs.outcome(op);
         }
     }
     w.bufs.put(buf);
@@ -456,36 +388,15 @@ async fn fill_through<C: AsyncWriteRent>(
             req.target
         );
         drop(put);
-        return Outcome::Aborted {
-            status,
-            bytes: sent,
-            op,
-            reason: "digest mismatch".into(),
-        };
+        cs.error = Some("digest mismatch".into());
+        return cs.outcome(op);
     }
     finish_put(w, node, put.take(), req).await;
     if resp.keep_alive() && reader.is_done() {
         w.upstream.release(up);
     }
-    if client_error.is_none() && wants_body(status) {
-        if let Err(e) = body_writer.finish(&mut client.io).await {
-            client_error = Some(e.to_string());
-        }
-    }
-    if let Some(reason) = client_error {
-        return Outcome::Aborted {
-            status,
-            bytes: sent,
-            op,
-            reason,
-        };
-    }
-    Outcome::Done(Exchange {
-        status,
-        bytes: sent,
-        op,
-        keep_alive,
-    })
+    cs.finish(client).await;
+    cs.outcome(op)
 }
 
 async fn finish_put(
