@@ -1,9 +1,10 @@
-//! A small per-core cache of open, decoded entries, so that a hot object's hit does not
-//! pay open + header read + decode + close every time. Only small entries are kept
-//! (a large body's transfer dwarfs that cost), and few of them: an evicted entry whose
-//! file is still open here keeps its disk blocks until it is dropped, which bounds the
-//! overshoot of the disk limit to `MAX_OPEN × MAX_BODY` per core. Entries are re-checked
-//! against the shared index (generation) on every use.
+//! A small per-core cache of open, decoded tiny entries (body ≤ `MAX_INLINE_BODY`, kept in
+//! memory), so that a hot small object's hit does not pay open + header read + decode +
+//! read + close every time; larger entries are opened per request (their transfer dwarfs
+//! that cost). Entries are re-checked against the shared index (generation) on every use
+//! and purged when the index dropped them. An evicted entry whose file is still open here
+//! keeps its blocks until it is dropped: at most `MAX_OPEN × (MAX_INLINE_BODY + 4 KiB)`
+//! (about 5 MiB) per core beyond the configured limit, for at most `PURGE_EVERY` lookups.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -17,8 +18,6 @@ use super::store::{touch, Entry, Store};
 
 /// Most entries kept open per core.
 pub const MAX_OPEN: usize = 256;
-/// Largest body kept open (bytes).
-pub const MAX_BODY: u64 = 256 * 1024;
 /// Access times are written to the file at most this often per entry.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 /// Bodies up to this size are kept in memory with their open entry.
@@ -73,7 +72,7 @@ impl OpenEntries {
         let info = store.index.peek(hash).filter(|i| i.key == key)?;
         self.map.borrow_mut().remove(&hash);
         let entry = store.open_entry(hash, key, &info).await?;
-        let small = entry.meta.body_len <= MAX_BODY;
+        let small = entry.meta.body_len <= MAX_INLINE_BODY;
         let mut body = None;
         if entry.meta.body_len <= MAX_INLINE_BODY {
             let len = entry.meta.body_len as usize;
@@ -91,7 +90,7 @@ impl OpenEntries {
             last_touch: Cell::new(None),
             last_use: Cell::new(now),
         });
-        if small {
+        if small && open.body.is_some() {
             let mut map = self.map.borrow_mut();
             if map.len() >= MAX_OPEN {
                 // Drop the least recently used half: O(n) but only every MAX_OPEN/2 inserts.
