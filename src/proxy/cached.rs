@@ -459,6 +459,36 @@ pub(crate) fn cached_head(
     }
 }
 
+/// The head of a response whose body is stored (or being stored): ranged when its length
+/// is known, chunked otherwise (then the whole body).
+pub(crate) fn stored_head(
+    req: &RequestHead,
+    status: u16,
+    headers: Headers,
+    body_len: Option<u64>,
+    w: &Worker,
+    out: &mut Vec<u8>,
+) -> (BodyWriter, Window) {
+    match body_len {
+        Some(len) => {
+            let answer = range_of(req, &headers, Some(len));
+            let win = cached_head(req, status, headers, len, answer, w, out);
+            (BodyWriter::Raw, win)
+        }
+        None => {
+            let (writer, keep_alive) =
+                build_response_head(req, status, "", headers, BodyKind::Chunked, w, out);
+            let win = Window {
+                status,
+                start: 0,
+                count: u64::MAX,
+                keep_alive,
+            };
+            (writer, win)
+        }
+    }
+}
+
 /// Serves a validated entry from disk: the head and the first part of the body go out in
 /// one write; the rest is read ahead into a second buffer while the first is written.
 async fn serve_entry<C: AsyncWriteRent>(
@@ -615,31 +645,7 @@ async fn serve_fill<C: AsyncWriteRent>(
         };
     };
     let mut head = Vec::with_capacity(512);
-    let (writer, win) = match info.body_len {
-        Some(len) => {
-            let answer = range_of(req, &headers, Some(len));
-            let win = cached_head(req, info.meta.status, headers, len, answer, w, &mut head);
-            (BodyWriter::Raw, win)
-        }
-        None => {
-            let (writer, keep_alive) = build_response_head(
-                req,
-                info.meta.status,
-                "",
-                headers,
-                BodyKind::Chunked,
-                w,
-                &mut head,
-            );
-            let win = Window {
-                status: info.meta.status,
-                start: 0,
-                count: u64::MAX,
-                keep_alive,
-            };
-            (writer, win)
-        }
-    };
+    let (writer, win) = stored_head(req, info.meta.status, headers, info.body_len, w, &mut head);
     let (status, keep_alive) = (win.status, win.keep_alive);
     if let Err(e) = client.io.write_all(head).await.0 {
         return Outcome::Aborted {

@@ -14,12 +14,10 @@ use monoio::buf::IoBuf;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::cached::{
-    answer_client_conditional, cached_head, not_stored, range_of, relay_ranged, release_bodyless,
-    validated_headers, validators_of, ClientSide, Window, CLIENT_CONDITIONALS,
+    answer_client_conditional, not_stored, relay_ranged, release_bodyless, stored_head,
+    validated_headers, validators_of, ClientSide, CLIENT_CONDITIONALS,
 };
-use super::forward::{
-    build_response_head, forward, pool_key, relay_and_release, send_upstream, write_upstream_head,
-};
+use super::forward::{forward, pool_key, relay_and_release, send_upstream, write_upstream_head};
 use super::peer::{self, Found, Lookup, PeerError};
 use super::{Exchange, Outcome, ProxyError, Worker};
 use crate::cache::digest::{expected_sha256, Verifier};
@@ -173,36 +171,12 @@ async fn serve_from_owner<C: AsyncWriteRent>(
         return o; // the owner's connection closes unread
     }
     let mut head = Vec::with_capacity(1024);
-    let (writer, win) = match kind {
-        BodyKind::Length(len) => {
-            let answer = range_of(req, &headers, Some(len));
-            let win = cached_head(req, meta.status, headers, len, answer, w, &mut head);
-            (BodyWriter::Raw, win)
-        }
-        BodyKind::None => {
-            let answer = range_of(req, &headers, Some(0));
-            let win = cached_head(req, meta.status, headers, 0, answer, w, &mut head);
-            (BodyWriter::Raw, win)
-        }
-        _ => {
-            let (writer, keep_alive) = build_response_head(
-                req,
-                meta.status,
-                "",
-                headers,
-                BodyKind::Chunked,
-                w,
-                &mut head,
-            );
-            let win = Window {
-                status: meta.status,
-                start: 0,
-                count: u64::MAX,
-                keep_alive,
-            };
-            (writer, win)
-        }
+    let body_len = match kind {
+        BodyKind::Length(len) => Some(len),
+        BodyKind::None => Some(0),
+        _ => None,
     };
+    let (writer, win) = stored_head(req, meta.status, headers, body_len, w, &mut head);
     let (status, keep_alive) = (win.status, win.keep_alive);
     if let Err(e) = client.io.write_all(head).await.0 {
         return Outcome::Aborted {
