@@ -2,6 +2,7 @@ pub mod app;
 pub mod cache;
 pub mod cluster;
 pub mod config;
+pub mod driver;
 pub mod http;
 pub mod proxy;
 pub mod server;

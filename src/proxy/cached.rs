@@ -31,6 +31,7 @@ use crate::cluster::Owner;
 use crate::http::range::{self, if_range_matches, RangeAnswer};
 use crate::http::uri::Uri;
 use crate::http::{BodyKind, Headers, RequestHead, ResponseHead};
+use crate::stream::fair::Budget;
 use crate::stream::{BodyReader, BodyWriter, BufConn};
 use crate::upstream::UpstreamConn;
 
@@ -584,6 +585,7 @@ pub(crate) async fn send_file_range<C: AsyncWriteRent>(
         Vec::new()
     };
     let mut result = Ok(());
+    let mut budget = Budget::default();
     loop {
         if off >= count {
             let (res, b) = client.io.write_all(buf).await;
@@ -613,6 +615,7 @@ pub(crate) async fn send_file_range<C: AsyncWriteRent>(
             break;
         }
         off += want as u64;
+        budget.spend(want as u64).await;
         std::mem::swap(&mut buf, &mut spare);
     }
     w.bufs.put(buf);
@@ -711,6 +714,7 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
     let stall = w.timeouts.upstream_head;
     let mut buf = w.bufs.get();
     let mut off = start;
+    let mut budget = Budget::default();
     let result = loop {
         if off >= end {
             break Ok(());
@@ -725,7 +729,10 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
                 .await;
             buf = slice.into_inner();
             match res {
-                Ok(n) if n > 0 => off += n as u64,
+                Ok(n) if n > 0 => {
+                    off += n as u64;
+                    budget.spend(n as u64).await;
+                }
                 other => break Err(format!("reading the fill failed at {off}: {other:?}")),
             }
             let (res, b) = writer.write(&mut client.io, buf).await;
@@ -780,6 +787,7 @@ async fn fill<C: AsyncWriteRent>(
     let mut reader = BodyReader::new(kind);
     let mut buf = w.bufs.get();
     let mut pos = 0u64; // body bytes received from the origin
+    let mut budget = Budget::default();
     loop {
         let n = match reader.read(&mut up.conn, &mut buf).await {
             Ok(0) => break,
@@ -821,6 +829,7 @@ async fn fill<C: AsyncWriteRent>(
         }
         buf = cs.write_piece(client, buf, pos).await;
         pos += n;
+        budget.spend(n).await;
         if writer.is_none() && reader.is_done() {
             break;
         }

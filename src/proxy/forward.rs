@@ -10,6 +10,7 @@ use crate::http::uri::{Scheme, Uri};
 use crate::http::{
     parse_response, BodyKind, Headers, Parsed, RequestHead, ResponseHead, Version, MAX_HEAD_BYTES,
 };
+use crate::stream::fair::Budget;
 use crate::stream::{BodyReader, BodyWriter, BufConn};
 use crate::upstream::{PoolKey, UpStream, UpstreamConn, UpstreamError};
 
@@ -358,11 +359,15 @@ pub async fn relay_response<C: AsyncWriteRent>(
     };
     let mut reader = BodyReader::new(resp_kind);
     let mut bytes = 0u64;
+    let mut budget = Budget::default();
     let mut buf = w.bufs.get();
     while !reader.is_done() {
         match reader.read(&mut up.conn, &mut buf).await {
             Ok(0) => break,
-            Ok(n) => bytes += n as u64,
+            Ok(n) => {
+                bytes += n as u64;
+                budget.spend(n as u64).await;
+            }
             Err(e) => {
                 w.bufs.put(buf);
                 return Outcome::Aborted {

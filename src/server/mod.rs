@@ -46,14 +46,6 @@ pub struct Settings {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
-pub fn driver_name() -> &'static str {
-    if monoio::utils::detect_uring() {
-        "io_uring"
-    } else {
-        "epoll (legacy; io_uring unavailable)"
-    }
-}
-
 /// Runs until SIGTERM/SIGINT and the drain; returns the process exit code.
 pub fn run(settings: Settings) -> i32 {
     if let Err(e) = signals::block_stop_signals() {
@@ -70,6 +62,8 @@ pub fn run(settings: Settings) -> i32 {
     }
     if !monoio::utils::detect_uring() {
         log::warn!("io_uring is unavailable here; falling back to the epoll driver");
+    } else if crate::driver::uses_legacy() {
+        log::warn!("CHACHA_DRIVER=legacy: using the epoll driver although io_uring is available");
     }
     let pool = monoio::blocking::DefaultThreadPool::new(BLOCKING_THREADS);
     let mut handles = Vec::new();
@@ -104,7 +98,7 @@ pub fn run(settings: Settings) -> i32 {
     log::info!(
         "chacha {} listening on {addr} (driver {}, {} workers)",
         env!("CARGO_PKG_VERSION"),
-        driver_name(),
+        crate::driver::name(),
         settings.workers
     );
     let sig = signals::wait_stop_signal();
@@ -132,6 +126,19 @@ fn worker_main(
     shutdown: Arc<Shutdown>,
     ready: crossbeam_channel::Sender<std::io::Result<SocketAddr>>,
 ) {
+    if crate::driver::uses_legacy() {
+        let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .attach_thread_pool(Box::new(pool))
+            .enable_timer()
+            .build();
+        match rt {
+            Ok(mut rt) => rt.block_on(worker_body(id, addr, settings, shutdown, ready)),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+        }
+        return;
+    }
     let mut urb = io_uring::IoUring::builder();
     // Without COOP_TASKRUN small responses are ~30 % slower than epoll here
     // (shared/design/MONOIO-NOTES.md).
@@ -142,68 +149,74 @@ fn worker_main(
         .attach_thread_pool(Box::new(pool))
         .enable_timer()
         .build();
-    let mut rt = match rt {
-        Ok(rt) => rt,
+    match rt {
+        Ok(mut rt) => rt.block_on(worker_body(id, addr, settings, shutdown, ready)),
+        Err(e) => {
+            let _ = ready.send(Err(e));
+        }
+    }
+}
+
+async fn worker_body(
+    id: usize,
+    addr: SocketAddr,
+    settings: Settings,
+    shutdown: Arc<Shutdown>,
+    ready: crossbeam_channel::Sender<std::io::Result<SocketAddr>>,
+) {
+    let opts = ListenerOpts::new().reuse_port(true).backlog(BACKLOG);
+    let listener = match TcpListener::bind_with_config(addr, &opts) {
+        Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    rt.block_on(async move {
-        let opts = ListenerOpts::new().reuse_port(true).backlog(BACKLOG);
-        let listener = match TcpListener::bind_with_config(addr, &opts) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
-        };
-        let _ = ready.send(listener.local_addr());
-        let worker = Rc::new(Worker {
-            id,
-            timeouts: settings.timeouts,
-            upstream: Upstream::with_tls(settings.timeouts.connect, settings.tls_client.clone()),
-            shutdown: shutdown.clone(),
-            bufs: BufPool::default(),
-            active: Default::default(),
-            store: settings.store.clone(),
-            rules: settings.rules.clone(),
-            open_entries: Default::default(),
-            interception: settings.interception.clone(),
-            cluster: settings.cluster.clone(),
-        });
-        if id == 0 {
-            if let Some(cluster) = &settings.cluster {
-                // One place probes down peers and expires claims, for the whole process.
-                monoio::spawn(crate::proxy::peer::watch(worker.clone(), cluster.clone()));
-            }
-        }
-        loop {
-            monoio::select! {
-                r = listener.accept() => match r {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        monoio::spawn(serve_connection(stream, peer, worker.clone()));
-                    }
-                    Err(e) => {
-                        // EMFILE/ENFILE and friends: back off instead of spinning.
-                        log::warn!("worker {id}: accept failed: {e}");
-                        monoio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                _ = shutdown.wait() => break,
-            }
-        }
-        drop(listener);
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while worker.active.get() > 0 && Instant::now() < deadline {
-            monoio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if worker.active.get() > 0 {
-            log::warn!(
-                "worker {id}: {} connections still open after the drain timeout",
-                worker.active.get()
-            );
-        }
+    let _ = ready.send(listener.local_addr());
+    let worker = Rc::new(Worker {
+        id,
+        timeouts: settings.timeouts,
+        upstream: Upstream::with_tls(settings.timeouts.connect, settings.tls_client.clone()),
+        shutdown: shutdown.clone(),
+        bufs: BufPool::default(),
+        active: Default::default(),
+        store: settings.store.clone(),
+        rules: settings.rules.clone(),
+        open_entries: Default::default(),
+        interception: settings.interception.clone(),
+        cluster: settings.cluster.clone(),
     });
+    if id == 0 {
+        if let Some(cluster) = &settings.cluster {
+            // One place probes down peers and expires claims, for the whole process.
+            monoio::spawn(crate::proxy::peer::watch(worker.clone(), cluster.clone()));
+        }
+    }
+    loop {
+        monoio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    monoio::spawn(serve_connection(stream, peer, worker.clone()));
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE and friends: back off instead of spinning.
+                    log::warn!("worker {id}: accept failed: {e}");
+                    monoio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.wait() => break,
+        }
+    }
+    drop(listener);
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while worker.active.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if worker.active.get() > 0 {
+        log::warn!(
+            "worker {id}: {} connections still open after the drain timeout",
+            worker.active.get()
+        );
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod buffered;
+pub mod fair;
 pub mod prefixed;
 
 pub use body::{BodyReader, BodyWriter};
