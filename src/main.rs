@@ -15,11 +15,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy.
+    /// Run the proxy (without -f: the built-in copy of examples/config.yaml).
     Run {
         /// Path to the YAML config.
         #[arg(short = 'f', long = "file")]
-        file: PathBuf,
+        file: Option<PathBuf>,
     },
     /// Validate a config: exit 0, or print every problem and exit 2.
     Check {
@@ -47,7 +47,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { file } => {
-            let config = match chacha::config::load(&file) {
+            let loaded = match &file {
+                Some(file) => chacha::config::load(file),
+                None => {
+                    log::info!(
+                        "no -f given: using the built-in example config (examples/config.yaml)"
+                    );
+                    chacha::config::parse(chacha::config::EXAMPLE_CONFIG)
+                }
+            };
+            let config = match loaded {
                 Ok(c) => c,
                 Err(e) => {
                     log::error!("invalid config:\n{e}");
