@@ -118,32 +118,16 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         (None, Some((_, info))) => Some(validators_of(&info.meta)),
         _ => None,
     };
-    let conditionals = validators
-        .as_ref()
-        .map(conditional_headers)
-        .unwrap_or_default();
-    let extra: Vec<(&str, &str)> = conditionals.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    let mut head_bytes = Vec::with_capacity(512);
-    write_upstream_head(
-        &req,
-        &uri,
-        BodyKind::None,
-        CLIENT_CONDITIONALS,
-        &extra,
-        &mut head_bytes,
-    );
-    let mut no_body = BodyReader::new(BodyKind::None);
-    let (mut up, resp) =
-        match send_upstream(client, &head_bytes, &pool_key(&uri), &mut no_body, w).await {
-            Ok(x) => x,
-            Err((error, close)) => {
-                return Outcome::Failed {
-                    error,
-                    close,
-                    op: "miss",
-                }
+    let (mut up, resp) = match revalidate(client, &req, &uri, validators.as_ref(), w).await {
+        Ok(x) => x,
+        Err((error, close)) => {
+            return Outcome::Failed {
+                error,
+                close,
+                op: "miss",
             }
-        };
+        }
+    };
 
     if resp.status == 304 {
         if let Some(entry) = entry {
@@ -221,6 +205,30 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     }
     let cs = not_stored(had_entry, NotStorable::Status)(&resp);
     relay_and_release(client, &req, &mut up, resp, w, "pass", cs).await
+}
+
+/// Sends the GET upstream conditional on our `validators` (the client's own
+/// conditionals and Range replaced, see [`CLIENT_CONDITIONALS`]) and reads the head.
+pub(crate) async fn revalidate<C: AsyncReadRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    uri: &Uri,
+    validators: Option<&Validators>,
+    w: &Worker,
+) -> Result<(UpstreamConn, ResponseHead), (ProxyError, bool)> {
+    let conditionals = validators.map(conditional_headers).unwrap_or_default();
+    let extra: Vec<(&str, &str)> = conditionals.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let mut head_bytes = Vec::with_capacity(512);
+    write_upstream_head(
+        req,
+        uri,
+        BodyKind::None,
+        CLIENT_CONDITIONALS,
+        &extra,
+        &mut head_bytes,
+    );
+    let mut no_body = BodyReader::new(BodyKind::None);
+    send_upstream(client, &head_bytes, &pool_key(uri), &mut no_body, w).await
 }
 
 /// The validators of a stored response, read without copying its fields.

@@ -14,17 +14,15 @@ use monoio::buf::IoBuf;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::cached::{
-    answer_client_conditional, not_stored, relay_ranged, release_bodyless, stored_head,
-    validated_headers, validators_of, ClientSide, CLIENT_CONDITIONALS,
+    answer_client_conditional, not_stored, relay_ranged, release_bodyless, revalidate, stored_head,
+    validated_headers, validators_of, ClientSide,
 };
-use super::forward::{forward, pool_key, relay_and_release, send_upstream, write_upstream_head};
+use super::forward::{forward, relay_and_release};
 use super::peer::{self, Found, Lookup, PeerError};
 use super::{Exchange, Outcome, ProxyError, Worker};
 use crate::cache::digest::{expected_sha256, Verifier};
 use crate::cache::meta::EntryMeta;
-use crate::cache::policy::{
-    conditional_headers, response_storable, should_drop_on_status, stored_headers, NotStorable,
-};
+use crate::cache::policy::{response_storable, should_drop_on_status, stored_headers, NotStorable};
 use crate::cache::status::{Outcome as CacheOutcome, CACHE_NAME};
 use crate::cluster::metadata::Metadata;
 use crate::cluster::{Cluster, Node};
@@ -74,22 +72,8 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         }
     };
     let had_entry = found.is_some();
-    let conditionals = found
-        .as_ref()
-        .map(|f| conditional_headers(&validators_of(&f.meta)))
-        .unwrap_or_default();
-    let extra: Vec<(&str, &str)> = conditionals.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    let mut head_bytes = Vec::with_capacity(512);
-    write_upstream_head(
-        &req,
-        &uri,
-        BodyKind::None,
-        CLIENT_CONDITIONALS,
-        &extra,
-        &mut head_bytes,
-    );
-    let mut no_body = BodyReader::new(BodyKind::None);
-    let sent = send_upstream(client, &head_bytes, &pool_key(&uri), &mut no_body, w).await;
+    let validators = found.as_ref().map(|f| validators_of(&f.meta));
+    let sent = revalidate(client, &req, &uri, validators.as_ref(), w).await;
     let (mut up, resp) = match sent {
         Ok(x) => x,
         Err((error, close)) => {
