@@ -796,3 +796,66 @@ fn presigned_redirects_share_one_storage_entry() {
         wait_committed(proxy.dir(), 1);
     });
 }
+
+/// An origin that cuts its first full response of `/cut/{len}` after `at` bytes and
+/// answers `Range: bytes=N-` + a matching `If-Range` with the exact 206.
+fn cutting_origin(at: u64) -> Origin {
+    Origin::start(move |req| {
+        let len: u64 = req.path().rsplit('/').next().unwrap().parse().unwrap();
+        let etag = etag_of("cut", len);
+        let body = gen::body(len as usize);
+        if let (Some(range), Some(if_range)) = (req.header("range"), req.header("if-range")) {
+            if if_range == etag {
+                let start: u64 = range
+                    .trim_start_matches("bytes=")
+                    .trim_end_matches('-')
+                    .parse()
+                    .unwrap();
+                return OResp::new(
+                    206,
+                    common::origin::Body::Full(body[start as usize..].to_vec()),
+                )
+                .header("ETag", &etag)
+                .header("Content-Range", &format!("bytes {start}-{}/{len}", len - 1));
+            }
+        }
+        validated(req, &etag, || {
+            OResp::ok(body)
+                .header("ETag", &etag)
+                .fault(common::origin::Fault::AbortBodyAfter(at))
+        })
+    })
+}
+
+#[test]
+fn a_fill_cut_by_the_origin_resumes_with_a_range_and_the_client_gets_every_byte() {
+    with_deadline(DEADLINE, || {
+        let proxy = start_default();
+        let at = 1_000_003u64;
+        let origin = cutting_origin(at);
+        let len = 3u64 << 20;
+        let path = format!("/cut/{len}");
+        let first = fetch(proxy.addr(), get(&origin.authority(), &path));
+        assert_eq!(first.status(), 200);
+        assert_eq!(
+            first.body.len() as u64,
+            len,
+            "the client got the whole body"
+        );
+        assert_eq!(first.body, gen::body(len as usize));
+        let reqs = origin.requests();
+        assert_eq!(reqs.len(), 2, "one cut request and one resume");
+        assert_eq!(
+            reqs[1].header("range"),
+            Some(format!("bytes={at}-").as_str())
+        );
+        assert_eq!(
+            reqs[1].header("if-range"),
+            Some(etag_of("cut", len).as_str())
+        );
+        // Stored whole: the next request is a hit.
+        let second = fetch(proxy.addr(), get(&origin.authority(), &path));
+        assert_hit(&second);
+        assert_eq!(second.body, gen::body(len as usize));
+    });
+}

@@ -177,7 +177,12 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
             return match store.start_fill(handle, meta, body_len).await {
                 Ok(writer) => {
                     let digest = expected_sha256(&uri.path_and_query);
-                    fill(client, &req, up, resp, kind, writer, had_entry, digest, w).await
+                    let target = FillTarget {
+                        uri: &uri,
+                        replaced: had_entry,
+                        digest,
+                    };
+                    fill(client, &req, up, resp, kind, writer, target, w).await
                 }
                 Err(FillStartError::TooLarge) => {
                     let cs = not_stored(had_entry, NotStorable::TooLarge)(&resp);
@@ -776,21 +781,23 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
 /// blob URL's body is checked against its SHA-256 before the entry is committed and
 /// before the client gets its last byte.
 #[allow(clippy::too_many_arguments)]
-async fn fill<C: AsyncWriteRent>(
+async fn fill<C: AsyncReadRent + AsyncWriteRent>(
     client: &mut BufConn<C>,
     req: &RequestHead,
     mut up: UpstreamConn,
     resp: ResponseHead,
     kind: BodyKind,
     writer: FillWriter,
-    replaced: bool,
-    digest: Option<[u8; 32]>,
+    target: FillTarget<'_>,
     w: &Worker,
 ) -> Outcome {
     let op = "fill";
     let mut writer = Some(writer);
-    let mut verifier = digest.map(Verifier::new);
-    let stored = CacheOutcome::Stored { replaced };
+    let mut verifier = target.digest.map(Verifier::new);
+    let mut resumes = 0;
+    let stored = CacheOutcome::Stored {
+        replaced: target.replaced,
+    };
     let mut cs = ClientSide::begin(client, req, &resp, kind, stored, w, op).await;
     let mut reader = BodyReader::new(kind);
     let mut buf = w.bufs.get();
@@ -800,6 +807,28 @@ async fn fill<C: AsyncWriteRent>(
         let n = match reader.read(&mut up.conn, &mut buf).await {
             Ok(0) => break,
             Ok(n) => n as u64,
+            Err(e) if resumes < MAX_FILL_RESUMES && writer.is_some() => {
+                // The origin cut the body: resume it where it stopped, so the bytes already
+                // in the cache (and sent) are not fetched again.
+                resumes += 1;
+                match resume_fill(client, req, &target, &resp, kind, pos, w).await {
+                    Some((conn, rest)) => {
+                        log::info!(
+                            "cache: origin cut {} at byte {pos} ({e}); resumed",
+                            req.target
+                        );
+                        up = conn;
+                        reader = BodyReader::new(rest);
+                        continue;
+                    }
+                    None => {
+                        w.bufs.put(buf);
+                        drop(writer); // fails the fill: readers abort, the temp file goes
+                        cs.error = Some(format!("origin body failed: {e}; resuming failed"));
+                        return cs.outcome(op);
+                    }
+                }
+            }
             Err(e) => {
                 w.bufs.put(buf);
                 drop(writer); // fails the fill: readers abort, the temp file goes
@@ -853,6 +882,72 @@ async fn fill<C: AsyncWriteRent>(
     }
     cs.finish(client).await;
     cs.outcome(op)
+}
+
+/// How often one fill may resume a body the origin cut.
+const MAX_FILL_RESUMES: u32 = 3;
+
+/// What a fill is for: its URL (to resume it), whether it replaces an entry, and the
+/// digest a blob URL promises.
+struct FillTarget<'a> {
+    uri: &'a Uri,
+    replaced: bool,
+    digest: Option<[u8; 32]>,
+}
+
+/// Asks the origin for the rest of a cut body: `Range: bytes=pos-` with `If-Range` on the
+/// response's strong ETag (RFC 9110 §13.1.5: only then is a 206 guaranteed to continue the
+/// same representation). Returns the connection and the rest's framing when the origin
+/// answered with exactly that range.
+async fn resume_fill<C: AsyncReadRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    target: &FillTarget<'_>,
+    resp: &ResponseHead,
+    kind: BodyKind,
+    pos: u64,
+    w: &Worker,
+) -> Option<(UpstreamConn, BodyKind)> {
+    let BodyKind::Length(len) = kind else {
+        return None;
+    };
+    let etag = resp
+        .headers
+        .get_str("etag")
+        .filter(|e| e.starts_with('"'))?;
+    let range = format!("bytes={pos}-");
+    let extra = [("Range", range.as_str()), ("If-Range", etag)];
+    let mut head = Vec::with_capacity(512);
+    write_upstream_head(
+        req,
+        target.uri,
+        BodyKind::None,
+        CLIENT_CONDITIONALS,
+        &extra,
+        &mut head,
+    );
+    let mut no_body = BodyReader::new(BodyKind::None);
+    let (up, part) = send_upstream(client, &head, &pool_key(target.uri), &mut no_body, w)
+        .await
+        .ok()?;
+    let expected = range::content_range(pos, len - 1, len);
+    let same = part.headers.get_str("etag") == Some(etag);
+    if part.status != 206
+        || part.headers.get_str("content-range") != Some(expected.as_str())
+        || !same
+    {
+        log::info!(
+            "cache: cannot resume {} at byte {pos}: origin answered {} {:?}",
+            req.target,
+            part.status,
+            part.headers.get_str("content-range")
+        );
+        return None;
+    }
+    match part.body_kind(&req.method) {
+        Ok(BodyKind::Length(n)) if n == len - pos => Some((up, BodyKind::Length(n))),
+        _ => None,
+    }
 }
 
 /// The client's side of a response whose body streams from the origin while it is

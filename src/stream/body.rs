@@ -79,7 +79,11 @@ impl BodyReader {
             let buf = std::mem::take(out);
             let (res, slice) = conn.io.read(buf.slice_mut(n..want)).await;
             *out = slice.into_inner();
-            last = res?;
+            last = match res {
+                Ok(l) => l,
+                // Hand over what we have; a broken stream fails the next read again.
+                Err(_) => break,
+            };
             if last == 0 {
                 break;
             }
