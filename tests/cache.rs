@@ -5,6 +5,11 @@
 
 mod common;
 
+use common::cached::{
+    assert_hit, assert_served, assert_stored, cache_status, entry_files, etag_of, fetch,
+    wait_until, COUNTER_LAG,
+};
+
 use common::gen::Verifier;
 use common::origin::{Fault, Request as OReq, Response as OResp};
 use common::{get, get_with, request_with, with_deadline, Chacha, Conn, Head, Origin, Response};
@@ -80,11 +85,6 @@ fn validated(
     resp
 }
 
-/// The ETag [`routes`] gives `/obj/{name}/{len}`.
-fn etag_of(name: &str, len: u64) -> String {
-    format!("\"{name}-{len}\"")
-}
-
 /// Cacheable objects (query ignored):
 /// - `/obj/{name}/{len}`: generated body, ETag [`etag_of`] and [`LAST_MODIFIED`];
 /// - `/obj-lm/{name}/{len}`: the same with Last-Modified only;
@@ -112,37 +112,12 @@ fn routes(req: &OReq) -> OResp {
     }
 }
 
-/// One request on a fresh connection; panics unless a whole response arrives.
-fn fetch(addr: SocketAddr, raw: impl AsRef<[u8]>) -> Response {
-    common::request(addr, raw).unwrap_or_else(|e| panic!("no complete response: {e:?}"))
-}
-
-fn cache_status(resp: &Response) -> String {
-    resp.header("cache-status").unwrap_or("<none>").to_string()
-}
-
 /// The value of the `detail` parameter of a Cache-Status value, if any.
 fn detail(status: &str) -> Option<&str> {
     status
         .split(';')
         .map(str::trim)
         .find_map(|p| p.strip_prefix("detail="))
-}
-
-fn assert_hit(resp: &Response) {
-    let cs = cache_status(resp);
-    assert!(
-        cs.starts_with("chacha; hit"),
-        "expected a hit, Cache-Status {cs:?}"
-    );
-}
-
-fn assert_stored(resp: &Response) {
-    let cs = cache_status(resp);
-    assert!(
-        cs.starts_with("chacha;") && cs.contains("stored") && cs.contains("fwd-status=200"),
-        "expected a stored response, Cache-Status {cs:?}"
-    );
 }
 
 /// Asserts `body` is exactly the first `len` bytes of the generated pattern.
@@ -164,22 +139,6 @@ fn assert_content_length(resp: &Response) {
 /// Whether the origin request carried a conditional header.
 fn is_conditional(req: &OReq) -> bool {
     req.header("if-none-match").is_some() || req.header("if-modified-since").is_some()
-}
-
-/// How long the origin's counters may lag behind a response the client already has: the
-/// origin counts a body only after its last write returned.
-const COUNTER_LAG: Duration = Duration::from_secs(2);
-
-/// Asserts the origin served `full` complete 200 bodies and `not_modified` 304s.
-fn assert_served(origin: &Origin, full: u64, not_modified: u64) {
-    wait_until(COUNTER_LAG, || {
-        origin.full_bodies() == full && origin.not_modified() == not_modified
-    });
-    assert_eq!(
-        (origin.full_bodies(), origin.not_modified()),
-        (full, not_modified),
-        "origin served (full bodies, 304s)"
-    );
 }
 
 /// Asserts the origin served `full` complete 200 bodies.
@@ -205,29 +164,6 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
-/// Committed entry files: `dir/<2 hex>/<16 hex>`.
-fn entry_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let is_hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let mut found = Vec::new();
-    for sub in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = sub.file_name().to_string_lossy().into_owned();
-        if !is_hex(&name, 2) || !sub.path().is_dir() {
-            continue;
-        }
-        for f in std::fs::read_dir(sub.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let fname = f.file_name().to_string_lossy().into_owned();
-            if is_hex(&fname, 16) && fname.starts_with(&name) {
-                found.push(f.path());
-            }
-        }
-    }
-    found
-}
-
 /// Waits until `dir` holds `n` committed entries and no temp file: a fill's response can
 /// reach the client before its entry is renamed into place.
 fn wait_committed(dir: &Path, n: usize) {
@@ -241,20 +177,6 @@ fn wait_committed(dir: &Path, n: usize) {
         "expected {n} committed entries and an empty tmp/, found {:?}",
         entry_files(dir)
     );
-}
-
-/// Polls `f` every few ms until it holds; false after `timeout`.
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// Samples `measure` every [`SAMPLE_EVERY`] on its own thread, keeping the peak.

@@ -9,6 +9,10 @@
 
 mod common;
 
+use common::cached::{
+    assert_hit, assert_served, assert_stored, cache_status, entry_files, etag_of, fetch, wait_until,
+};
+
 use common::client::parse_head;
 use common::gen::{self, Verifier};
 use common::origin::{Request as OReq, Response as OResp};
@@ -19,8 +23,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Deadline for an ordinary test.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -30,8 +33,6 @@ const HEAVY_DEADLINE: Duration = Duration::from_secs(60);
 const LAST_MODIFIED: &str = "Mon, 01 Jan 2024 00:00:00 GMT";
 /// How long to wait for a fill to be committed (or discarded) after its response ended.
 const COMMIT_WAIT: Duration = Duration::from_secs(5);
-/// How long the origin's counters may lag behind a response the client already has.
-const COUNTER_LAG: Duration = Duration::from_secs(2);
 /// Body sizes the warm range tests run on: one kept inline in memory by the open-entry
 /// cache (<= 16 KiB), one served from the entry file.
 const RANGE_LENS: [u64; 2] = [10_007, 1_000_003];
@@ -47,11 +48,6 @@ const CUT_AT: usize = 1_234_567;
 
 fn start_default() -> Chacha {
     Chacha::start(&common::config(""))
-}
-
-/// ETag of `/obj/{name}/{len}`.
-fn etag_of(name: &str, len: u64) -> String {
-    format!("\"{name}-{len}\"")
 }
 
 /// 304 when `If-None-Match` names `etag`, otherwise `full()`; both carry the validators.
@@ -119,28 +115,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One request on a fresh connection; panics unless a whole response arrives.
-fn fetch(addr: SocketAddr, raw: impl AsRef<[u8]>) -> Response {
-    common::request(addr, raw).unwrap_or_else(|e| panic!("no complete response: {e:?}"))
-}
-
-fn cache_status(resp: &Response) -> String {
-    resp.header("cache-status").unwrap_or("<none>").to_string()
-}
-
-fn assert_hit(resp: &Response) {
-    let cs = cache_status(resp);
-    assert!(cs.starts_with("chacha; hit"), "expected a hit, got {cs:?}");
-}
-
-fn assert_stored(resp: &Response) {
-    let cs = cache_status(resp);
-    assert!(
-        cs.contains("stored") && cs.contains("fwd-status=200"),
-        "expected a stored response, got {cs:?}"
-    );
-}
-
 /// Asserts `body` is exactly bytes `start..start + body.len()` of the generated pattern
 /// and that there are `len` of them.
 fn assert_generated_at(body: &[u8], start: u64, len: u64) {
@@ -202,55 +176,6 @@ fn assert_origin_saw_no_range(origin: &Origin) {
         assert_eq!(r.header("range"), None, "origin got a Range: {r:?}");
         assert_eq!(r.header("if-range"), None, "origin got an If-Range: {r:?}");
     }
-}
-
-/// Asserts the origin served `full` complete 200 bodies and `not_modified` 304s.
-fn assert_served(origin: &Origin, full: u64, not_modified: u64) {
-    wait_until(COUNTER_LAG, || {
-        origin.full_bodies() == full && origin.not_modified() == not_modified
-    });
-    assert_eq!(
-        (origin.full_bodies(), origin.not_modified()),
-        (full, not_modified),
-        "origin served (full bodies, 304s)"
-    );
-}
-
-/// Polls `f` every few ms until it holds; false after `timeout`.
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Committed entry files: `dir/<2 hex>/<16 hex>`.
-fn entry_files(dir: &Path) -> Vec<PathBuf> {
-    let is_hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let mut found = Vec::new();
-    for sub in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = sub.file_name().to_string_lossy().into_owned();
-        if !is_hex(&name, 2) || !sub.path().is_dir() {
-            continue;
-        }
-        for f in std::fs::read_dir(sub.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let fname = f.file_name().to_string_lossy().into_owned();
-            if is_hex(&fname, 16) && fname.starts_with(&name) {
-                found.push(f.path());
-            }
-        }
-    }
-    found
 }
 
 fn tmp_empty(dir: &Path) -> bool {

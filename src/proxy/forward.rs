@@ -312,7 +312,7 @@ pub async fn relay_and_release<C: AsyncWriteRent>(
 }
 
 /// Streams the origin's response to the client, re-framed for the client's version.
-pub async fn relay_response<C: AsyncWriteRent>(
+async fn relay_response<C: AsyncWriteRent>(
     client: &mut BufConn<C>,
     req: &RequestHead,
     up: &mut UpstreamConn,
