@@ -147,21 +147,38 @@ fn assert_full_bodies(origin: &Origin, full: u64) {
     assert_eq!(origin.full_bodies(), full, "origin full bodies");
 }
 
-/// Sum of the sizes of all regular files under `dir` (files vanishing mid-walk ignored).
-fn dir_bytes(dir: &Path) -> u64 {
+/// Sizes of the regular files under `dir` by inode (files vanishing mid-walk ignored).
+fn file_sizes(dir: &Path, out: &mut std::collections::HashMap<u64, u64>) {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
+        return;
     };
-    let mut total = 0;
     for entry in entries.flatten() {
         let Ok(ft) = entry.file_type() else { continue };
         if ft.is_dir() {
-            total += dir_bytes(&entry.path());
+            file_sizes(&entry.path(), out);
         } else if ft.is_file() {
-            total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            if let Ok(m) = entry.metadata() {
+                out.insert(m.ino(), m.len());
+            }
         }
     }
-    total
+}
+
+/// Bytes in the files under `dir` at one moment, as far as a directory walk can tell.
+/// One walk is not a snapshot: an evicted file seen early plus the fill that replaced it
+/// seen later would add up to more than ever existed at once. So the dir is walked twice
+/// and only files (by inode, so a rename from `tmp/` counts once) present in both walks
+/// are summed, each at its smaller size: those all existed, at least that large, at the
+/// end of the first walk.
+fn dir_bytes(dir: &Path) -> u64 {
+    let (mut first, mut second) = Default::default();
+    file_sizes(dir, &mut first);
+    file_sizes(dir, &mut second);
+    first
+        .iter()
+        .filter_map(|(ino, a)| second.get(ino).map(|b| (*a).min(*b)))
+        .sum()
 }
 
 /// Waits until `dir` holds `n` committed entries and no temp file: a fill's response can
