@@ -246,8 +246,8 @@ enum TransferCoding {
     Absent,
     /// Exactly one coding, `chunked`.
     Chunked,
-    /// The final coding is not `chunked`: only a response may use this, reading until close
-    /// (RFC 9112 §6.3 item 4).
+    /// The final coding is not `chunked` (RFC 9112 §6.3 item 4): refused in requests and,
+    /// since we cannot undo the coding, in responses too.
     NotChunkedFinal,
     /// `chunked` is final but applied twice, or with another coding we cannot undo.
     Unsupported(String),
@@ -378,8 +378,16 @@ impl ResponseHead {
             }
             // Item 3: Transfer-Encoding overrides Content-Length (keep_alive() then says no).
             TransferCoding::Chunked => return Ok(BodyKind::Chunked),
-            // Item 4: final coding not chunked → read until close.
-            TransferCoding::NotChunkedFinal => return Ok(BodyKind::UntilClose),
+            // Item 4 would read a response whose final coding is not chunked until
+            // close; but we only undo chunked, and Transfer-Encoding is hop-by-hop and
+            // stripped, so relaying or storing such a body would hand out the still-coded
+            // bytes as the representation (e.g. gzip bytes without any field saying so).
+            // Refused instead (→ 502, nothing stored), like `gzip, chunked` below.
+            TransferCoding::NotChunkedFinal => {
+                return Err(bad_framing(
+                    "response transfer coding is not a final chunked",
+                ))
+            }
             // We only undo chunked; forwarding a still-coded body after stripping
             // Transfer-Encoding (hop-by-hop) would corrupt it, so refuse (→ 502 upstream).
             TransferCoding::Unsupported(why) => return Err(bad_framing(why)),
@@ -1245,18 +1253,32 @@ mod tests {
                 Ok(BodyKind::Chunked),
                 false,
             ),
-            // Item 4: final coding not chunked → until close.
+            // Item 4: final coding not chunked → refused (we cannot undo it, see
+            // body_kind), with or without a Content-Length, and never kept alive.
             (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
                 "GET",
-                Ok(BodyKind::UntilClose),
+                Err(Outcome::BadFraming),
                 false,
             ),
             (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
                 "GET",
-                Ok(BodyKind::UntilClose),
+                Err(Outcome::BadFraming),
                 false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n",
+                "GET",
+                Err(Outcome::BadFraming),
+                false,
+            ),
+            // Bodiless responses never read a body, whatever their framing says.
+            (
+                b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "GET",
+                Ok(BodyKind::None),
+                true,
             ),
             (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
