@@ -47,7 +47,14 @@ const TOP_KEYS: &[&str] = &[
     "cluster",
     "timeouts",
 ];
-const TIMEOUT_KEYS: &[&str] = &["connect", "upstream-head", "client-head", "idle"];
+const TIMEOUT_KEYS: &[&str] = &[
+    "connect",
+    "upstream-head",
+    "upstream-body",
+    "client-head",
+    "client-body",
+    "idle",
+];
 const DISK_KEYS: &[&str] = &["dir", "limit"];
 const TLS_KEYS: &[&str] = &["cert", "key", "ports"];
 const RULES_MAPPING_KEYS: &[&str] = &["paths"];
@@ -202,9 +209,15 @@ pub struct Timeouts {
     pub connect: Duration,
     /// From the request sent upstream to a complete response head (→ 504).
     pub upstream_head: Duration,
+    /// Longest silence while reading an origin's response body (then the fill resumes
+    /// with Range or fails, a relay is cut), like nginx's `proxy_read_timeout` of 60 s.
+    pub upstream_body: Duration,
     /// From a request's first byte to its complete head (→ 408), like the original's
     /// ReadHeaderTimeout of 30 s.
     pub client_head: Duration,
+    /// Longest silence while reading a client's request body (→ 408, both connections
+    /// closed), like nginx's `client_body_timeout` of 60 s.
+    pub client_body: Duration,
     /// How long an idle keep-alive client connection is kept.
     pub idle: Duration,
 }
@@ -214,7 +227,9 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(10),
             upstream_head: Duration::from_secs(60),
+            upstream_body: Duration::from_secs(60),
             client_head: Duration::from_secs(30),
+            client_body: Duration::from_secs(60),
             idle: Duration::from_secs(60),
         }
     }
@@ -387,7 +402,9 @@ impl Checker {
         for (name, slot) in [
             ("connect", &mut t.connect),
             ("upstream-head", &mut t.upstream_head),
+            ("upstream-body", &mut t.upstream_body),
             ("client-head", &mut t.client_head),
+            ("client-body", &mut t.client_body),
             ("idle", &mut t.idle),
         ] {
             if let Some(value) = optional(map, name) {

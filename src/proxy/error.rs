@@ -22,6 +22,8 @@ pub enum ProxyError {
     Upstream(UpstreamError),
     /// The client closed or failed while we were reading its request body.
     ClientIo(std::io::Error),
+    /// The client's request body stalled for `timeouts.client-body` (408).
+    ClientBodyTimeout(std::time::Duration),
 }
 
 impl ProxyError {
@@ -37,6 +39,7 @@ impl ProxyError {
             | ProxyError::Upstream(UpstreamError::ConnectTimeout(_)) => 504,
             ProxyError::Upstream(_) => 502,
             ProxyError::ClientIo(_) => 400,
+            ProxyError::ClientBodyTimeout(_) => 408,
         }
     }
 }
@@ -58,6 +61,9 @@ impl fmt::Display for ProxyError {
             ),
             ProxyError::Upstream(e) => write!(f, "{e}"),
             ProxyError::ClientIo(e) => write!(f, "reading the request body failed: {e}"),
+            ProxyError::ClientBodyTimeout(d) => {
+                write!(f, "request body: no bytes received for {d:?}")
+            }
         }
     }
 }

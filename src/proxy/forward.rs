@@ -7,12 +7,10 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::{Exchange, Outcome, ProxyError, Worker};
 use crate::http::uri::{Scheme, Uri};
-use crate::http::{
-    parse_response, BodyKind, Headers, Parsed, RequestHead, ResponseHead, Version, MAX_HEAD_BYTES,
-};
+use crate::http::{BodyKind, Headers, RequestHead, ResponseHead, Version};
 use crate::stream::fair::Budget;
 use crate::stream::{BodyReader, BodyWriter, BufConn};
-use crate::upstream::{PoolKey, UpStream, UpstreamConn, UpstreamError};
+use crate::upstream::{read_final_head, PoolKey, UpStream, UpstreamConn, UpstreamError};
 
 /// This process's name in `Via` (RFC 9110 §7.6.3): unique per process, so a request that
 /// comes back to the same chacha (e.g. an absolute URL naming chacha itself) is refused
@@ -38,8 +36,12 @@ pub fn is_loop(req: &RequestHead) -> bool {
 /// Writes the request head sent to the origin into `out`: origin-form target, our own
 /// HTTP version, hop-by-hop fields removed (RFC 9110 §7.6.1), Host set from the target
 /// (RFC 9112 §3.2.2), `Expect` dropped (we answer `100-continue` ourselves, RFC 9110
-/// §10.1.1), fields named in `skip` dropped and `extra` appended. Written straight from
-/// the client's head, without copying its fields first.
+/// §10.1.1), fields named in `skip` dropped and `extra` appended. The framing is ours:
+/// `kind` decides, so the client's `Content-Length` (possibly a list of identical values,
+/// repeated fields or leading zeros, all of which the request parser accepted as one
+/// length) goes out as one normalised `Content-Length: N` (RFC 9110 §8.6), and nothing
+/// for a request sent without a body. Written straight from the client's head, without
+/// copying its fields first.
 pub fn write_upstream_head(
     req: &RequestHead,
     uri: &Uri,
@@ -57,6 +59,7 @@ pub fn write_upstream_head(
     for (name, value) in &req.headers.fields {
         if name.eq_ignore_ascii_case("host")
             || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("content-length")
             || skip.iter().any(|s| name.eq_ignore_ascii_case(s))
             || req.headers.is_hop_by_hop(name)
         {
@@ -67,8 +70,14 @@ pub fn write_upstream_head(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    if kind == BodyKind::Chunked {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    match kind {
+        BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        BodyKind::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyKind::None | BodyKind::UntilClose => {}
     }
     // RFC 9110 §7.6.3: a proxy adds itself to Via (also how we detect loops).
     out.extend_from_slice(b"Via: 1.1 ");
@@ -83,40 +92,17 @@ pub fn write_upstream_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Reads a final response head from the origin, skipping interim 1xx responses
-/// (RFC 9110 §15.2). `received` tells whether any byte arrived (a reused connection
-/// that closes before any byte is retried by the caller).
+/// Reads a final response head from the origin within `timeouts.upstream-head`
+/// (interim responses per [`crate::upstream::head::check_interim`]). `received` tells
+/// whether any byte arrived (a reused connection that closes before any byte is retried
+/// by the caller).
 pub async fn read_response_head(
     up: &mut BufConn<UpStream>,
     w: &Worker,
     received: &mut bool,
 ) -> Result<ResponseHead, UpstreamError> {
-    let deadline = Instant::now() + w.timeouts.upstream_head;
-    loop {
-        if !up.buffered().is_empty() {
-            *received = true;
-            match parse_response(up.buffered()) {
-                Ok(Parsed::Complete(head, n)) => {
-                    up.consume(n);
-                    if (100..200).contains(&head.status) && head.status != 101 {
-                        continue;
-                    }
-                    return Ok(head);
-                }
-                Ok(Parsed::Partial) if up.buffered().len() > MAX_HEAD_BYTES => {
-                    return Err(UpstreamError::Protocol("response head too large".into()))
-                }
-                Ok(Parsed::Partial) => {}
-                Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
-            }
-        }
-        match monoio::time::timeout_at(deadline.into(), up.fill()).await {
-            Err(_) => return Err(UpstreamError::HeadTimeout(w.timeouts.upstream_head)),
-            Ok(Ok(0)) => return Err(UpstreamError::Closed("end of stream".into())),
-            Ok(Err(e)) => return Err(UpstreamError::Closed(e.to_string())),
-            Ok(Ok(_)) => {}
-        }
-    }
+    let limit = w.timeouts.upstream_head;
+    read_final_head(up, Instant::now() + limit, limit, received).await
 }
 
 /// Sends head and body upstream, then reads the response head.
@@ -125,6 +111,8 @@ enum SendError {
     Stale(UpstreamError),
     Upstream(UpstreamError),
     Client(std::io::Error),
+    /// The client sent no body byte within `timeouts.client-body`.
+    ClientTimeout,
 }
 
 async fn send_request<C: AsyncReadRent>(
@@ -155,12 +143,19 @@ async fn send_request<C: AsyncReadRent>(
     if has_body {
         let mut buf = w.bufs.get();
         loop {
-            match body.read(client, &mut buf).await {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
+            // An idle bound on the client's body, so that a client that stops sending
+            // does not hold its connection and the origin's forever. On expiry the
+            // dropped read may have lost bytes: both connections are closed anyway.
+            match monoio::time::timeout(w.timeouts.client_body, body.read(client, &mut buf)).await {
+                Ok(Ok(0)) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
                     w.bufs.put(buf);
                     return Err(SendError::Client(e));
+                }
+                Err(_) => {
+                    w.bufs.put(buf); // emptied by the dropped read: the pool skips it
+                    return Err(SendError::ClientTimeout);
                 }
             }
             let (res, b) = body_writer.write(&mut up.conn.io, buf).await;
@@ -216,6 +211,11 @@ pub async fn send_upstream<C: AsyncReadRent>(
             }
             Err(SendError::Upstream(e)) => return Err((e.into(), !body.is_done())),
             Err(SendError::Client(e)) => return Err((ProxyError::ClientIo(e), true)),
+            // 408 and close (RFC 9110 §15.5.9); `up` is dropped here, which closes the
+            // origin connection mid-body so the origin never takes a partial request.
+            Err(SendError::ClientTimeout) => {
+                return Err((ProxyError::ClientBodyTimeout(w.timeouts.client_body), true))
+            }
         }
     }
 }
@@ -303,7 +303,11 @@ pub async fn relay_and_release<C: AsyncWriteRent>(
     op: &'static str,
     cache_status: Option<String>,
 ) -> Outcome {
-    let origin_keep_alive = resp.keep_alive();
+    // Never pool after HEAD: origins commonly send a body on HEAD responses anyway, and
+    // if it arrives late (after the idle check in `take_idle`) it would be read as the
+    // next request's response (RFC 9110 §9.3.2: no content follows a HEAD response).
+    // HEAD is rare, so the cost is nil.
+    let origin_keep_alive = resp.keep_alive() && req.method != "HEAD";
     let outcome = relay_response(client, req, up, resp, w, op, cache_status).await;
     if origin_keep_alive && matches!(outcome, Outcome::Done(_)) {
         w.upstream.release_ref(up);

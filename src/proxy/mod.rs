@@ -253,6 +253,9 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
         };
         first = false;
         let start = Instant::now();
+        // RFC 9112 §9.3: after `Connection: close` (or HTTP/1.0 without keep-alive) the
+        // client expects the connection to end with this response, errors included.
+        let client_keep_alive = head.keep_alive();
         let line = match channel {
             Channel::Tunnel(t) if head.target.starts_with('/') => {
                 format!("{} https://{}{}", head.method, t.authority(), head.target)
@@ -288,6 +291,7 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                 ex.keep_alive
             }
             Outcome::Failed { error, close, op } => {
+                let close = close || !client_keep_alive || w.shutdown.is_triggered();
                 let status = error.status();
                 let msg = error.to_string();
                 let bytes = write_simple(&mut conn.io, status, &msg, close, &[]).await;

@@ -4,7 +4,6 @@
 //! peers marked down with `GET /health` (backing off) until they answer, and expires
 //! claims that other nodes never completed.
 
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,9 +16,9 @@ use super::Worker;
 use crate::cache::meta::EntryMeta;
 use crate::cluster::metadata::Metadata;
 use crate::cluster::{base64, Cluster, Node};
-use crate::http::{parse_response, BodyKind, Parsed, ResponseHead, MAX_HEAD_BYTES};
+use crate::http::{BodyKind, ResponseHead};
 use crate::stream::{BodyReader, BodyWriter, BufConn};
-use crate::upstream::{UpStream, UpstreamConn, UpstreamError};
+use crate::upstream::{read_final_head, UpStream, UpstreamConn, UpstreamError};
 
 /// How often the watch task wakes (probes are due by their own backoff).
 pub const WATCH_TICK: Duration = Duration::from_millis(200);
@@ -123,38 +122,15 @@ fn request_head(
     out
 }
 
-/// Reads a final response head before `deadline` (interim 1xx skipped).
+/// Reads a final response head before `deadline`, with the same interim-response rules
+/// as toward origins ([`crate::upstream::head::check_interim`]).
 async fn read_head_by(
     up: &mut BufConn<UpStream>,
     deadline: Instant,
     received: &mut bool,
 ) -> Result<ResponseHead, UpstreamError> {
-    let started = Instant::now();
-    loop {
-        if !up.buffered().is_empty() {
-            *received = true;
-            match parse_response(up.buffered()) {
-                Ok(Parsed::Complete(head, n)) => {
-                    up.consume(n);
-                    if (100..200).contains(&head.status) {
-                        continue;
-                    }
-                    return Ok(head);
-                }
-                Ok(Parsed::Partial) if up.buffered().len() > MAX_HEAD_BYTES => {
-                    return Err(UpstreamError::Protocol("response head too large".into()))
-                }
-                Ok(Parsed::Partial) => {}
-                Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
-            }
-        }
-        match monoio::time::timeout_at(deadline.into(), up.fill()).await {
-            Err(_) => return Err(UpstreamError::HeadTimeout(started.elapsed())),
-            Ok(Ok(0)) => return Err(UpstreamError::Closed("end of stream".into())),
-            Ok(Err(e)) => return Err(UpstreamError::Closed(e.to_string())),
-            Ok(Ok(_)) => {}
-        }
-    }
+    let limit = deadline.saturating_duration_since(Instant::now());
+    read_final_head(up, deadline, limit, received).await
 }
 
 /// Sends a bodiless request to `node` on a pooled connection (retrying once per stale
@@ -262,28 +238,6 @@ pub async fn get(
     }
 }
 
-/// Whether a pooled connection was closed by the peer while idle (EOF or stray bytes
-/// waiting), checked without blocking: a PUT cannot be retried once its body streamed.
-fn closed_while_idle(c: &UpstreamConn) -> bool {
-    if !c.conn.buffered().is_empty() {
-        return true;
-    }
-    let UpStream::Tcp(s) = &c.conn.io else {
-        return true;
-    };
-    let mut byte = 0u8;
-    // SAFETY: a valid socket fd owned by `s`; a one-byte buffer that outlives the call.
-    let n = unsafe {
-        libc::recv(
-            s.as_raw_fd(),
-            &mut byte as *mut u8 as *mut libc::c_void,
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
-}
-
 /// Starts a KV PUT of `key` to its owner: sends the head; the caller streams the body
 /// through the returned writer and ends with [`put_finish`].
 pub async fn put_start(
@@ -303,18 +257,15 @@ pub async fn put_start(
         &[(METADATA_HEADER, &md)],
         Some(body_len),
     );
-    let mut up = loop {
-        match w.upstream.take_idle(&node.pool_key) {
-            Some(c) if closed_while_idle(&c) => continue,
-            Some(c) => break c,
-            None => {
-                break w
-                    .upstream
-                    .connect_new(&node.pool_key)
-                    .await
-                    .map_err(unreachable)?
-            }
-        }
+    // take_idle never hands out a connection the peer closed or wrote to while it sat
+    // idle, which matters here: a PUT cannot be retried once its body streamed.
+    let mut up = match w.upstream.take_idle(&node.pool_key) {
+        Some(c) => c,
+        None => w
+            .upstream
+            .connect_new(&node.pool_key)
+            .await
+            .map_err(unreachable)?,
     };
     if let Err(e) = up.conn.io.write_all(head).await.0 {
         return Err(PeerError::Unreachable(e.to_string()));
@@ -371,7 +322,7 @@ async fn probe(node: &Node) -> Result<(), String> {
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    let mut conn = BufConn::new(UpStream::Tcp(tcp));
+    let mut conn = BufConn::new(UpStream::tcp(tcp));
     let req = format!(
         "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         node.name

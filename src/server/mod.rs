@@ -176,7 +176,8 @@ async fn worker_body(
     let worker = Rc::new(Worker {
         id,
         timeouts: settings.timeouts,
-        upstream: Upstream::with_tls(settings.timeouts.connect, settings.tls_client.clone()),
+        upstream: Upstream::with_tls(settings.timeouts.connect, settings.tls_client.clone())
+            .with_body_timeout(settings.timeouts.upstream_body),
         shutdown: shutdown.clone(),
         bufs: BufPool::default(),
         active: Default::default(),

@@ -2,12 +2,14 @@
 //! idle keep-alive connections, connect timeouts.
 
 pub mod dns;
+pub mod head;
 pub mod pool;
 pub mod stream;
 
 use std::fmt;
 use std::time::Duration;
 
+pub use head::read_final_head;
 pub use pool::{PoolKey, Upstream, UpstreamConn};
 pub use stream::UpStream;
 

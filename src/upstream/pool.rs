@@ -1,8 +1,10 @@
 //! Per-core pool of idle keep-alive connections to origins (one pool per worker, so no
-//! locks): LIFO reuse, bounded per origin, expired after an idle time.
+//! locks): LIFO reuse, bounded per origin, expired after an idle time, and never reused
+//! when the origin sent anything while it sat idle.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,15 @@ use crate::stream::BufConn;
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most idle connections kept per origin per core.
 pub const MAX_IDLE_PER_ORIGIN: usize = 64;
+/// Default idle bound on body reads from an origin (`timeouts.upstream-body`), like
+/// nginx's `proxy_read_timeout`.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// TCP keepalive on origin connections: first probe after this much silence, then every
+/// `KEEPALIVE_INTERVAL`, giving up after `KEEPALIVE_PROBES` unanswered ones, so that an
+/// origin host that vanished is noticed even while its body read waits.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_PROBES: u32 = 6;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -41,6 +52,8 @@ pub struct Upstream {
     idle: RefCell<IdleMap>,
     resolver: Resolver,
     connect_timeout: Duration,
+    /// Idle bound on every read after the response head (see [`UpStream`]).
+    body_timeout: Duration,
     /// Connector for `https` origins (verification always on).
     tls: Option<TlsConnector>,
 }
@@ -52,8 +65,20 @@ impl Upstream {
             idle: RefCell::new(HashMap::new()),
             resolver: Resolver::default(),
             connect_timeout,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             tls: None,
         }
+    }
+
+    /// Sets the idle bound on body reads (`timeouts.upstream-body`).
+    pub fn with_body_timeout(mut self, d: Duration) -> Self {
+        self.body_timeout = d;
+        self
+    }
+
+    /// The idle bound on body reads every connection handed out carries.
+    pub fn body_timeout(&self) -> Duration {
+        self.body_timeout
     }
 
     /// An upstream client that reaches `https` origins with `tls` (a verifying rustls
@@ -65,18 +90,33 @@ impl Upstream {
         }
     }
 
-    /// A pooled connection to `key`, if one is idle and fresh.
+    /// A pooled connection to `key`, if one is idle, fresh and clean. A connection on
+    /// which the origin sent anything while idle (bytes: the late body of a HEAD
+    /// response, bytes after a complete body, an unsolicited response; or its FIN) is
+    /// closed instead: those bytes would otherwise be taken as the next request's
+    /// response (RFC 9112 §9.3: a response is only ever the answer to a request; nginx
+    /// checks its keepalive connections the same way).
     pub fn take_idle(&self, key: &PoolKey) -> Option<UpstreamConn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(key)?;
-        while let Some((conn, since)) = list.pop() {
-            if since.elapsed() < POOL_IDLE_TIMEOUT {
-                return Some(UpstreamConn {
-                    conn,
-                    key: key.clone(),
-                    reused: true,
-                });
+        while let Some((mut conn, since)) = list.pop() {
+            if since.elapsed() >= POOL_IDLE_TIMEOUT {
+                continue;
             }
+            if !conn.buffered().is_empty() || conn.io.has_unsolicited_input() {
+                log::debug!(
+                    "pooled connection to {}:{} closed: the origin sent data or closed it while idle",
+                    key.host,
+                    key.port
+                );
+                continue;
+            }
+            conn.io.set_read_timeout(Some(self.body_timeout));
+            return Some(UpstreamConn {
+                conn,
+                key: key.clone(),
+                reused: true,
+            });
         }
         None
     }
@@ -117,12 +157,14 @@ impl Upstream {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let io = match &tls {
-                None => UpStream::Tcp(tcp),
+            set_keepalive(&tcp);
+            let fd = tcp.as_raw_fd();
+            let mut io = match &tls {
+                None => UpStream::tcp(tcp),
                 Some((connector, name)) => {
                     let hs = connector.connect(name.clone(), tcp);
                     match monoio::time::timeout_at(deadline.into(), hs).await {
-                        Ok(Ok(stream)) => UpStream::Tls(Box::new(stream)),
+                        Ok(Ok(stream)) => UpStream::tls(Box::new(stream), fd),
                         Ok(Err(e)) => {
                             return Err(UpstreamError::Tls(format!(
                                 "{addr}: {}",
@@ -136,6 +178,7 @@ impl Upstream {
                     }
                 }
             };
+            io.set_read_timeout(Some(self.body_timeout));
             return Ok(UpstreamConn {
                 conn: BufConn::new(io),
                 key: key.clone(),
@@ -149,7 +192,7 @@ impl Upstream {
     /// closed placeholder behind in `c` (for callers that only hold a reference).
     pub fn release_ref(&self, c: &mut UpstreamConn) {
         let placeholder = UpstreamConn {
-            conn: BufConn::new(UpStream::Closed),
+            conn: BufConn::new(UpStream::closed()),
             key: c.key.clone(),
             reused: false,
         };
@@ -158,7 +201,7 @@ impl Upstream {
 
     /// Returns a connection whose last exchange ended cleanly to the pool.
     pub fn release(&self, c: UpstreamConn) {
-        if matches!(c.conn.io, UpStream::Closed) {
+        if c.conn.io.is_closed() || c.conn.io.is_broken() {
             return;
         }
         if !c.conn.buffered().is_empty() {
@@ -170,5 +213,42 @@ impl Upstream {
             list.remove(0);
         }
         list.push((c.conn, Instant::now()));
+    }
+}
+
+/// Turns on TCP keepalive with [`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`] and
+/// [`KEEPALIVE_PROBES`]; failures are ignored (the connection still works without).
+fn set_keepalive(tcp: &TcpStream) {
+    let fd = tcp.as_raw_fd();
+    let opts: [(libc::c_int, libc::c_int, libc::c_int); 4] = [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPIDLE,
+            KEEPALIVE_IDLE.as_secs() as libc::c_int,
+        ),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPINTVL,
+            KEEPALIVE_INTERVAL.as_secs() as libc::c_int,
+        ),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPCNT,
+            KEEPALIVE_PROBES as libc::c_int,
+        ),
+    ];
+    for (level, name, value) in opts {
+        // SAFETY: a valid socket fd owned by `tcp`; an int option value that outlives
+        // the call, with its exact size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                &value as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
     }
 }
