@@ -10,6 +10,7 @@ pub mod chacha;
 pub mod client;
 pub mod gen;
 pub mod origin;
+pub mod raw_origin;
 pub mod tls;
 pub mod wire;
 
