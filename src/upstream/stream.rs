@@ -28,22 +28,16 @@ pub struct UpStream {
     fd: RawFd,
     /// When set, a read that gets no byte for this long fails with `TimedOut`.
     read_timeout: Option<Duration>,
-    /// A read timed out: the connection's state is unknown (a cancelled read may have
-    /// consumed bytes), so it fails every further read and is never pooled.
-    broken: bool,
+    /// A read timed out after this long: the connection's state is unknown (a cancelled
+    /// read may have consumed bytes), so every further read fails the same way and it is
+    /// never pooled.
+    broken: Option<Duration>,
 }
 
 fn closed() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::NotConnected,
         "connection returned to the pool",
-    )
-}
-
-fn broken() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "an earlier read on this origin connection timed out",
     )
 }
 
@@ -61,7 +55,7 @@ impl UpStream {
             transport: Transport::Tcp(s),
             fd,
             read_timeout: None,
-            broken: false,
+            broken: None,
         }
     }
 
@@ -71,7 +65,7 @@ impl UpStream {
             transport: Transport::Tls(s),
             fd,
             read_timeout: None,
-            broken: false,
+            broken: None,
         }
     }
 
@@ -80,7 +74,7 @@ impl UpStream {
             transport: Transport::Closed,
             fd: -1,
             read_timeout: None,
-            broken: false,
+            broken: None,
         }
     }
 
@@ -90,7 +84,7 @@ impl UpStream {
 
     /// Whether a read timed out (the connection must not carry another request).
     pub fn is_broken(&self) -> bool {
-        self.broken
+        self.broken.is_some()
     }
 
     pub fn read_timeout(&self) -> Option<Duration> {
@@ -107,7 +101,7 @@ impl UpStream {
     /// TLS (an idle TLS connection has nothing legitimate to send either). Bytes that
     /// rustls already took off the socket are not seen here.
     pub fn has_unsolicited_input(&self) -> bool {
-        if self.fd < 0 || self.broken {
+        if self.fd < 0 || self.broken.is_some() {
             return true;
         }
         let mut byte = 0u8;
@@ -149,7 +143,7 @@ impl UpStream {
                             // The read completed as the timer fired: its result stands.
                             Ok(n) => (Ok(n), buf),
                             Err(_) => {
-                                self.broken = true;
+                                self.broken = Some(d);
                                 (Err(timed_out(d)), buf)
                             }
                         }
@@ -172,7 +166,7 @@ impl UpStream {
                     }
                     Ok((Err(e), _)) => (Err(e), buf),
                     Err(_) => {
-                        self.broken = true;
+                        self.broken = Some(d);
                         (Err(timed_out(d)), buf)
                     }
                 }
@@ -184,8 +178,8 @@ impl UpStream {
 
 impl AsyncReadRent for UpStream {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        if self.broken {
-            return (Err(broken()), buf);
+        if let Some(d) = self.broken {
+            return (Err(timed_out(d)), buf);
         }
         if let Some(d) = self.read_timeout {
             return self.read_timed(buf, d).await;
@@ -199,8 +193,8 @@ impl AsyncReadRent for UpStream {
 
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         // Not used on origin connections (no timeout applied here).
-        if self.broken {
-            return (Err(broken()), buf);
+        if let Some(d) = self.broken {
+            return (Err(timed_out(d)), buf);
         }
         match &mut self.transport {
             Transport::Tcp(s) => s.readv(buf).await,
