@@ -597,3 +597,56 @@ fn content_length_reaches_the_origin_normalised() {
         }
     });
 }
+
+/// The same bound on an https origin (its reads go through rustls): the intercepted
+/// client's response is cut within the timeout.
+#[test]
+fn stalled_tls_origin_body_is_cut_within_the_timeout() {
+    use common::tls::{get_in_tunnel, TestCa, TlsFront, Tunnel, TunnelOpts};
+    with_deadline(DEADLINE, || {
+        let dir = common::TempDir::new("hostile-tls");
+        let chacha_ca = TestCa::new("chacha interception test CA");
+        let origin_ca = TestCa::new("origin test CA");
+        let (ca_cert, ca_key) = chacha_ca.write(dir.path(), "chacha-ca");
+        let (origin_ca_cert, _) = origin_ca.write(dir.path(), "origin-ca");
+        let origin = RawOrigin::start(|_| stalled_body(&[], 1_000_000, 300_000));
+        let front = TlsFront::start(origin.addr(), origin_ca.server_config(&["localhost"]));
+        let yaml = config(&format!(
+            "{TIMEOUTS}tls-interceptor:\n  cert: \"{}\"\n  key: \"{}\"\n  ports: [{}]\n",
+            ca_cert.display(),
+            ca_key.display(),
+            front.port()
+        ));
+        let proxy = Chacha::start_with_env(
+            &yaml,
+            "info",
+            &[("SSL_CERT_FILE", origin_ca_cert.to_str().unwrap())],
+        );
+        let mut tunnel = Tunnel::open(
+            proxy.addr(),
+            TunnelOpts {
+                authority: &format!("localhost:{}", front.port()),
+                server_name: "localhost",
+                client: chacha_ca.client_config(),
+                eager: false,
+            },
+        )
+        .expect("tunnel");
+        let started = Instant::now();
+        match tunnel.request(get_in_tunnel("localhost", "/stall")) {
+            Err(ClientError::Truncated { head, body, .. }) => {
+                let took = started.elapsed();
+                assert_eq!(head.status, 200);
+                assert_eq!(body.len(), 300_000);
+                assert!(body[..] == blob(1_000_000)[..300_000], "wrong bytes");
+                assert!(
+                    took >= SHORT && took < SHORT + SLACK,
+                    "cut after {took:?}, want about {SHORT:?}"
+                );
+            }
+            Ok(r) => panic!("complete response ({} bytes)", r.body.len()),
+            Err(e) => panic!("no response head: {e:?}"),
+        }
+        assert!(proxy.wait_log("origin sent nothing for 1s", SIGNAL));
+    });
+}
