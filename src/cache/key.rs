@@ -12,6 +12,7 @@
 
 use crate::config::Rule;
 use crate::http::uri::Uri;
+use crate::http::Headers;
 
 /// First rule whose pattern matches `url` (`scheme://host[:port]/path?query`), as in the
 /// original's `Rules.Get`. The regex search is unanchored; patterns anchor themselves.
@@ -44,6 +45,29 @@ pub fn cache_key(uri: &Uri, rule: Option<&Rule>) -> String {
         }
     }
     key
+}
+
+/// Whether `key` (from [`cache_key`] for `uri` under `rule`) stands for everything of this
+/// request an origin may answer on, so that the origin's answer speaks for every request
+/// sharing the entry. False when the key leaves something out:
+/// * the query lost pieces (the rule's `ignore-parameters`, empty pieces) or was reordered:
+///   an expired or forged presigned signature is not the entry's URL;
+/// * the request carries `Authorization` (never part of the key), or the rule has
+///   `ignore-authorization-header` (then the entry is shared between clients with other
+///   credentials or none): a client without access is not every client.
+///
+/// Only an exact request's 404/410 says the stored resource is gone (RFC 9111 §4.4 leaves
+/// invalidation to the cache; a shared cache must not let one client's view evict what
+/// the key shares with others).
+pub fn key_is_exact(uri: &Uri, key: &str, rule: Option<&Rule>, req_headers: &Headers) -> bool {
+    let query_of = |s: &str| s.split_once('?').map_or("", |(_, q)| q).to_string();
+    let sent = query_of(&uri.path_and_query);
+    let kept = query_of(key);
+    let authorized = req_headers
+        .get("authorization")
+        .is_some_and(|v| !v.is_empty());
+    let shared_credentials = rule.is_some_and(|r| r.ignore_authorization_header);
+    sent == kept && !authorized && !shared_credentials
 }
 
 /// 64-bit hash of a cache key (xxh3), used for sharding and file names.
@@ -222,6 +246,58 @@ mod tests {
         ];
         for (url, rule, want) in cases {
             assert_eq!(key(url, *rule), *want, "url {url}");
+        }
+    }
+
+    /// (url, rule, request fields, whether the key is exact)
+    type ExactCase<'r> = (
+        &'static str,
+        Option<&'r Rule>,
+        &'static [(&'static str, &'static str)],
+        bool,
+    );
+
+    #[test]
+    fn key_is_exact_table() {
+        let signed = rule(".*", &["sig", "se"]);
+        let mut waiving = rule(".*", &[]);
+        waiving.ignore_authorization_header = true;
+        let auth: &[(&str, &str)] = &[("Authorization", "Bearer t")];
+        let empty_auth: &[(&str, &str)] = &[("Authorization", "")];
+        #[rustfmt::skip]
+        let cases: &[ExactCase] = &[
+            ("http://h/x", None, &[], true),
+            ("http://h/x?a=1&b=2", None, &[], true),
+            ("http://h/x?", None, &[], true),
+            ("http://EXAMPLE.com", None, &[], true),
+            // Reordered or emptied pieces: another URL shares the key.
+            ("http://h/x?b=2&a=1", None, &[], false),
+            ("http://h/x?a=1&&b=2", None, &[], false),
+            // An ignored parameter present in the URL, whatever its value.
+            ("http://h/x?v=1&sig=bad", Some(&signed), &[], false),
+            ("http://h/x?v=1", Some(&signed), &[], true),
+            ("http://h/x?sig", Some(&signed), &[], false),
+            // Authorization is never in the key.
+            ("http://h/x", None, auth, false),
+            ("http://h/x", None, empty_auth, true),
+            // Under ignore-authorization-header, with credentials or without.
+            ("http://h/x", Some(&waiving), auth, false),
+            ("http://h/x", Some(&waiving), &[], false),
+        ];
+        for (url, rule, fields, want) in cases {
+            let uri = parse_absolute(url).unwrap();
+            let k = cache_key(&uri, *rule);
+            let headers = Headers {
+                fields: fields
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+            };
+            assert_eq!(
+                key_is_exact(&uri, &k, *rule, &headers),
+                *want,
+                "{url} {fields:?}"
+            );
         }
     }
 

@@ -18,7 +18,7 @@ use super::forward::{
 use super::{Exchange, Outcome, ProxyError, Worker};
 use crate::cache::digest::{expected_sha256, Verifier};
 use crate::cache::fill::{Fill, Phase, Role, StreamInfo};
-use crate::cache::key::{cache_key, key_hash, match_rule};
+use crate::cache::key::{cache_key, key_hash, key_is_exact, match_rule};
 use crate::cache::meta::EntryMeta;
 use crate::cache::open::OpenEntry;
 use crate::cache::policy::{
@@ -203,7 +203,8 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         return relay_ranged(client, &req, &mut up, resp, w, cs).await;
     }
     if let Some(e) = &entry {
-        if should_drop_on_status(resp.status) {
+        // Issue 9 item 4: only when the key covers the whole request.
+        if should_drop_on_status(resp.status, key_is_exact(&uri, &key, rule, &req.headers)) {
             w.open_entries.forget(hash);
             store.remove(hash, e.entry.generation);
         }
