@@ -11,7 +11,7 @@ use common::cached::{
 };
 use common::gen::Verifier;
 use common::origin::{Request as OReq, Response as OResp};
-use common::{get, get_with, with_deadline, Chacha, Origin};
+use common::{get, get_with, kv, with_deadline, Chacha, Origin};
 use std::time::Duration;
 
 /// Deadline for an ordinary test.
@@ -175,6 +175,126 @@ fn client_without_access_does_not_evict_a_shared_authorized_entry() {
         assert_generated(&hit.body, BLOB);
         assert_body_bytes(&origin, sent);
         assert_served(&origin, 1, 1);
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. Header fields from the KV protocol and from entry files are validated
+// ---------------------------------------------------------------------------------------
+
+const KV_ETAG: &str = "\"kv-1\"";
+
+/// Whether any header of `resp` is (or any header value smuggles) a `Set-Cookie`.
+fn has_injected_cookie(resp: &common::Response) -> bool {
+    resp.head
+        .headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("set-cookie") || v.contains("injected"))
+}
+
+#[test]
+fn kv_put_with_crlf_or_invalid_field_is_refused_and_never_served() {
+    with_deadline(DEADLINE, || {
+        let addr = kv::reserve_addr();
+        let node = Chacha::start(&kv::single_node_config(addr, ""));
+        let a = node.addr();
+        let origin = Origin::start(|req| validated(req, KV_ETAG, || OResp::ok(&b"origin"[..])));
+        let url = origin.url("/kv-obj");
+        let key = chacha::cache::key::cache_key(&chacha::http::parse_absolute(&url).unwrap(), None);
+
+        for (what, json) in [
+            (
+                "CRLF in a value",
+                r#"{"etag":"\"kv-1\"","status":200,"headers":[["ETag","\"kv-1\""],["X-A","1\r\nSet-Cookie: injected=1"]]}"#,
+            ),
+            (
+                "LF in a value",
+                r#"{"etag":"\"kv-1\"","status":200,"headers":[["ETag","\"kv-1\""],["X-A","1\nSet-Cookie: injected=1"]]}"#,
+            ),
+            (
+                "CRLF in a name",
+                r#"{"etag":"\"kv-1\"","status":200,"headers":[["ETag","\"kv-1\""],["Set-Cookie: injected=1\r\nX-A","1"]]}"#,
+            ),
+            (
+                "a name that is no token",
+                r#"{"etag":"\"kv-1\"","status":200,"headers":[["ETag","\"kv-1\""],["X A(injected)","1"]]}"#,
+            ),
+            (
+                "CRLF in the etag",
+                r#"{"etag":"\"kv-1\"\r\nSet-Cookie: injected=1"}"#,
+            ),
+        ] {
+            let put = kv::kv_request("PUT", a, &key, Some(json), Some(b"from kv"));
+            let r = fetch(a, &put);
+            assert_eq!(r.status(), 400, "{what}: {}", r.body_str());
+            let got = fetch(a, kv::kv_request("GET", a, &key, None, None));
+            assert_eq!(got.status(), 404, "{what}: nothing stored");
+        }
+        let resp = fetch(a, get(&origin.authority(), "/kv-obj"));
+        assert_eq!(resp.body, b"origin", "a client GET is a miss");
+        assert!(!has_injected_cookie(&resp), "{:?}", resp.head.headers);
+        assert_stored(&resp);
+
+        // Control: a valid PUT is stored and its fields are what clients are served.
+        let good =
+            r#"{"etag":"\"kv-1\"","status":200,"headers":[["ETag","\"kv-1\""],["X-A","from kv"]]}"#;
+        let put = kv::kv_request("PUT", a, &key, Some(good), Some(b"from kv"));
+        assert_eq!(fetch(a, &put).status(), 200);
+        let hit = fetch(a, get(&origin.authority(), "/kv-obj"));
+        assert_hit(&hit);
+        assert_eq!(hit.body, b"from kv");
+        assert_eq!(hit.header("x-a"), Some("from kv"));
+    });
+}
+
+/// Replaces `from` by `to` (same length) in the entry file at `path` and recomputes the
+/// header checksum (`xxh3-64` of everything before it, see src/cache/meta.rs), as an
+/// edit on disk would: the checksum guards against damage, not against an editor.
+fn edit_entry_file(path: &std::path::Path, from: &[u8], to: &[u8]) {
+    use chacha::cache::meta::PREAMBLE_LEN;
+    assert_eq!(from.len(), to.len());
+    let mut file = std::fs::read(path).unwrap();
+    let at = file
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("the field in the entry file");
+    file[at..at + to.len()].copy_from_slice(to);
+    let header_len = u32::from_le_bytes(file[8..12].try_into().unwrap()) as usize;
+    let sum_at = PREAMBLE_LEN + header_len - 8;
+    let sum = xxhash_rust::xxh3::xxh3_64(&file[..sum_at]);
+    file[sum_at..sum_at + 8].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(path, file).unwrap();
+}
+
+#[test]
+fn entry_file_edited_to_carry_crlf_is_dropped_not_served() {
+    with_deadline(DEADLINE, || {
+        let mut proxy = Chacha::start(&cache_config(""));
+        let origin = Origin::start(|req| {
+            validated(req, "\"e1\"", || {
+                OResp::ok(&b"body"[..]).header("X-Note", "aaaaaaaaaaaaaaaaaaaaaaaaa")
+            })
+        });
+        let auth = origin.authority();
+        assert_stored(&fetch(proxy.addr(), get(&auth, "/edited")));
+        wait_entries(&proxy, 1);
+        let path = entry_files(proxy.dir()).remove(0);
+        edit_entry_file(
+            &path,
+            b"aaaaaaaaaaaaaaaaaaaaaaaaa",
+            b"a\r\nSet-Cookie: injected=1",
+        );
+        // The restart reads the entry back from disk.
+        let addr = proxy.restart();
+        let resp = fetch(addr, get(&auth, "/edited"));
+        assert!(!has_injected_cookie(&resp), "{:?}", resp.head.headers);
+        assert_eq!(resp.body, b"body");
+        assert!(
+            cache_status(&resp).contains("fwd=miss"),
+            "the edited entry is gone: {}",
+            cache_status(&resp)
+        );
+        assert_served(&origin, 2, 0);
     });
 }
 
