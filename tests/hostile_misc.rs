@@ -12,6 +12,8 @@ use common::cached::{
 use common::gen::Verifier;
 use common::origin::{Request as OReq, Response as OResp};
 use common::{get, get_with, kv, with_deadline, Chacha, Origin};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Deadline for an ordinary test.
@@ -295,6 +297,54 @@ fn entry_file_edited_to_carry_crlf_is_dropped_not_served() {
             cache_status(&resp)
         );
         assert_served(&origin, 2, 0);
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// 12. A 304's Set-Cookie reaches the client it was meant for, and only that one
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn set_cookie_of_a_304_reaches_this_hit_and_is_never_stored() {
+    with_deadline(DEADLINE, || {
+        let proxy = Chacha::start(&cache_config(""));
+        let revalidations = Arc::new(AtomicU64::new(0));
+        let r = revalidations.clone();
+        let origin = Origin::start(move |req| {
+            let resp = validated(req, "\"c1\"", || OResp::ok(&b"cookie body"[..]));
+            // The first 304 sets a cookie for the client that caused it.
+            if resp.status == 304 && r.fetch_add(1, Ordering::SeqCst) == 0 {
+                resp.header("Set-Cookie", "s=1; Path=/")
+            } else {
+                resp
+            }
+        });
+        let auth = origin.authority();
+        let stored = fetch(proxy.addr(), get(&auth, "/c"));
+        assert_stored(&stored);
+        wait_entries(&proxy, 1);
+
+        let first = fetch(proxy.addr(), get(&auth, "/c"));
+        assert_hit(&first);
+        assert_eq!(first.body, b"cookie body");
+        assert_eq!(
+            first.header("set-cookie"),
+            Some("s=1; Path=/"),
+            "this client's cookie"
+        );
+
+        let second = fetch(proxy.addr(), get(&auth, "/c"));
+        assert_hit(&second);
+        assert_eq!(second.header("set-cookie"), None, "another client's cookie");
+        assert_served(&origin, 1, 2);
+
+        let file = std::fs::read(entry_files(proxy.dir()).remove(0)).unwrap();
+        let has = |needle: &[u8]| file.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"\"c1\""), "the entry file holds the stored fields");
+        assert!(
+            !has(b"s=1") && !has(b"Set-Cookie"),
+            "the cookie is never stored"
+        );
     });
 }
 

@@ -11,7 +11,7 @@ mod headers;
 mod validate;
 
 pub use date::parse_http_date;
-pub use headers::{merge_304, stored_headers};
+pub use headers::{merge_304, served_after_304, stored_headers};
 pub use validate::{client_conditional_matches, conditional_headers, Validators};
 
 use crate::config::Rule;
