@@ -349,6 +349,40 @@ fn set_cookie_of_a_304_reaches_this_hit_and_is_never_stored() {
 }
 
 // ---------------------------------------------------------------------------------------
+// 13. The cache dir deleted while chacha runs is recreated
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn deleted_cache_dir_is_recreated_with_one_warning_and_caching_goes_on() {
+    with_deadline(DEADLINE, || {
+        let proxy = Chacha::start(&cache_config(""));
+        let origin = Origin::start(|req| {
+            let etag = format!("\"{}\"", req.path());
+            validated(req, &etag, || OResp::ok(req.path().as_bytes().to_vec()))
+        });
+        let auth = origin.authority();
+        assert_stored(&fetch(proxy.addr(), get(&auth, "/before")));
+        wait_entries(&proxy, 1);
+
+        std::fs::remove_dir_all(proxy.dir()).unwrap();
+        for path in ["/after-1", "/after-2"] {
+            let resp = fetch(proxy.addr(), get(&auth, path));
+            assert_eq!(resp.body, path.as_bytes());
+            assert_stored(&resp);
+        }
+        wait_entries(&proxy, 2);
+        for path in ["/after-1", "/after-2"] {
+            let resp = fetch(proxy.addr(), get(&auth, path));
+            assert_hit(&resp);
+            assert_eq!(resp.body, path.as_bytes());
+        }
+        let warnings = proxy.log().matches("vanished; recreating").count();
+        assert_eq!(warnings, 1, "one warning for the episode:\n{}", proxy.log());
+        assert!(!proxy.log().contains("disk-error"));
+    });
+}
+
+// ---------------------------------------------------------------------------------------
 // 15. Query normalisation keeps each parameter's bytes
 // ---------------------------------------------------------------------------------------
 
