@@ -383,6 +383,80 @@ fn deleted_cache_dir_is_recreated_with_one_warning_and_caching_goes_on() {
 }
 
 // ---------------------------------------------------------------------------------------
+// 14. Out of file descriptors: accept backs off, open connections are served
+// ---------------------------------------------------------------------------------------
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Sets process `pid`'s RLIMIT_NOFILE (soft and hard) to `n`, as `prlimit --nofile` does.
+fn limit_fds(pid: u32, n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: prlimit(2) on our own child with a valid new limit and no old-limit output.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+const HEALTH: &str = "GET /health HTTP/1.1\r\nHost: chacha\r\n\r\n";
+const WARNING: &str = "out of file descriptors";
+
+/// Log lines about failed accepts: ours, or the one per failure logged before the fix.
+fn accept_warnings(proxy: &Chacha) -> usize {
+    let log = proxy.log();
+    log.matches(WARNING).count() + log.matches("accept failed").count()
+}
+
+#[test]
+fn out_of_fds_pauses_accept_with_one_warning_and_keeps_serving() {
+    with_deadline(DEADLINE, || {
+        let proxy = Chacha::start(&cache_config(""));
+        let mut open = common::Conn::connect(proxy.addr());
+        assert_eq!(open.request(HEALTH).unwrap().status(), 200);
+        // Room for 4 more connections.
+        limit_fds(proxy.pid(), open_fds(proxy.pid()) as u64 + 4);
+
+        // Connections beyond the limit complete their handshake in the backlog and wait.
+        let mut extra = Vec::new();
+        while accept_warnings(&proxy) == 0 {
+            assert!(
+                extra.len() < 50,
+                "no warning after {} connections",
+                extra.len()
+            );
+            extra.push(common::Conn::connect(proxy.addr()));
+            proxy.wait_log("accept", Duration::from_millis(200));
+        }
+        // A window of 2.5 s in the episode (pauses of 0.1 s doubling to 1 s, so at least
+        // 4 more failed accepts happen in it): the warning stays one line.
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(accept_warnings(&proxy), 1, "{}", proxy.log());
+        // The connection opened before is served throughout.
+        assert_eq!(open.request(HEALTH).unwrap().status(), 200);
+
+        // Closing the extra connections frees descriptors: a new client is served.
+        drop(extra);
+        let resp = fetch(proxy.addr(), HEALTH);
+        assert_eq!(resp.status(), 200);
+        assert!(proxy.wait_log("accepting connections again", Duration::from_secs(5)));
+        assert_eq!(accept_warnings(&proxy), 1, "{}", proxy.log());
+    });
+}
+
+// ---------------------------------------------------------------------------------------
 // 15. Query normalisation keeps each parameter's bytes
 // ---------------------------------------------------------------------------------------
 
