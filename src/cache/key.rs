@@ -1,18 +1,18 @@
 //! Rule matching and cache-key construction.
 //!
 //! The key follows the original chacha (`cacheKey` in `handle_proxy_default.go`): the URL
-//! rebuilt from scheme, host[:port] and path, with the query parsed as a form
-//! (`url.Values`), the rule's ignored parameters deleted, and the rest re-encoded sorted by
-//! name (Go's `url.Values.Encode`: names in byte order, values of one name in arrival
-//! order, `QueryEscape` form encoding). So `?b=2&a=1` and `?a=1&b=2` share one entry, and a
-//! presigned URL's rotating `X-Amz-Signature` does not split it.
+//! rebuilt from scheme, host[:port] and path, with the rule's ignored parameters deleted
+//! from the query and the rest sorted by name (Go's `url.Values.Encode` order: names in
+//! byte order, pieces of one name in arrival order). So `?b=2&a=1` and `?a=1&b=2` share
+//! one entry, and a presigned URL's rotating `X-Amz-Signature` does not split it.
 //!
-//! Deviations from Go, both to avoid two different URLs sharing a key:
-//! * a pair with an invalid percent-escape is kept verbatim (Go drops it);
-//! * a pair containing `;` is kept (Go ≥ 1.17 drops it).
+//! Deviation from Go, to never make two URLs an origin can tell apart share a key: each
+//! parameter keeps its bytes as sent (Go re-encodes, merging `?a` with `?a=` and `+` with
+//! `%20`, drops pairs with invalid escapes, and drops pairs containing `;`).
 
 use crate::config::Rule;
 use crate::http::uri::Uri;
+use crate::http::Headers;
 
 /// First rule whose pattern matches `url` (`scheme://host[:port]/path?query`), as in the
 /// original's `Rules.Get`. The regex search is unanchored; patterns anchor themselves.
@@ -47,45 +47,59 @@ pub fn cache_key(uri: &Uri, rule: Option<&Rule>) -> String {
     key
 }
 
+/// Whether `key` (from [`cache_key`] for `uri` under `rule`) stands for everything of this
+/// request an origin may answer on, so that the origin's answer speaks for every request
+/// sharing the entry. False when the key leaves something out:
+/// * the query lost pieces (the rule's `ignore-parameters`, empty pieces) or was reordered:
+///   an expired or forged presigned signature is not the entry's URL;
+/// * the request carries `Authorization` (never part of the key), or the rule has
+///   `ignore-authorization-header` (then the entry is shared between clients with other
+///   credentials or none): a client without access is not every client.
+///
+/// Only an exact request's 404/410 says the stored resource is gone (RFC 9111 §4.4 leaves
+/// invalidation to the cache; a shared cache must not let one client's view evict what
+/// the key shares with others).
+pub fn key_is_exact(uri: &Uri, key: &str, rule: Option<&Rule>, req_headers: &Headers) -> bool {
+    let query_of = |s: &str| s.split_once('?').map_or("", |(_, q)| q).to_string();
+    let sent = query_of(&uri.path_and_query);
+    let kept = query_of(key);
+    let authorized = req_headers
+        .get("authorization")
+        .is_some_and(|v| !v.is_empty());
+    let shared_credentials = rule.is_some_and(|r| r.ignore_authorization_header);
+    sent == kept && !authorized && !shared_credentials
+}
+
 /// 64-bit hash of a cache key (xxh3), used for sharding and file names.
 pub fn key_hash(key: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }
 
-/// One `name=value` pair of a query: its decoded name (for sorting and for matching
-/// ignored parameters) and its canonical encoded form.
-struct Pair {
+/// One `name[=value]` piece of a query: its decoded name (for sorting and for matching
+/// ignored parameters) and the piece exactly as sent.
+struct Pair<'q> {
     name: Vec<u8>,
-    encoded: String,
+    raw: &'q str,
 }
 
-/// Parses `query` as a form (`&`-separated, `+` is a space), drops pairs whose decoded
-/// name is in `ignored` (case-sensitive, as Go's `Values.Del`), and re-encodes the rest
-/// sorted by name; the sort is stable so repeated names keep their order.
+/// Splits `query` into its `&`-separated pieces, drops those whose decoded name (`%XX` and
+/// `+` decoded, as Go's `ParseQuery`) is in `ignored` (case-sensitive, as Go's
+/// `Values.Del`), and joins the rest sorted by decoded name; the sort is stable, so pieces
+/// of one name keep their order. Each kept piece keeps its bytes as sent: `a` and `a=`,
+/// `+` and `%20`, `%7e` and `~` may mean different things to an origin (RFC 3986 §6.2.2
+/// only makes unreserved escapes equivalent for URI comparison, not for an application's
+/// query parsing), so re-encoding them could merge URLs the origin tells apart.
 fn normalize_query(query: &str, ignored: &[String]) -> String {
     let mut pairs: Vec<Pair> = Vec::new();
     // Empty pieces (`a&&b`, a trailing `&`) carry nothing, as in Go's ParseQuery.
-    for piece in query.split('&').filter(|p| !p.is_empty()) {
-        let (raw_name, raw_value) = piece.split_once('=').unwrap_or((piece, ""));
-        let pair = match (form_decode(raw_name), form_decode(raw_value)) {
-            (Some(name), Some(value)) => {
-                let mut encoded = form_encode(&name);
-                encoded.push('=');
-                encoded.push_str(&form_encode(&value));
-                Pair { name, encoded }
-            }
-            // An invalid escape: keep the pair byte for byte. Its text has a '%' not followed
-            // by two hex digits, which no canonical encoding produces, so it cannot collide
-            // with a well-formed pair. The name still sorts and matches decoded if it can.
-            (name, _) => Pair {
-                name: name.unwrap_or_else(|| raw_name.as_bytes().to_vec()),
-                encoded: piece.to_string(),
-            },
-        };
-        if ignored.iter().any(|i| i.as_bytes() == pair.name.as_slice()) {
+    for raw in query.split('&').filter(|p| !p.is_empty()) {
+        let raw_name = raw.split_once('=').map_or(raw, |(name, _)| name);
+        // A name with an invalid escape sorts by its bytes as sent.
+        let name = form_decode(raw_name).unwrap_or_else(|| raw_name.as_bytes().to_vec());
+        if ignored.iter().any(|i| i.as_bytes() == name.as_slice()) {
             continue;
         }
-        pairs.push(pair);
+        pairs.push(Pair { name, raw });
     }
     pairs.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = String::with_capacity(query.len());
@@ -93,7 +107,7 @@ fn normalize_query(query: &str, ignored: &[String]) -> String {
         if i > 0 {
             out.push('&');
         }
-        out.push_str(&pair.encoded);
+        out.push_str(pair.raw);
     }
     out
 }
@@ -132,27 +146,6 @@ fn form_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-/// Form encoding (Go's `QueryEscape`): RFC 3986 unreserved bytes as they are, space as
-/// `+`, everything else as `%XX` with upper-case hex (RFC 3986 §2.1 recommends upper case).
-fn form_encode(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(bytes.len());
-    for &b in bytes {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => {
-                out.push('%');
-                out.push(HEX[usize::from(b >> 4)] as char);
-                out.push(HEX[usize::from(b & 0x0f)] as char);
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -198,27 +191,32 @@ mod tests {
             ("http://h/x?", None, "http://h/x"),
             ("http://h/x?&&", None, "http://h/x"),
             ("http://h/x?a=1&&b=2&", None, "http://h/x?a=1&b=2"),
-            // A name without '=' gets an empty value (Go's Values.Encode).
-            ("http://h/x?a", None, "http://h/x?a="),
-            // Form encoding: space as '+', unreserved decoded, upper-case hex.
-            ("http://h/x?q=a%20b", None, "http://h/x?q=a+b"),
+            // Each parameter keeps its bytes as sent: an origin may tell these apart.
+            ("http://h/x?a", None, "http://h/x?a"),
+            ("http://h/x?a=", None, "http://h/x?a="),
+            ("http://h/x?q=a%20b", None, "http://h/x?q=a%20b"),
             ("http://h/x?q=a+b", None, "http://h/x?q=a+b"),
-            ("http://h/x?q=%7e%2d", None, "http://h/x?q=~-"),
-            ("http://h/x?q=%2f%3a", None, "http://h/x?q=%2F%3A"),
-            ("http://h/x?q=a/b:c", None, "http://h/x?q=a%2Fb%3Ac"),
-            ("http://h/x?q=caf%c3%a9", None, "http://h/x?q=caf%C3%A9"),
-            ("http://h/x?q=%FF", None, "http://h/x?q=%FF"),
-            ("http://h/x?q=a=b", None, "http://h/x?q=a%3Db"),
-            ("http://h/x?a=1;b=2", None, "http://h/x?a=1%3Bb%3D2"),
-            // Encoded names sort by their decoded bytes.
-            ("http://h/x?%62=1&a=2", None, "http://h/x?a=2&b=1"),
-            // Invalid escapes: the pair is kept verbatim, distinct from its valid spelling.
+            ("http://h/x?q=%7e%2d", None, "http://h/x?q=%7e%2d"),
+            ("http://h/x?q=%2f%3a", None, "http://h/x?q=%2f%3a"),
+            ("http://h/x?q=a/b:c", None, "http://h/x?q=a/b:c"),
+            ("http://h/x?q=caf%c3%a9", None, "http://h/x?q=caf%c3%a9"),
+            ("http://h/x?q=a=b", None, "http://h/x?q=a=b"),
+            ("http://h/x?a=1;b=2", None, "http://h/x?a=1;b=2"),
+            // Sorted, yet as sent.
+            ("http://h/x?b=%20&a", None, "http://h/x?a&b=%20"),
+            ("http://h/x?b=+&a=", None, "http://h/x?a=&b=+"),
+            // Encoded names sort by their decoded bytes, and keep their spelling.
+            ("http://h/x?%62=1&a=2", None, "http://h/x?a=2&%62=1"),
+            // One decoded name in two spellings: arrival order kept (stable sort).
+            ("http://h/x?%62=1&b=2&a", None, "http://h/x?a&%62=1&b=2"),
+            ("http://h/x?b=2&%62=1&a", None, "http://h/x?a&b=2&%62=1"),
+            // Invalid escapes: kept as sent; such a name sorts by its raw bytes.
             ("http://h/x?b=1&a=%zz", None, "http://h/x?a=%zz&b=1"),
             ("http://h/x?a=%25zz", None, "http://h/x?a=%25zz"),
             ("http://h/x?a=%2", None, "http://h/x?a=%2"),
             ("http://h/x?%g1=1", None, "http://h/x?%g1=1"),
             ("http://h/x?c=1&%62=%zz", None, "http://h/x?%62=%zz&c=1"),
-            // Ignored parameters are dropped; the rest normalised.
+            // Ignored parameters are dropped (whatever their value); the rest sorted.
             (
                 "https://b.r2.cloudflarestorage.com/o?X-Amz-Signature=abc&X-Amz-Date=1&v=2",
                 Some(&s3),
@@ -236,6 +234,7 @@ mod tests {
                 Some(&s3),
                 "http://h/x?a=1",
             ),
+            ("http://h/x?X-Amz-Date&a=%20", Some(&s3), "http://h/x?a=%20"),
             // Matching is case-sensitive, as Go's Values.Del.
             (
                 "http://h/x?x-amz-date=1",
@@ -250,10 +249,73 @@ mod tests {
         }
     }
 
+    /// (url, rule, request fields, whether the key is exact)
+    type ExactCase<'r> = (
+        &'static str,
+        Option<&'r Rule>,
+        &'static [(&'static str, &'static str)],
+        bool,
+    );
+
     #[test]
-    fn form_codec_round_trips_every_byte() {
-        let all: Vec<u8> = (0..=255).collect();
-        assert_eq!(form_decode(&form_encode(&all)), Some(all));
+    fn key_is_exact_table() {
+        let signed = rule(".*", &["sig", "se"]);
+        let mut waiving = rule(".*", &[]);
+        waiving.ignore_authorization_header = true;
+        let auth: &[(&str, &str)] = &[("Authorization", "Bearer t")];
+        let empty_auth: &[(&str, &str)] = &[("Authorization", "")];
+        #[rustfmt::skip]
+        let cases: &[ExactCase] = &[
+            ("http://h/x", None, &[], true),
+            ("http://h/x?a=1&b=2", None, &[], true),
+            ("http://h/x?", None, &[], true),
+            ("http://EXAMPLE.com", None, &[], true),
+            // Reordered or emptied pieces: another URL shares the key.
+            ("http://h/x?b=2&a=1", None, &[], false),
+            ("http://h/x?a=1&&b=2", None, &[], false),
+            // An ignored parameter present in the URL, whatever its value.
+            ("http://h/x?v=1&sig=bad", Some(&signed), &[], false),
+            ("http://h/x?v=1", Some(&signed), &[], true),
+            ("http://h/x?sig", Some(&signed), &[], false),
+            // Authorization is never in the key.
+            ("http://h/x", None, auth, false),
+            ("http://h/x", None, empty_auth, true),
+            // Under ignore-authorization-header, with credentials or without.
+            ("http://h/x", Some(&waiving), auth, false),
+            ("http://h/x", Some(&waiving), &[], false),
+        ];
+        for (url, rule, fields, want) in cases {
+            let uri = parse_absolute(url).unwrap();
+            let k = cache_key(&uri, *rule);
+            let headers = Headers {
+                fields: fields
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+            };
+            assert_eq!(
+                key_is_exact(&uri, &k, *rule, &headers),
+                *want,
+                "{url} {fields:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn form_decode_table() {
+        let cases: &[(&str, Option<&[u8]>)] = &[
+            ("abc", Some(b"abc")),
+            ("a+b", Some(b"a b")),
+            ("a%20b", Some(b"a b")),
+            ("%7e%7E", Some(b"~~")),
+            ("%ff", Some(b"\xff")),
+            ("%", None),
+            ("%2", None),
+            ("%zz", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(form_decode(input).as_deref(), *want, "{input}");
+        }
     }
 
     #[test]

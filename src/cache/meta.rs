@@ -42,6 +42,8 @@ use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::http::field;
+
 /// Magic bytes; the last byte is the format version. Bump it on any layout change: old files
 /// are then rejected (and deleted by the startup scan) instead of misread.
 pub const MAGIC: [u8; 8] = *b"CHACHA\0\x01";
@@ -97,6 +99,9 @@ pub enum MetaError {
     /// A length or field inside the header runs past its end, or trailing bytes remain.
     Truncated,
     BadUtf8,
+    /// A header field name that is not a token or a value with control characters
+    /// (RFC 9110 §5.1, §5.5): serving it could split the response.
+    BadField,
 }
 
 impl fmt::Display for MetaError {
@@ -112,6 +117,7 @@ impl fmt::Display for MetaError {
             }
             MetaError::Truncated => write!(f, "header fields overrun the header"),
             MetaError::BadUtf8 => write!(f, "key or header name is not UTF-8"),
+            MetaError::BadField => write!(f, "invalid header field name or value"),
         }
     }
 }
@@ -163,6 +169,13 @@ impl EntryMeta {
         let hl = encoded_headers_len(&self.headers);
         if hl > MAX_HEADERS_LEN {
             return Err(MetaError::HeadersTooLong(hl));
+        }
+        if self
+            .headers
+            .iter()
+            .any(|(n, v)| !field::is_field_name(n.as_bytes()) || !field::is_field_value(v))
+        {
+            return Err(MetaError::BadField);
         }
         // Per-field length prefixes: names use u16, values u32.
         if self
@@ -299,6 +312,11 @@ pub fn decode_prefix(buf: &[u8]) -> Result<Decoded, MetaError> {
         let name = r.string(name_len)?;
         let value_len = r.u32()? as usize;
         let value = r.take(value_len)?.to_vec();
+        // The fields are replayed verbatim: a file edited or damaged on disk (the checksum
+        // is no signature) must not put CR/LF into a response.
+        if !field::is_field_name(name.as_bytes()) || !field::is_field_value(&value) {
+            return Err(MetaError::BadField);
+        }
         headers.push((name, value));
         if r.pos - fields_start > MAX_HEADERS_LEN {
             return Err(MetaError::HeadersTooLong(r.pos - fields_start));
@@ -335,7 +353,7 @@ mod tests {
             status: 200,
             headers: vec![
                 ("Content-Type".into(), b"text/plain".to_vec()),
-                ("X-Bin".into(), vec![0, 255, 10, 13]),
+                ("X-Bin".into(), vec![0x80, 255, b'\t', b' ', b'"']),
                 ("Empty".into(), vec![]),
             ],
             body_len: 12345,
@@ -480,7 +498,10 @@ mod tests {
         let mut h = 0u32.to_le_bytes().to_vec();
         h.extend_from_slice(&200u16.to_le_bytes());
         h.extend_from_slice(&u32::MAX.to_le_bytes());
-        h.extend_from_slice(&[0; 16]);
+        h.extend_from_slice(&1u16.to_le_bytes());
+        h.extend_from_slice(b"a");
+        h.extend_from_slice(&20u32.to_le_bytes());
+        h.extend_from_slice(&[b'v'; 20]);
         assert_eq!(decode_prefix(&forge(&h)), Err(MetaError::Truncated));
         // Trailing bytes after stored_at.
         let mut h = 0u32.to_le_bytes().to_vec();
@@ -494,6 +515,49 @@ mod tests {
             decode_prefix(&forge(&h)),
             Ok(Decoded::Complete { .. })
         ));
+    }
+
+    /// A forged header with one field `name: value` behind a valid checksum.
+    fn forge_field(name: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut h = 0u32.to_le_bytes().to_vec();
+        h.extend_from_slice(&200u16.to_le_bytes());
+        h.extend_from_slice(&1u32.to_le_bytes());
+        h.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        h.extend_from_slice(name);
+        h.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        h.extend_from_slice(value);
+        h.extend_from_slice(&[0; 16]);
+        forge(&h)
+    }
+
+    #[test]
+    fn rejects_fields_that_would_split_a_response() {
+        let ok = decode_prefix(&forge_field(b"X-A", b"1"));
+        assert!(matches!(ok, Ok(Decoded::Complete { .. })), "{ok:?}");
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"X-A", b"1\r\nSet-Cookie: injected=1"),
+            (b"X-A", b"1\n"),
+            (b"X-A", b"\0"),
+            (b"X-A\r\nSet-Cookie", b"1"),
+            (b"X A", b"1"),
+            (b"", b"1"),
+        ];
+        for (name, value) in cases {
+            assert_eq!(
+                decode_prefix(&forge_field(name, value)),
+                Err(MetaError::BadField),
+                "{name:?}: {value:?}"
+            );
+            let m = EntryMeta {
+                headers: vec![(String::from_utf8_lossy(name).into(), value.to_vec())],
+                ..EntryMeta::default()
+            };
+            assert_eq!(
+                m.check_limits(),
+                Err(MetaError::BadField),
+                "{name:?}: {value:?}"
+            );
+        }
     }
 
     #[test]

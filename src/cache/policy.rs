@@ -11,7 +11,7 @@ mod headers;
 mod validate;
 
 pub use date::parse_http_date;
-pub use headers::{merge_304, stored_headers};
+pub use headers::{merge_304, served_after_304, stored_headers};
 pub use validate::{client_conditional_matches, conditional_headers, Validators};
 
 use crate::config::Rule;
@@ -190,9 +190,13 @@ fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
         .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
-/// The status codes after which the stored entry is removed: the resource is gone.
-pub fn should_drop_on_status(status: u16) -> bool {
-    matches!(status, 404 | 410)
+/// Whether the origin's `status` to a request whose key is `key_exact` (see
+/// [`crate::cache::key::key_is_exact`]) removes the stored entry: 404/410 say the
+/// resource is gone (RFC 9110 §15.5.5, §15.5.11), but only for the URL and credentials
+/// asked. When the key leaves part of the request out, the answer is relayed and the entry
+/// kept: an expired signature or a client without access must not evict what others share.
+pub fn should_drop_on_status(status: u16, key_exact: bool) -> bool {
+    key_exact && matches!(status, 404 | 410)
 }
 
 #[cfg(test)]
@@ -316,16 +320,23 @@ mod tests {
     }
 
     #[test]
-    fn drop_on_gone_statuses_only() {
+    fn drop_on_gone_statuses_of_exact_keys_only() {
         let cases = [
-            (404, true),
-            (410, true),
-            (200, false),
-            (304, false),
-            (500, false),
+            (404, true, true),
+            (410, true, true),
+            (404, false, false),
+            (410, false, false),
+            (403, true, false),
+            (200, true, false),
+            (304, true, false),
+            (500, true, false),
         ];
-        for (status, want) in cases {
-            assert_eq!(should_drop_on_status(status), want, "{status}");
+        for (status, exact, want) in cases {
+            assert_eq!(
+                should_drop_on_status(status, exact),
+                want,
+                "{status} {exact}"
+            );
         }
     }
 }

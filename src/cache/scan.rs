@@ -114,7 +114,8 @@ pub fn rebuild(dir: &Path, index: &Index) -> io::Result<ScanReport> {
     })
 }
 
-fn create_layout(dir: &Path) -> io::Result<()> {
+/// Creates `dir`, its temp dir and the 256 fan-out dirs (those missing).
+pub(crate) fn create_layout(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir.join(meta::TMP_DIR))?;
     for fan in 0..FANOUT {
         fs::create_dir_all(dir.join(meta::fanout_dir_name(fan << 56)))?;

@@ -25,6 +25,8 @@ pub struct Store {
     pub index: Index,
     pub fills: Arc<Fills>,
     next_temp: AtomicU64,
+    /// Serialises [`Store::recreate_layout`] across cores.
+    layout_lock: Arc<std::sync::Mutex<()>>,
 }
 
 /// An open, validated entry.
@@ -53,6 +55,7 @@ impl Store {
             index,
             fills: Arc::new(Fills::default()),
             next_temp: AtomicU64::new(0),
+            layout_lock: Arc::default(),
         };
         Ok((Arc::new(store), report))
     }
@@ -164,6 +167,28 @@ impl Store {
         }));
     }
 
+    /// Recreates the cache dir's layout after it vanished (e.g. `rm -rf` of the dir while
+    /// chacha runs), with one warning however many cores notice at once: the first to take
+    /// the lock recreates it, the others find it back. Entries whose files went with it
+    /// leave the index when looked up (a missing file is a miss) or evicted.
+    async fn recreate_layout(&self) -> io::Result<()> {
+        let dir = self.dir.clone();
+        let lock = self.layout_lock.clone();
+        monoio::spawn_blocking(move || {
+            let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+            if dir.join(meta::TMP_DIR).is_dir() {
+                return Ok(());
+            }
+            log::warn!(
+                "cache: {} or its layout vanished; recreating it (entries stored before are gone)",
+                dir.display()
+            );
+            scan::create_layout(&dir)
+        })
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("layout task cancelled")))
+    }
+
     fn temp_path(&self, hash: u64) -> PathBuf {
         let unique =
             self.next_temp.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u64) << 40;
@@ -191,13 +216,17 @@ impl Store {
         };
         self.delete_victims(victims).await;
         let temp_path = self.temp_path(handle.fill().hash);
-        let file = OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .open(&temp_path)
-            .await
-            .map_err(FillStartError::Io)?;
+        let mut options = OpenOptions::new();
+        options.write(true).read(true).create_new(true);
+        let file = match options.open(&temp_path).await {
+            // The cache dir (or its layout) was deleted while we run: recreate it, once.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.recreate_layout().await.map_err(FillStartError::Io)?;
+                options.open(&temp_path).await
+            }
+            r => r,
+        }
+        .map_err(FillStartError::Io)?;
         let final_path = meta::entry_path(&self.dir, handle.fill().hash);
         handle.start(StreamInfo {
             meta: meta.clone(),

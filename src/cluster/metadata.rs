@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::base64;
 use crate::cache::meta::EntryMeta;
+use crate::http::field;
 
 /// The JSON object of `X-Chacha-Metadata`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,10 +88,33 @@ impl Metadata {
         base64::encode(&json)
     }
 
+    /// Parses an `X-Chacha-Metadata` field value. Its header fields are replayed verbatim
+    /// to every client served the entry, so each name must be a token (RFC 9110 §5.1) and
+    /// each value, the ETag included, a field-value (§5.5: no CR, LF, NUL or other
+    /// control); the status must be a final status code (RFC 9110 §15). Anything else is an
+    /// error: a KV PUT gets 400 and nothing is stored, a KV GET answer is unusable.
     pub fn decode(field: &[u8]) -> Result<Metadata, String> {
         let json =
             base64::decode(field.trim_ascii()).map_err(|e| format!("X-Chacha-Metadata: {e}"))?;
-        serde_json::from_slice(&json).map_err(|e| format!("X-Chacha-Metadata: {e}"))
+        let md: Metadata =
+            serde_json::from_slice(&json).map_err(|e| format!("X-Chacha-Metadata: {e}"))?;
+        md.validate()
+            .map_err(|e| format!("X-Chacha-Metadata: {e}"))?;
+        Ok(md)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(status) = self.status {
+            if !(200..=599).contains(&status) {
+                return Err(format!("invalid status {status}"));
+            }
+        }
+        let values: Vec<Vec<u8>> = self.headers.iter().map(|(_, v)| from_latin1(v)).collect();
+        let etag = ("ETag", self.etag.as_bytes());
+        let fields = self.headers.iter().zip(&values);
+        field::check_fields(
+            std::iter::once(etag).chain(fields.map(|((n, _), v)| (n.as_str(), v.as_slice()))),
+        )
     }
 }
 
@@ -139,5 +163,33 @@ mod tests {
         assert!(Metadata::decode(b"not base64!").is_err());
         assert!(Metadata::decode(base64::encode(b"{").as_bytes()).is_err());
         assert!(Metadata::decode(base64::encode(br#"{"etag":5}"#).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn refuses_fields_that_would_split_a_response() {
+        let decode = |json: &str| Metadata::decode(base64::encode(json.as_bytes()).as_bytes());
+        let cases = [
+            (
+                r#"{"etag":"\"v\"","headers":[["X-A","1"]],"status":200}"#,
+                true,
+            ),
+            (
+                r#"{"headers":[["X-A","1\r\nSet-Cookie: injected=1"]]}"#,
+                false,
+            ),
+            (r#"{"headers":[["X-A","1\nb"]]}"#, false),
+            (r#"{"headers":[["X-A","\u0000"]]}"#, false),
+            (r#"{"headers":[["X-A\r\nSet-Cookie","1"]]}"#, false),
+            (r#"{"headers":[["Bad Name","1"]]}"#, false),
+            (r#"{"headers":[["","1"]]}"#, false),
+            (r#"{"etag":"\"v\"\r\nSet-Cookie: injected=1"}"#, false),
+            (r#"{"headers":[["X-A","caf\u00e9"]]}"#, true),
+            (r#"{"status":99}"#, false),
+            (r#"{"status":600}"#, false),
+            (r#"{"status":404}"#, true),
+        ];
+        for (json, ok) in cases {
+            assert_eq!(decode(json).is_ok(), ok, "{json}: {:?}", decode(json));
+        }
     }
 }

@@ -4,8 +4,10 @@
 //!   hop-by-hop removal and serialisation.
 //! * [`chunked`]: a streaming chunked-transfer decoder and encoder helpers.
 //! * [`uri`]: absolute-form and CONNECT authority-form request targets.
+//! * [`field`]: field name and value syntax, for fields read from disk or the KV protocol.
 
 pub mod chunked;
+pub mod field;
 pub mod head;
 pub mod range;
 pub mod uri;

@@ -18,12 +18,12 @@ use super::forward::{
 use super::{Exchange, Outcome, ProxyError, Worker};
 use crate::cache::digest::{expected_sha256, Verifier};
 use crate::cache::fill::{Fill, Phase, Role, StreamInfo};
-use crate::cache::key::{cache_key, key_hash, match_rule};
+use crate::cache::key::{cache_key, key_hash, key_is_exact, match_rule};
 use crate::cache::meta::EntryMeta;
 use crate::cache::open::OpenEntry;
 use crate::cache::policy::{
-    client_conditional_matches, conditional_headers, merge_304, request_storable,
-    response_storable, should_drop_on_status, stored_headers, NotStorable, Validators,
+    client_conditional_matches, conditional_headers, request_storable, response_storable,
+    served_after_304, should_drop_on_status, stored_headers, NotStorable, Validators,
 };
 use crate::cache::status::Outcome as CacheOutcome;
 use crate::cache::store::{FillStartError, FillWriter};
@@ -203,7 +203,8 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         return relay_ranged(client, &req, &mut up, resp, w, cs).await;
     }
     if let Some(e) = &entry {
-        if should_drop_on_status(resp.status) {
+        // Issue 9 item 4: only when the key covers the whole request.
+        if should_drop_on_status(resp.status, key_is_exact(&uri, &key, rule, &req.headers)) {
             w.open_entries.forget(hash);
             store.remove(hash, e.entry.generation);
         }
@@ -287,13 +288,14 @@ pub(crate) async fn wait_for_head(fill: &Fill, w: &Worker) -> Option<Arc<StreamI
     }
 }
 
-/// Headers of a validated entry: stored ones updated by the 304 (RFC 9111 §4.3.4).
+/// Headers of a validated entry: stored ones updated by the 304 (RFC 9111 §4.3.4), plus
+/// the 304's `Set-Cookie` for this client only (never stored).
 pub(crate) fn validated_headers(
     stored: &EntryMeta,
     not_modified: &ResponseHead,
     status: CacheOutcome,
 ) -> Headers {
-    let mut headers = merge_304(&headers_of(stored), &not_modified.headers);
+    let mut headers = served_after_304(&headers_of(stored), &not_modified.headers);
     headers.strip_hop_by_hop();
     headers.set("Cache-Status", status.header_value());
     headers

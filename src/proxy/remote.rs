@@ -21,6 +21,7 @@ use super::forward::{forward, relay_and_release};
 use super::peer::{self, Found, Lookup, PeerError};
 use super::{Exchange, Outcome, ProxyError, Worker};
 use crate::cache::digest::{expected_sha256, Verifier};
+use crate::cache::key::key_is_exact;
 use crate::cache::meta::EntryMeta;
 use crate::cache::policy::{response_storable, should_drop_on_status, stored_headers, NotStorable};
 use crate::cache::status::{Outcome as CacheOutcome, CACHE_NAME};
@@ -115,7 +116,8 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     }
     let found_entry = found.is_some();
     drop(found);
-    if claimed || (found_entry && should_drop_on_status(resp.status)) {
+    let exact = key_is_exact(&uri, &key, rule, &req.headers);
+    if claimed || (found_entry && should_drop_on_status(resp.status, exact)) {
         release(w, cluster, node, &key).await;
     }
     let cs = not_stored(had_entry, NotStorable::Status)(&resp);

@@ -8,6 +8,7 @@ pub mod signals;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -157,6 +158,79 @@ fn worker_main(
     }
 }
 
+/// First pause of an accept-failure episode; it doubles up to [`MAX_ACCEPT_PAUSE`].
+pub const FIRST_ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+pub const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+
+/// Workers currently in an accept-failure episode: the first to enter logs the warning,
+/// the last to leave logs the recovery, so an episode is two lines for the whole process.
+static WORKERS_FAILING_ACCEPT: AtomicUsize = AtomicUsize::new(0);
+
+/// One worker's accept failures. Transient errors (a client that reset before we
+/// accepted it) are retried at once; anything else (EMFILE/ENFILE above all) starts an
+/// episode: pauses of [`FIRST_ACCEPT_PAUSE`] doubling to [`MAX_ACCEPT_PAUSE`], one
+/// warning when it starts and one line when an accept succeeds again.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// The current episode: when it started, the failures and the last pause.
+    episode: Option<(Instant, u64, Duration)>,
+}
+
+impl AcceptBackoff {
+    /// Records a failed accept; returns how long to pause before the next one.
+    fn failed(&mut self, id: usize, e: &std::io::Error) -> Duration {
+        if is_transient_accept_error(e) {
+            log::debug!("worker {id}: accept failed: {e}");
+            return Duration::ZERO;
+        }
+        let (_, failures, pause) = self.episode.get_or_insert_with(|| {
+            if WORKERS_FAILING_ACCEPT.fetch_add(1, Ordering::SeqCst) == 0 {
+                let what = match e.raw_os_error() {
+                    Some(libc::EMFILE) | Some(libc::ENFILE) => "out of file descriptors",
+                    _ => "cannot accept connections",
+                };
+                log::warn!(
+                    "{what} ({e}); pausing accept (up to {MAX_ACCEPT_PAUSE:?} at a time), open connections are still served"
+                );
+            }
+            (Instant::now(), 0, Duration::ZERO)
+        });
+        *failures += 1;
+        *pause = next_pause(*pause);
+        *pause
+    }
+
+    /// Records a successful accept, ending an episode.
+    fn accepted(&mut self, id: usize) {
+        if let Some((since, failures, _)) = self.episode.take() {
+            if WORKERS_FAILING_ACCEPT.fetch_sub(1, Ordering::SeqCst) == 1 {
+                log::info!(
+                    "accepting connections again (worker {id}: {failures} failed accepts over {:.1?})",
+                    since.elapsed()
+                );
+            }
+        }
+    }
+}
+
+/// The pause after `last`: [`FIRST_ACCEPT_PAUSE`], then doubling, at most [`MAX_ACCEPT_PAUSE`].
+fn next_pause(last: Duration) -> Duration {
+    if last.is_zero() {
+        FIRST_ACCEPT_PAUSE
+    } else {
+        (last * 2).min(MAX_ACCEPT_PAUSE)
+    }
+}
+
+/// Errors of one connection, not of the listener (accept(2): the connection was aborted
+/// before it was accepted, or a signal interrupted the call): the next accept may succeed.
+fn is_transient_accept_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EPROTO)
+    )
+}
+
 async fn worker_body(
     id: usize,
     addr: SocketAddr,
@@ -193,22 +267,31 @@ async fn worker_body(
             monoio::spawn(crate::proxy::peer::watch(worker.clone(), cluster.clone()));
         }
     }
+    let mut backoff = AcceptBackoff::default();
     loop {
         monoio::select! {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
+                    backoff.accepted(id);
                     let _ = stream.set_nodelay(true);
                     monoio::spawn(serve_connection(stream, peer, worker.clone()));
                 }
                 Err(e) => {
-                    // EMFILE/ENFILE and friends: back off instead of spinning.
-                    log::warn!("worker {id}: accept failed: {e}");
-                    monoio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors (or memory): pause accepting, keep serving the
+                    // open connections, whose closing frees what the next accept needs.
+                    let pause = backoff.failed(id, &e);
+                    if !pause.is_zero() {
+                        monoio::select! {
+                            _ = monoio::time::sleep(pause) => {}
+                            _ = shutdown.wait() => break,
+                        }
+                    }
                 }
             },
             _ = shutdown.wait() => break,
         }
     }
+    backoff.accepted(id); // a worker stopping mid-episode does not keep it open
     drop(listener);
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     while worker.active.get() > 0 && Instant::now() < deadline {
@@ -219,5 +302,39 @@ async fn worker_body(
             "worker {id}: {} connections still open after the drain timeout",
             worker.active.get()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_pauses_double_up_to_the_cap() {
+        let mut pause = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            pause = next_pause(pause);
+            seen.push(pause.as_millis());
+        }
+        assert_eq!(seen, [100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn transient_errors_do_not_pause_and_exhaustion_does() {
+        let mut b = AcceptBackoff::default();
+        let aborted = std::io::Error::from_raw_os_error(libc::ECONNABORTED);
+        assert_eq!(b.failed(0, &aborted), Duration::ZERO);
+        assert!(b.episode.is_none());
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert_eq!(b.failed(0, &emfile), FIRST_ACCEPT_PAUSE);
+        assert_eq!(b.failed(0, &emfile), FIRST_ACCEPT_PAUSE * 2);
+        assert_eq!(b.episode.map(|(_, n, _)| n), Some(2));
+        b.accepted(0);
+        assert!(b.episode.is_none());
+        // A new episode starts from the first pause again.
+        let enfile = std::io::Error::from_raw_os_error(libc::ENFILE);
+        assert_eq!(b.failed(0, &enfile), FIRST_ACCEPT_PAUSE);
+        b.accepted(0);
     }
 }

@@ -9,6 +9,7 @@ pub mod cached;
 pub mod chacha;
 pub mod client;
 pub mod gen;
+pub mod kv;
 pub mod origin;
 pub mod raw_origin;
 pub mod tls;

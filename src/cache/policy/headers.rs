@@ -76,6 +76,24 @@ pub fn merge_304(stored: &Headers, not_modified: &Headers) -> Headers {
     out
 }
 
+/// Fields never stored but meant for the client of this very response (RFC 9111 §3.1:
+/// a cache must not replay one client's `Set-Cookie` to others; RFC 6265 §3 and §4.1: a
+/// cookie set by the origin in a 304 is still that client's).
+const FOR_THIS_RESPONSE_ONLY: [&str; 2] = ["set-cookie", "set-cookie2"];
+
+/// The headers of a hit served after `not_modified` (RFC 9111 §4.3.4): the stored ones
+/// updated by [`merge_304`], plus the 304's per-response fields ([`FOR_THIS_RESPONSE_ONLY`])
+/// for this client only; the stored entry never sees them.
+pub fn served_after_304(stored: &Headers, not_modified: &Headers) -> Headers {
+    let mut out = merge_304(stored, not_modified);
+    let for_this = not_modified
+        .fields
+        .iter()
+        .filter(|(name, _)| named_in(name, &FOR_THIS_RESPONSE_ONLY));
+    out.fields.extend(for_this.cloned());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +180,59 @@ mod tests {
             assert_eq!(
                 merge_304(&headers(stored), &headers(not_modified)),
                 headers(want),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn served_after_304_adds_the_304s_cookies_for_this_client() {
+        let cases: &[(&str, Fields, Fields, Fields)] = &[
+            (
+                "cookies of the 304 reach this client, after the merged fields",
+                &[("ETag", "\"a\""), ("Content-Type", "text/plain")],
+                &[
+                    ("Set-Cookie", "s=1"),
+                    ("Cache-Control", "max-age=5"),
+                    ("set-cookie", "t=2; Path=/"),
+                    ("Set-Cookie2", "u=3"),
+                ],
+                &[
+                    ("ETag", "\"a\""),
+                    ("Content-Type", "text/plain"),
+                    ("Cache-Control", "max-age=5"),
+                    ("Set-Cookie", "s=1"),
+                    ("set-cookie", "t=2; Path=/"),
+                    ("Set-Cookie2", "u=3"),
+                ],
+            ),
+            (
+                "other unstored fields still stay out",
+                &[("ETag", "\"a\"")],
+                &[
+                    ("Age", "3"),
+                    ("Connection", "close"),
+                    ("Content-Length", "0"),
+                ],
+                &[("ETag", "\"a\"")],
+            ),
+            (
+                "no cookie, no change",
+                &[("ETag", "\"a\"")],
+                &[],
+                &[("ETag", "\"a\"")],
+            ),
+        ];
+        for (name, stored, not_modified, want) in cases {
+            let (stored, not_modified) = (headers(stored), headers(not_modified));
+            assert_eq!(
+                served_after_304(&stored, &not_modified),
+                headers(want),
+                "{name}"
+            );
+            // What is stored (and what a later hit starts from) never holds them.
+            assert!(
+                !merge_304(&stored, &not_modified).contains("set-cookie"),
                 "{name}"
             );
         }
