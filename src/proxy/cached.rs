@@ -733,7 +733,14 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
             break Ok(());
         }
         let snap = fill.snapshot();
-        let avail = snap.written.min(end);
+        // The last byte of a body of known length is held back until the fill is
+        // committed (its length and digest checked): a fill that fails at its end must
+        // leave every reader with an incomplete message (RFC 9112 §8), never a whole one.
+        let avail = match info.body_len {
+            Some(len) if snap.phase != Phase::Complete => snap.written.min(len.saturating_sub(1)),
+            _ => snap.written,
+        }
+        .min(end);
         if off < avail {
             let want = (avail - off).min(buf.capacity() as u64) as usize;
             buf.clear();
@@ -876,6 +883,17 @@ async fn fill<C: AsyncReadRent + AsyncWriteRent>(
         }
     }
     w.bufs.put(buf);
+    // A chunked or close-delimited body ends with an empty read (RFC 9112 §6.3, §7.1):
+    // its digest is checked here, before the commit and before the client's last chunk.
+    if verifier.as_ref().is_some_and(|v| !v.matches()) {
+        log::error!(
+            "cache: {} does not match its sha256 digest; discarded, client aborted",
+            req.target
+        );
+        drop(writer);
+        cs.error = Some("digest mismatch".into());
+        return cs.outcome(op);
+    }
     commit(writer, req).await;
     if resp.keep_alive() && reader.is_done() {
         w.upstream.release(up);

@@ -1,0 +1,212 @@
+//! Issue 9 (items 2, 3, 8): fills and hits that hostile or broken parties cannot spoil.
+//! - a client that stops reading never stalls the shared fill (item 2);
+//! - a blob whose body does not match its digest is never committed, whatever the body's
+//!   framing (Content-Length, chunked, close-delimited), and every client is cut before
+//!   its last byte (item 3);
+//! - an entry file that is shorter than its header says is dropped while chacha runs and
+//!   refilled by the next request; a client it was cut under sees an incomplete response
+//!   (item 8).
+//!
+//! Real chacha processes against in-test origins on 127.0.0.1:0.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::cached::{assert_served, cache_status, entry_files};
+use common::gen;
+use common::origin::{Request as OReq, Response as OResp};
+use common::{get, with_deadline, Chacha, ClientError, Conn, Head, Origin};
+
+/// Deadline for an ordinary test.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// How long a log line or a commit may take to appear after the response that caused it.
+const SETTLE: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+fn start(limit: &str) -> Chacha {
+    Chacha::start(&format!(
+        "addr: 127.0.0.1:0\nworkers: 1\ndisk:\n  dir: \"{}\"\n  limit: {limit}\n",
+        common::chacha::DIR_PLACEHOLDER
+    ))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 of `"nope"`: a blob path naming it never matches a generated body.
+fn nope_digest() -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, b"nope").as_ref())
+}
+
+fn blob_path(repo: &str) -> String {
+    format!("/v2/{repo}/blobs/sha256:{}", nope_digest())
+}
+
+/// 304 when `If-None-Match` names `etag`, otherwise `full()`, both with the ETag.
+fn validated(req: &OReq, etag: &str, full: impl FnOnce() -> OResp) -> OResp {
+    let matches = req
+        .header("if-none-match")
+        .is_some_and(|inm| inm.split(',').map(str::trim).any(|t| t == etag));
+    let resp = if matches { OResp::status(304) } else { full() };
+    resp.header("ETag", etag)
+}
+
+/// Asserts `body` is a prefix of the generated pattern.
+fn assert_generated_prefix(body: &[u8]) {
+    if let Some(i) = body
+        .iter()
+        .enumerate()
+        .position(|(i, &b)| b != gen::byte_at(i as u64))
+    {
+        panic!("wrong byte at body offset {i}");
+    }
+}
+
+/// Sends `raw` on a fresh connection and expects a 200 whose body is cut: returns its
+/// head and the body bytes that arrived (a correct prefix).
+fn expect_cut(addr: SocketAddr, raw: &str, what: &str) -> (Head, Vec<u8>) {
+    match common::request(addr, raw) {
+        Err(ClientError::Truncated { head, body, .. }) => {
+            assert_eq!(head.status, 200, "{what}");
+            assert_generated_prefix(&body);
+            (head, body)
+        }
+        Ok(r) => panic!(
+            "{what}: expected a cut response, got a complete {} with {} body bytes, Cache-Status {:?}",
+            r.status(),
+            r.body.len(),
+            cache_status(&r)
+        ),
+        Err(e) => panic!("{what}: expected a cut response, got {e:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 3: the digest is checked at every way a body can end
+// ---------------------------------------------------------------------------------------
+
+/// Length of the wrong-digest blobs (the issue's 300 kB).
+const NOPE_LEN: usize = 300_000;
+
+#[derive(Clone, Copy, Debug)]
+enum Framing {
+    Length,
+    /// Chunked, the last chunk (`0\r\n\r\n`) a moment after the data.
+    ChunkedLateEnd,
+    /// `Connection: close` and no length.
+    Close,
+}
+
+fn nope_origin(framing: Framing) -> Origin {
+    Origin::start(move |req| {
+        let body = gen::body(NOPE_LEN);
+        validated(req, "\"nope-v1\"", || match framing {
+            Framing::Length => OResp::ok(body),
+            Framing::ChunkedLateEnd => {
+                OResp::chunked(&[&body]).end_delay(Duration::from_millis(200))
+            }
+            Framing::Close => OResp::close_delimited(body),
+        })
+    })
+}
+
+/// Two requests for a blob whose body is not what its digest says: each is cut before
+/// its last byte (a body shorter than the length, or no chunked terminator), nothing is
+/// stored, and the second is again a plain miss (no validators sent, a second full body).
+fn assert_wrong_digest_never_stored(framing: Framing) {
+    let proxy = start("100MB");
+    let origin = nope_origin(framing);
+    let raw = get(&origin.authority(), &blob_path("x"));
+    for attempt in 1..=2u64 {
+        let what = format!("{framing:?}, attempt {attempt}");
+        let (head, body) = expect_cut(proxy.addr(), &raw, &what);
+        assert!(body.len() <= NOPE_LEN, "{what}: {} bytes", body.len());
+        if let Some(cl) = head.header("content-length") {
+            assert_eq!(cl, NOPE_LEN.to_string(), "{what}");
+            assert!(body.len() < NOPE_LEN, "{what}: the whole body arrived");
+        }
+        let cs = head.header("cache-status").unwrap_or("");
+        assert!(
+            cs.contains("fwd=miss"),
+            "{what}: Cache-Status {cs:?} (the entry must not have been stored)"
+        );
+        assert!(
+            proxy.wait_log("does not match its sha256 digest", SETTLE),
+            "{what}: no error logged"
+        );
+        let last = origin.last_request().unwrap();
+        assert_eq!(last.header("if-none-match"), None, "{what}: revalidated");
+        assert_served(&origin, attempt, 0);
+    }
+    assert!(entry_files(proxy.dir()).is_empty(), "an entry was stored");
+}
+
+#[test]
+fn wrong_digest_with_content_length_is_never_stored() {
+    with_deadline(DEADLINE, || {
+        assert_wrong_digest_never_stored(Framing::Length)
+    });
+}
+
+#[test]
+fn wrong_digest_with_a_late_last_chunk_is_never_stored() {
+    with_deadline(DEADLINE, || {
+        assert_wrong_digest_never_stored(Framing::ChunkedLateEnd)
+    });
+}
+
+#[test]
+fn wrong_digest_close_delimited_is_never_stored() {
+    with_deadline(DEADLINE, || {
+        assert_wrong_digest_never_stored(Framing::Close)
+    });
+}
+
+/// A reader that joined the fill of a blob with a wrong digest (Content-Length) is cut
+/// before its last byte too: it must not get the bytes the leader has not verified yet.
+#[test]
+fn wrong_digest_cuts_a_joined_reader_before_its_last_byte() {
+    const LEN: u64 = 2 << 20;
+    with_deadline(DEADLINE, || {
+        let proxy = start("100MB");
+        let origin = Origin::start(|req| {
+            validated(req, "\"nope-slow\"", || {
+                // ~32 blocks, 30 ms apart: about a second of fill.
+                OResp::generated(LEN).chunk_delay(Duration::from_millis(30))
+            })
+        });
+        let raw = get(&origin.authority(), &blob_path("joined"));
+        let mut leader = Conn::connect(proxy.addr());
+        leader.send(&raw).unwrap();
+        let head = leader.read_head("GET").expect("leader head");
+        assert_eq!(head.status, 200);
+        let joined = std::thread::spawn({
+            let (addr, raw) = (proxy.addr(), raw.clone());
+            move || expect_cut(addr, &raw, "joined reader")
+        });
+        let mut got = Vec::new();
+        let lead = leader.read_body_with(&head, &mut |b| got.extend_from_slice(b));
+        assert!(lead.is_err(), "the leader got a whole body");
+        assert!((got.len() as u64) < LEN);
+        assert_generated_prefix(&got);
+        let (jhead, jbody) = joined.join().unwrap();
+        assert_eq!(
+            jhead.header("cache-status"),
+            Some("chacha; hit; collapsed"),
+            "the second request joined the fill"
+        );
+        assert!(
+            (jbody.len() as u64) < LEN,
+            "the joined reader got every byte"
+        );
+        assert_served(&origin, 1, 1);
+        assert!(proxy.wait_log("does not match its sha256 digest", SETTLE));
+        assert!(entry_files(proxy.dir()).is_empty(), "an entry was stored");
+    });
+}
