@@ -96,12 +96,28 @@ impl Store {
             };
             match decoded {
                 Ok(Decoded::Complete { meta, body_offset }) if meta.key == key => {
-                    return Some(Entry {
-                        file,
-                        meta,
-                        body_offset,
-                        generation: info.generation,
-                    });
+                    // A file shorter than its header says (truncated behind our back)
+                    // would cut every hit at the same byte: drop it, the request refills.
+                    let want = body_offset + meta.body_len;
+                    match file_size(&file) {
+                        Ok(size) if size >= want => {
+                            return Some(Entry {
+                                file,
+                                meta,
+                                body_offset,
+                                generation: info.generation,
+                            });
+                        }
+                        Ok(size) => {
+                            let why = format!("it has {size} bytes, its header says {want}");
+                            self.drop_broken(hash, info.generation, &why);
+                            return None;
+                        }
+                        Err(e) => {
+                            self.drop_broken(hash, info.generation, &format!("fstat: {e}"));
+                            return None;
+                        }
+                    }
                 }
                 Ok(Decoded::NeedMore(n)) if n > want => want = n,
                 Ok(_) => {
@@ -118,6 +134,17 @@ impl Store {
             self.unlink_later(vec![path]);
         }
         None
+    }
+
+    /// Drops an entry whose file turned out short or unreadable (from the index and the
+    /// disk), so that the next request refills it. Logged once per entry: by the caller
+    /// that actually removed it.
+    pub fn drop_broken(self: &Arc<Self>, hash: u64, generation: u64, why: &str) {
+        if self.index.remove_if(hash, generation).is_some() {
+            let path = meta::entry_path(&self.dir, hash);
+            log::warn!("cache: dropping {}: {why}", path.display());
+            self.unlink_later(vec![path]);
+        }
     }
 
     /// Drops the entry for `hash` (e.g. the origin answered 404/410).
@@ -327,6 +354,18 @@ impl Drop for FillWriter {
             self.store.unlink_later(vec![self.temp_path.clone()]);
         }
     }
+}
+
+/// The size of an open file (fstat: no I/O beyond the inode).
+fn file_size(file: &File) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: a valid open fd and a buffer of the right type for fstat to fill.
+    let rc = unsafe { libc::fstat(file.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so it initialised `st`.
+    Ok(unsafe { st.assume_init() }.st_size as u64)
 }
 
 /// Records an access in the entry file's mtime, so recency survives a restart.

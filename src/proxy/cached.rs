@@ -560,13 +560,38 @@ async fn serve_entry<C: AsyncWriteRent>(
             op,
             keep_alive,
         }),
-        Err((sent, reason)) => Outcome::Aborted {
-            status,
-            bytes: sent,
-            op,
-            reason,
-        },
+        Err(e) => {
+            if e.file_failed {
+                drop_unreadable(w, &open, &e.reason);
+            }
+            Outcome::Aborted {
+                status,
+                bytes: e.sent,
+                op,
+                reason: e.reason,
+            }
+        }
     }
+}
+
+/// A hit whose file read failed (truncated, I/O error): the entry is dropped from the
+/// index, the disk and this core's open entries, so the next request refills it; the
+/// client being served is cut (an incomplete response, never a short complete one).
+pub(crate) fn drop_unreadable(w: &Worker, open: &OpenEntry, why: &str) {
+    let hash = key_hash(&open.entry.meta.key);
+    w.open_entries.forget(hash);
+    if let Some(store) = &w.store {
+        store.drop_broken(hash, open.entry.generation, why);
+    }
+}
+
+/// Why [`send_file_range`] stopped.
+pub(crate) struct SendFileError {
+    /// File bytes that went out.
+    pub sent: u64,
+    pub reason: String,
+    /// The file read failed (not the client write).
+    pub file_failed: bool,
 }
 
 /// Sends `buf` (a head already in it) followed by `count` file bytes from `pos`, filling
@@ -578,7 +603,12 @@ pub(crate) async fn send_file_range<C: AsyncWriteRent>(
     count: u64,
     mut buf: Vec<u8>,
     w: &Worker,
-) -> Result<(), (u64, String)> {
+) -> Result<(), SendFileError> {
+    let fail = |sent, reason, file_failed| SendFileError {
+        sent,
+        reason,
+        file_failed,
+    };
     let head_len = buf.len();
     let first = count.min((buf.capacity() - head_len) as u64) as usize;
     if first > 0 {
@@ -588,7 +618,7 @@ pub(crate) async fn send_file_range<C: AsyncWriteRent>(
         buf = slice.into_inner();
         if let Err(e) = res {
             w.bufs.put(buf);
-            return Err((0, format!("cache file read failed: {e}")));
+            return Err(fail(0, format!("cache file read failed: {e}"), true));
         }
     }
     let mut off = first as u64; // bytes read so far
@@ -604,7 +634,7 @@ pub(crate) async fn send_file_range<C: AsyncWriteRent>(
             let (res, b) = client.io.write_all(buf).await;
             buf = b;
             if let Err(e) = res {
-                result = Err((off, format!("client write failed: {e}")));
+                result = Err(fail(off, format!("client write failed: {e}"), false));
             }
             break;
         }
@@ -617,14 +647,12 @@ pub(crate) async fn send_file_range<C: AsyncWriteRent>(
         buf = b;
         spare = slice.into_inner();
         if let Err(e) = wres {
-            result = Err((off, format!("client write failed: {e}")));
+            result = Err(fail(off, format!("client write failed: {e}"), false));
             break;
         }
         if let Err(e) = rres {
-            result = Err((
-                off,
-                format!("cache file read failed at {off} of {count}: {e}"),
-            ));
+            let reason = format!("cache file read failed at {off} of {count}: {e}");
+            result = Err(fail(off, reason, true));
             break;
         }
         off += want as u64;
