@@ -11,8 +11,9 @@
 
 mod common;
 
+use std::io::Read;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::cached::{
     assert_hit, assert_served, assert_stored, cache_status, entry_files, wait_until,
@@ -379,4 +380,92 @@ fn set_rcvbuf(stream: &std::net::TcpStream, bytes: libc::c_int) {
         )
     };
     assert_eq!(rc, 0, "setsockopt SO_RCVBUF");
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 2: a client that stops reading never stalls the shared fill
+// ---------------------------------------------------------------------------------------
+
+/// The object: 50 MB, paced by the origin so the fill takes a second or two.
+const STALL_LEN: u64 = 50_000_000;
+const STALL_BLOCK_MS: u64 = 2;
+/// How much later than the origin's last byte the normal readers may finish.
+const ORIGIN_SPEED_SLACK: Duration = Duration::from_secs(4);
+
+/// The leader's client reads 200 bytes and then holds its socket open without reading;
+/// three clients that joined the fill finish with correct bytes about when the origin
+/// finishes, and the entry is committed (a hit) while the stalled client still holds on.
+#[test]
+fn a_stalled_leader_client_does_not_hold_back_the_fill_or_the_other_readers() {
+    with_deadline(Duration::from_secs(90), || {
+        let proxy = start("200MB");
+        let origin = Origin::start(|req| {
+            validated(req, "\"stall-v1\"", || {
+                OResp::generated(STALL_LEN).chunk_delay(Duration::from_millis(STALL_BLOCK_MS))
+            })
+        });
+        let raw = get(&origin.authority(), "/stall/big");
+        let t0 = Instant::now();
+        let mut stalled = Conn::connect(proxy.addr());
+        set_rcvbuf(stalled.stream(), 64 * 1024);
+        stalled.send(&raw).unwrap();
+        let head = stalled
+            .read_head("GET")
+            .expect("head for the stalled client");
+        assert_eq!(head.status, 200);
+        assert!(
+            cache_status_of(&head).contains("stored"),
+            "it leads the fill"
+        );
+        let mut first = [0u8; 200];
+        let mut s: &std::net::TcpStream = stalled.stream();
+        s.read_exact(&mut first).unwrap();
+        // From here on the stalled client reads nothing.
+
+        let readers: Vec<_> = (0..3)
+            .map(|i| {
+                let (addr, raw) = (proxy.addr(), raw.clone());
+                std::thread::spawn(move || {
+                    let mut conn = Conn::connect_timeout(addr, Duration::from_secs(30));
+                    conn.send(&raw).unwrap();
+                    let head = conn.read_head("GET").expect("reader head");
+                    let mut v = Verifier::new();
+                    let res = conn.read_body_with(&head, &mut |b| v.feed(b));
+                    assert!(res.is_ok(), "reader {i} cut at {}: {res:?}", v.len());
+                    v.assert_complete(STALL_LEN);
+                    (cache_status_of(&head), Instant::now())
+                })
+            })
+            .collect();
+        assert!(
+            wait_until(Duration::from_secs(60), || origin.full_bodies() >= 1),
+            "the origin never finished the body: the fill stalled"
+        );
+        let origin_done = Instant::now();
+        for r in readers {
+            let (cs, finished) = r.join().unwrap();
+            assert_eq!(cs, "chacha; hit; collapsed", "the reader joined the fill");
+            let late = finished.saturating_duration_since(origin_done);
+            assert!(
+                late <= ORIGIN_SPEED_SLACK,
+                "a reader finished {late:?} after the origin ({:?} after the start)",
+                origin_done - t0
+            );
+        }
+        // Committed while the stalled client still holds its socket.
+        assert!(
+            wait_until(SETTLE, || entry_files(proxy.dir()).len() == 1),
+            "the entry was not committed"
+        );
+        let hit = fetch(proxy.addr(), &raw);
+        assert_hit(&hit);
+        assert_generated(&hit, STALL_LEN);
+        assert_served(&origin, 1, 4);
+        // Only now does the stalled client go away.
+        drop(stalled);
+    });
+}
+
+fn cache_status_of(head: &Head) -> String {
+    head.header("cache-status").unwrap_or("<none>").to_string()
 }

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use monoio::buf::IoBufMut;
 use monoio::fs::{File, OpenOptions};
 
-use super::fill::{FillHandle, Fills, StreamInfo};
+use super::fill::{Fill, FillHandle, Fills, StreamInfo};
 use super::index::{EntryInfo, Index, Reservation, TooBig, Victim};
 use super::meta::{self, Decoded, EntryMeta};
 use super::scan::{self, ScanReport};
@@ -271,6 +271,11 @@ pub struct FillWriter {
 }
 
 impl FillWriter {
+    /// The fill this writer writes (its progress and phase, for readers).
+    pub fn fill(&self) -> &Arc<Fill> {
+        self.handle.as_ref().expect("handle").fill()
+    }
+
     pub fn written(&self) -> u64 {
         self.written
     }

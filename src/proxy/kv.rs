@@ -287,7 +287,7 @@ async fn send_fill<S: AsyncWriteRent>(
         };
     }
     let end = info.body_len.unwrap_or(u64::MAX);
-    let (bytes, result) = stream_fill(conn, fill, info, &file, 0, end, writer, w).await;
+    let (bytes, result) = stream_fill(conn, fill, info, Some(&file), 0, end, writer, None, w).await;
     let result = match result {
         Ok(()) => writer.finish(&mut conn.io).await.map_err(|e| e.to_string()),
         Err(e) => Err(e),
