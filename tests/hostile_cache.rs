@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -406,21 +405,7 @@ fn a_stalled_leader_client_does_not_hold_back_the_fill_or_the_other_readers() {
         });
         let raw = get(&origin.authority(), "/stall/big");
         let t0 = Instant::now();
-        let mut stalled = Conn::connect(proxy.addr());
-        set_rcvbuf(stalled.stream(), 64 * 1024);
-        stalled.send(&raw).unwrap();
-        let head = stalled
-            .read_head("GET")
-            .expect("head for the stalled client");
-        assert_eq!(head.status, 200);
-        assert!(
-            cache_status_of(&head).contains("stored"),
-            "it leads the fill"
-        );
-        let mut first = [0u8; 200];
-        let mut s: &std::net::TcpStream = stalled.stream();
-        s.read_exact(&mut first).unwrap();
-        // From here on the stalled client reads nothing.
+        let stalled = Stalled::start(proxy.addr(), &raw);
 
         let readers: Vec<_> = (0..3)
             .map(|i| {
@@ -461,11 +446,258 @@ fn a_stalled_leader_client_does_not_hold_back_the_fill_or_the_other_readers() {
         assert_hit(&hit);
         assert_generated(&hit, STALL_LEN);
         assert_served(&origin, 1, 4);
-        // Only now does the stalled client go away.
-        drop(stalled);
+        // Let the stalled client read on: it gets the rest of the body, correct.
+        stalled.finish(STALL_LEN);
     });
 }
 
 fn cache_status_of(head: &Head) -> String {
     head.header("cache-status").unwrap_or("<none>").to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// Cluster mode: the non-owner's fill (origin -> KV PUT to the owner + client)
+// ---------------------------------------------------------------------------------------
+
+const SECRET: &str = "hostile-cache-secret";
+
+/// Two loopback addresses with free ports for a two-node cluster (as tests/cluster.rs
+/// picks them: a 127.x.y.0/24 of this process and call, ports released just before the
+/// nodes start).
+fn reserve_pair() -> Vec<SocketAddr> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, Ordering::SeqCst);
+    let net = (
+        // Another range than tests/cluster.rs uses (100..200).
+        200 + (std::process::id() % 50) as u8,
+        (call % 250) as u8 + 1,
+    );
+    let listeners: Vec<std::net::TcpListener> = (1..=2)
+        .map(|i| {
+            std::net::TcpListener::bind(format!("127.{}.{}.{i}:0", net.0, net.1))
+                .expect("bind a loopback address")
+        })
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+struct Pair {
+    nodes: Vec<Chacha>,
+    names: Vec<String>,
+}
+
+impl Pair {
+    fn start() -> Pair {
+        let addrs = reserve_pair();
+        let mut list = String::new();
+        for a in &addrs {
+            list.push_str(&format!("    - addr: {a}\n"));
+        }
+        let nodes = addrs
+            .iter()
+            .map(|a| {
+                Chacha::start(&format!(
+                    "addr: {a}\nworkers: 1\ndisk:\n  dir: \"{}\"\n  limit: 200MB\ncluster:\n  secret: {SECRET}\n  nodes:\n{list}",
+                    common::chacha::DIR_PLACEHOLDER
+                ))
+            })
+            .collect();
+        Pair {
+            nodes,
+            names: addrs.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    /// Index of the node owning `url`'s cache key (the README's rendezvous hashing).
+    fn owner(&self, url: &str) -> usize {
+        let key =
+            chacha::cache::key::cache_key(&chacha::http::uri::parse_absolute(url).unwrap(), None);
+        chacha::cluster::pick(self.names.iter().map(String::as_str), &key).unwrap()
+    }
+
+    /// A path `make(i)` (for the first i that works) whose key node 1 owns: requests
+    /// through node 0 then take the non-owner's path.
+    fn path_owned_by_1(&self, origin: &Origin, make: impl Fn(u32) -> String) -> String {
+        (0..64)
+            .map(make)
+            .find(|p| self.owner(&origin.url(p)) == 1)
+            .expect("some path is owned by node 1")
+    }
+}
+
+/// The same wrong digests through the cluster's non-owner path: the client is cut
+/// before its last byte and the owner never commits the entry.
+fn assert_wrong_digest_never_stored_through_a_peer(framing: Framing) {
+    let origin = nope_origin(framing);
+    let pair = Pair::start();
+    let path = pair.path_owned_by_1(&origin, |i| blob_path(&format!("peer{i}")));
+    let raw = get(&origin.authority(), &path);
+    for attempt in 1..=2u64 {
+        let what = format!("{framing:?} through a peer, attempt {attempt}");
+        let (head, body) = expect_cut(pair.nodes[0].addr(), &raw, &what);
+        if head.header("content-length").is_some() {
+            assert!(body.len() < NOPE_LEN, "{what}: the whole body arrived");
+        }
+        let cs = head.header("cache-status").unwrap_or("");
+        assert!(
+            cs.contains("fwd=miss"),
+            "{what}: Cache-Status {cs:?}\nnode 0:\n{}\nnode 1:\n{}",
+            pair.nodes[0].log(),
+            pair.nodes[1].log()
+        );
+        assert!(
+            pair.nodes[0].wait_log("does not match its sha256 digest", SETTLE),
+            "{what}: no error logged"
+        );
+        let last = origin.last_request().unwrap();
+        assert_eq!(last.header("if-none-match"), None, "{what}: revalidated");
+        assert_served(&origin, attempt, 0);
+    }
+    for node in &pair.nodes {
+        assert!(entry_files(node.dir()).is_empty(), "an entry was stored");
+    }
+}
+
+#[test]
+fn wrong_digest_through_a_peer_with_content_length_is_never_stored() {
+    with_deadline(DEADLINE, || {
+        assert_wrong_digest_never_stored_through_a_peer(Framing::Length)
+    });
+}
+
+#[test]
+fn wrong_digest_through_a_peer_with_a_late_last_chunk_is_never_stored() {
+    with_deadline(DEADLINE, || {
+        assert_wrong_digest_never_stored_through_a_peer(Framing::ChunkedLateEnd)
+    });
+}
+
+#[test]
+fn wrong_digest_through_a_peer_close_delimited_is_never_stored() {
+    with_deadline(DEADLINE, || {
+        assert_wrong_digest_never_stored_through_a_peer(Framing::Close)
+    });
+}
+
+/// Item 2 on the cluster path: the stalled client leads the fill on the non-owner
+/// (origin -> KV PUT to the owner + this client); readers on both nodes join the owner's
+/// fill and finish about when the origin does, and the owner commits the entry while
+/// the stalled client still holds its socket.
+#[test]
+fn a_stalled_client_on_a_non_owner_does_not_hold_back_the_owners_fill() {
+    with_deadline(Duration::from_secs(90), || {
+        let origin = Origin::start(|req| {
+            validated(req, "\"stall-peer-v1\"", || {
+                OResp::generated(STALL_LEN).chunk_delay(Duration::from_millis(STALL_BLOCK_MS))
+            })
+        });
+        let pair = Pair::start();
+        let path = pair.path_owned_by_1(&origin, |i| format!("/stall/peer-{i}"));
+        let raw = get(&origin.authority(), &path);
+        let stalled = Stalled::start(pair.nodes[0].addr(), &raw);
+
+        let readers: Vec<_> = [0usize, 0, 1]
+            .into_iter()
+            .map(|n| {
+                let (addr, raw) = (pair.nodes[n].addr(), raw.clone());
+                std::thread::spawn(move || {
+                    let mut conn = Conn::connect_timeout(addr, Duration::from_secs(30));
+                    conn.send(&raw).unwrap();
+                    let head = conn.read_head("GET").expect("reader head");
+                    let mut v = Verifier::new();
+                    let res = conn.read_body_with(&head, &mut |b| v.feed(b));
+                    assert!(
+                        res.is_ok(),
+                        "reader on node {n} cut at {}: {res:?}",
+                        v.len()
+                    );
+                    v.assert_complete(STALL_LEN);
+                    (cache_status_of(&head), Instant::now())
+                })
+            })
+            .collect();
+        assert!(
+            wait_until(Duration::from_secs(60), || origin.full_bodies() >= 1),
+            "the origin never finished the body: the fill stalled"
+        );
+        let origin_done = Instant::now();
+        for r in readers {
+            let (cs, finished) = r.join().unwrap();
+            assert!(cs.starts_with("chacha; hit"), "a reader: {cs:?}");
+            let late = finished.saturating_duration_since(origin_done);
+            assert!(
+                late <= ORIGIN_SPEED_SLACK,
+                "a reader finished {late:?} after the origin"
+            );
+        }
+        assert!(
+            wait_until(SETTLE, || entry_files(pair.nodes[1].dir()).len() == 1),
+            "the owner did not commit the entry"
+        );
+        assert!(
+            pair.nodes[0].log().contains("fell behind at byte"),
+            "the stalled client was not detached"
+        );
+        let hit = fetch(pair.nodes[0].addr(), &raw);
+        assert_hit(&hit);
+        assert_generated(&hit, STALL_LEN);
+        assert_served(&origin, 1, 4);
+        // Let the stalled client read on: it gets the rest from the owner, correct.
+        stalled.finish(STALL_LEN);
+    });
+}
+
+/// A client that sends a GET, reads the head and the first bytes of the body, then stops
+/// reading (a small receive buffer, so the sender blocks soon) until `finish`.
+struct Stalled {
+    release: std::sync::mpsc::Sender<()>,
+    reader: std::thread::JoinHandle<(Result<u64, String>, Verifier)>,
+}
+
+impl Stalled {
+    fn start(addr: SocketAddr, raw: &str) -> Stalled {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (head_tx, head_rx) = std::sync::mpsc::channel::<Head>();
+        let raw = raw.to_string();
+        let reader = std::thread::spawn(move || {
+            let mut conn = Conn::connect_timeout(addr, Duration::from_secs(60));
+            set_rcvbuf(conn.stream(), 64 * 1024);
+            conn.send(&raw).unwrap();
+            let head = conn.read_head("GET").expect("head for the stalled client");
+            head_tx.send(head.clone()).unwrap();
+            let mut v = Verifier::new();
+            let mut stalled = false;
+            let res = conn.read_body_with(&head, &mut |b| {
+                v.feed(b);
+                if !stalled && v.len() >= 200 {
+                    stalled = true;
+                    let _ = released.recv();
+                }
+            });
+            (res.map_err(|t| t.error.to_string()), v)
+        });
+        let head = head_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("head for the stalled client");
+        assert_eq!(head.status, 200);
+        assert!(
+            cache_status_of(&head).contains("stored"),
+            "the stalled client leads the fill: {:?}",
+            head.header("cache-status")
+        );
+        Stalled { release, reader }
+    }
+
+    /// Reads on: the whole body must arrive, correct.
+    fn finish(self, len: u64) {
+        let _ = self.release.send(());
+        let (res, v) = self.reader.join().unwrap();
+        assert!(
+            res.is_ok(),
+            "the stalled client was cut at {}: {res:?}",
+            v.len()
+        );
+        v.assert_complete(len);
+    }
 }

@@ -1137,7 +1137,7 @@ impl Handoff {
     }
 
     /// Resolves once anything changed after `version` was read.
-    fn changed(&self, version: u64) -> impl Future<Output = ()> + '_ {
+    pub(crate) fn changed(&self, version: u64) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
             if self.version.get() != version {
                 return Poll::Ready(());
@@ -1147,23 +1147,59 @@ impl Handoff {
         })
     }
 
-    fn start(&self, from: u64) {
+    pub(crate) fn start(&self, from: u64) {
         self.from.set(Some(from));
         self.bump();
     }
 
-    fn end(&self, result: Result<(), String>) {
+    pub(crate) fn end(&self, result: Result<(), String>) {
         *self.end.borrow_mut() = Some(result);
         self.bump();
     }
 
-    fn client_gone(&self) {
+    pub(crate) fn client_gone(&self) {
         self.gone.set(true);
         self.bump();
     }
 
+    /// Queues body bytes `pos..` if there is room; hands the buffer back if not.
+    pub(crate) fn try_push(&self, pos: u64, buf: Vec<u8>) -> Result<(), Vec<u8>> {
+        if self.queue.borrow().len() >= HANDOFF_PIECES {
+            return Err(buf);
+        }
+        self.queue.borrow_mut().push_back((pos, buf));
+        self.bump();
+        Ok(())
+    }
+
+    /// The oldest queued piece and its body offset.
+    pub(crate) fn pop(&self) -> Option<(u64, Vec<u8>)> {
+        let piece = self.queue.borrow_mut().pop_front();
+        if piece.is_some() {
+            self.bump();
+        }
+        piece
+    }
+
+    pub(crate) fn from(&self) -> Option<u64> {
+        self.from.get()
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.version.get()
+    }
+
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone.get()
+    }
+
+    /// How the producing side ended, once it did.
+    pub(crate) fn ended(&self) -> Option<Result<(), String>> {
+        self.end.borrow().clone()
+    }
+
     /// Queues body bytes `pos..`, waiting for room; false when the client went away.
-    async fn push(&self, pos: u64, buf: Vec<u8>) -> bool {
+    pub(crate) async fn push(&self, pos: u64, buf: Vec<u8>) -> bool {
         loop {
             if self.gone.get() {
                 return false;
@@ -1253,7 +1289,7 @@ pub(crate) struct ClientSide {
     writer: BodyWriter,
     /// The window of body bytes the client gets: `[start, end)`.
     start: u64,
-    end: u64,
+    pub(crate) end: u64,
     pub sent: u64,
     pub error: Option<String>,
 }
@@ -1312,7 +1348,7 @@ impl ClientSide {
         cs
     }
 
-    fn wants_body(&self) -> bool {
+    pub(crate) fn wants_body(&self) -> bool {
         self.status != 304 && self.status != 416 && self.error.is_none()
     }
 
