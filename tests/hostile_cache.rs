@@ -451,6 +451,34 @@ fn a_stalled_leader_client_does_not_hold_back_the_fill_or_the_other_readers() {
     });
 }
 
+/// A leader's client that stops reading for longer than `timeouts.idle` is cut once a
+/// write to it cannot complete in that time; the fill it led was committed meanwhile.
+#[test]
+fn a_stalled_leader_client_is_cut_after_the_idle_timeout() {
+    const LEN: u64 = 20 << 20;
+    with_deadline(DEADLINE, || {
+        let proxy = Chacha::start(&format!(
+            "addr: 127.0.0.1:0\nworkers: 1\ndisk:\n  dir: \"{}\"\n  limit: 100MB\ntimeouts:\n  idle: 1s\n",
+            common::chacha::DIR_PLACEHOLDER
+        ));
+        let origin = Origin::start(obj_routes);
+        let raw = get(&origin.authority(), &format!("/obj/idle/{LEN}"));
+        let stalled = Stalled::start(proxy.addr(), &raw);
+        assert!(
+            wait_until(SETTLE, || entry_files(proxy.dir()).len() == 1),
+            "the fill was not committed while its client stalled"
+        );
+        assert!(
+            proxy.wait_log("did not take a piece within 1s", SETTLE),
+            "the stalled client was not cut"
+        );
+        stalled.finish_cut(LEN);
+        let hit = fetch(proxy.addr(), &raw);
+        assert_hit(&hit);
+        assert_generated(&hit, LEN);
+    });
+}
+
 fn cache_status_of(head: &Head) -> String {
     head.header("cache-status").unwrap_or("<none>").to_string()
 }
@@ -687,6 +715,15 @@ impl Stalled {
             head.header("cache-status")
         );
         Stalled { release, reader }
+    }
+
+    /// Reads on: the body must end early (the connection cut), the bytes before correct.
+    fn finish_cut(self, len: u64) {
+        let _ = self.release.send(());
+        let (res, v) = self.reader.join().unwrap();
+        assert!(res.is_err(), "the stalled client got the whole body");
+        assert!(v.len() < len);
+        assert_eq!(v.first_mismatch(), None, "wrong bytes before the cut");
     }
 
     /// Reads on: the whole body must arrive, correct.

@@ -808,7 +808,7 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
                 }
                 other => break Err(format!("reading the fill failed at {off}: {other:?}")),
             }
-            let (res, b) = writer.write(&mut client.io, buf).await;
+            let (res, b) = write_within(writer, &mut client.io, buf, w).await;
             buf = b;
             if let Err(e) = res {
                 break Err(format!("client write failed: {e}"));
@@ -826,11 +826,13 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
                 let (res, piece) = if lo >= hi {
                     (Ok(()), piece)
                 } else if lo == pos && hi == pos + n {
-                    writer.write(&mut client.io, piece).await
+                    write_within(writer, &mut client.io, piece, w).await
                 } else {
-                    let slice = piece.slice((lo - pos) as usize..(hi - pos) as usize);
-                    let (res, s) = client.io.write_all(slice).await;
-                    (res.map(|_| ()), s.into_inner())
+                    // A window of a body of known length: no framing around the bytes.
+                    let mut piece = piece;
+                    piece.truncate((hi - pos) as usize);
+                    piece.drain(..(lo - pos) as usize);
+                    write_within(writer, &mut client.io, piece, w).await
                 };
                 w.bufs.put(piece);
                 if let Err(e) = res {
@@ -891,6 +893,28 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
     };
     w.bufs.put(buf);
     (off - start, result)
+}
+
+/// Writes one piece to a reader of a fill; a client that cannot take it within the idle
+/// timeout has stopped reading: it is cut, it holds back nothing but its own connection.
+async fn write_within<C: AsyncWriteRent>(
+    writer: BodyWriter,
+    io: &mut C,
+    buf: Vec<u8>,
+    w: &Worker,
+) -> (std::io::Result<()>, Vec<u8>) {
+    let limit = w.timeouts.idle;
+    match monoio::time::timeout(limit, writer.write(io, buf)).await {
+        Ok(done) => done,
+        // The buffer went with the cancelled write.
+        Err(_) => (
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client did not take a piece within {limit:?}"),
+            )),
+            Vec::new(),
+        ),
+    }
 }
 
 /// Streams a storable 200 into the cache and to the client. The fill belongs to the
