@@ -85,7 +85,9 @@ impl OpenEntries {
                 Err(e) => {
                     // Short or unreadable: never serve it; the request refills it.
                     let why = format!("reading its body failed: {e}");
-                    store.drop_broken(hash, entry.generation, &why);
+                    store
+                        .drop_broken(hash, entry.generation, &entry.file, &why)
+                        .await;
                     return None;
                 }
             }

@@ -110,11 +110,12 @@ impl Store {
                         }
                         Ok(size) => {
                             let why = format!("it has {size} bytes, its header says {want}");
-                            self.drop_broken(hash, info.generation, &why);
+                            self.drop_broken(hash, info.generation, &file, &why).await;
                             return None;
                         }
                         Err(e) => {
-                            self.drop_broken(hash, info.generation, &format!("fstat: {e}"));
+                            let why = format!("fstat: {e}");
+                            self.drop_broken(hash, info.generation, &file, &why).await;
                             return None;
                         }
                     }
@@ -136,15 +137,28 @@ impl Store {
         None
     }
 
-    /// Drops an entry whose file turned out short or unreadable (from the index and the
-    /// disk), so that the next request refills it. Logged once per entry: by the caller
-    /// that actually removed it.
-    pub fn drop_broken(self: &Arc<Self>, hash: u64, generation: u64, why: &str) {
-        if self.index.remove_if(hash, generation).is_some() {
-            let path = meta::entry_path(&self.dir, hash);
-            log::warn!("cache: dropping {}: {why}", path.display());
-            self.unlink_later(vec![path]);
+    /// Drops an entry whose open `file` turned out short or unreadable (from the index
+    /// and the disk), so that the next request refills it; returns once the file is gone.
+    /// Only that very file (same inode) is deleted: a refill may already have renamed a
+    /// new one into its path. Logged once per entry, by the caller that removed it.
+    pub async fn drop_broken(self: &Arc<Self>, hash: u64, generation: u64, file: &File, why: &str) {
+        if self.index.remove_if(hash, generation).is_none() {
+            return;
         }
+        let path = meta::entry_path(&self.dir, hash);
+        log::warn!("cache: dropping {}: {why}", path.display());
+        let Ok(broken) = file_id(file) else {
+            return; // cannot tell it apart: the scan at the next start checks it
+        };
+        let _ = monoio::spawn_blocking(move || {
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(m) = std::fs::metadata(&path) {
+                if (m.dev(), m.ino()) == broken {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        })
+        .await;
     }
 
     /// Drops the entry for `hash` (e.g. the origin answered 404/410).
@@ -361,8 +375,7 @@ impl Drop for FillWriter {
     }
 }
 
-/// The size of an open file (fstat: no I/O beyond the inode).
-fn file_size(file: &File) -> io::Result<u64> {
+fn fstat(file: &File) -> io::Result<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: a valid open fd and a buffer of the right type for fstat to fill.
     let rc = unsafe { libc::fstat(file.as_raw_fd(), st.as_mut_ptr()) };
@@ -370,7 +383,18 @@ fn file_size(file: &File) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: fstat succeeded, so it initialised `st`.
-    Ok(unsafe { st.assume_init() }.st_size as u64)
+    Ok(unsafe { st.assume_init() })
+}
+
+/// The size of an open file (fstat: no I/O beyond the inode).
+fn file_size(file: &File) -> io::Result<u64> {
+    Ok(fstat(file)?.st_size as u64)
+}
+
+/// The device and inode of an open file.
+fn file_id(file: &File) -> io::Result<(u64, u64)> {
+    let st = fstat(file)?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 /// Records an access in the entry file's mtime, so recency survives a restart.

@@ -566,7 +566,7 @@ async fn serve_entry<C: AsyncWriteRent>(
         }),
         Err(e) => {
             if e.file_failed {
-                drop_unreadable(w, &open, &e.reason);
+                drop_unreadable(w, &open, &e.reason).await;
             }
             Outcome::Aborted {
                 status,
@@ -581,11 +581,14 @@ async fn serve_entry<C: AsyncWriteRent>(
 /// A hit whose file read failed (truncated, I/O error): the entry is dropped from the
 /// index, the disk and this core's open entries, so the next request refills it; the
 /// client being served is cut (an incomplete response, never a short complete one).
-pub(crate) fn drop_unreadable(w: &Worker, open: &OpenEntry, why: &str) {
+pub(crate) async fn drop_unreadable(w: &Worker, open: &OpenEntry, why: &str) {
     let hash = key_hash(&open.entry.meta.key);
     w.open_entries.forget(hash);
     if let Some(store) = &w.store {
-        store.drop_broken(hash, open.entry.generation, why);
+        let entry = &open.entry;
+        store
+            .drop_broken(hash, entry.generation, &entry.file, why)
+            .await;
     }
 }
 

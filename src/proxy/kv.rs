@@ -237,14 +237,15 @@ async fn send_entry<S: AsyncWriteRent>(
             res.map(|_| ())
                 .map_err(|e| (0, format!("write failed: {e}")))
         }
-        None => send_file_range(conn, &entry.file, entry.body_offset, len, buf, w)
-            .await
-            .map_err(|e| {
+        None => match send_file_range(conn, &entry.file, entry.body_offset, len, buf, w).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
                 if e.file_failed {
-                    drop_unreadable(w, &open, &e.reason);
+                    drop_unreadable(w, &open, &e.reason).await;
                 }
-                (e.sent, e.reason)
-            }),
+                Err((e.sent, e.reason))
+            }
+        },
     };
     match result {
         Ok(()) => Outcome::Done(Exchange {
