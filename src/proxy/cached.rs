@@ -1,8 +1,8 @@
 //! The caching path for GET requests: key → entry or in-flight fill → conditional request
 //! to the origin (always: RFC 9111 §4.3, the original's "always validating") → decide:
 //! 304 with an entry → serve from disk; 304 while another request fills → stream the
-//! entry as it is written; storable 200 → fill (to the client and the cache file at
-//! once); anything else → relay.
+//! entry as it is written; storable 200 → fill (origin → cache file at the origin's
+//! speed, the client reading the file behind the writer); anything else → relay.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

@@ -2,8 +2,9 @@
 //! the local path: ask the owner for the entry (KV GET, claiming the fill on a miss),
 //! send the conditional request to the origin, then
 //! - 304 with an entry → stream the body from the owner's KV response;
-//! - storable 200 → stream the origin's body to the client and, from the same buffers,
-//!   to the owner (KV PUT), committed there before the client gets its last byte;
+//! - storable 200 → stream the origin's body to the owner (KV PUT) and the client,
+//!   committed on the owner before the client gets its last byte; the PUT never waits
+//!   on the client (one that falls behind gets the rest from the owner);
 //! - anything else → relay (dropping the owner's entry on 404/410, releasing a claim).
 //!
 //! An owner that cannot be reached never fails the client: the request goes to the
