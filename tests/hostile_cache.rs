@@ -479,6 +479,32 @@ fn a_stalled_leader_client_is_cut_after_the_idle_timeout() {
     });
 }
 
+/// The same on the cluster's non-owner path: the stalled client, detached from the
+/// PUT, is cut after `timeouts.idle` without progress; the owner committed the entry.
+#[test]
+fn a_stalled_client_on_a_non_owner_is_cut_after_the_idle_timeout() {
+    const LEN: u64 = 20 << 20;
+    with_deadline(DEADLINE, || {
+        let origin = Origin::start(obj_routes);
+        let pair = Pair::start_with("timeouts:\n  idle: 1s\n");
+        let path = pair.path_owned_by_1(&origin, |i| format!("/obj/idle-{i}/{LEN}"));
+        let raw = get(&origin.authority(), &path);
+        let stalled = Stalled::start(pair.nodes[0].addr(), &raw);
+        assert!(
+            wait_until(SETTLE, || entry_files(pair.nodes[1].dir()).len() == 1),
+            "the owner did not commit the entry while the client stalled"
+        );
+        assert!(
+            pair.nodes[0].wait_log("did not take a piece within 1s", SETTLE),
+            "the stalled client was not cut"
+        );
+        stalled.finish_cut(LEN);
+        let hit = fetch(pair.nodes[0].addr(), &raw);
+        assert_hit(&hit);
+        assert_generated(&hit, LEN);
+    });
+}
+
 fn cache_status_of(head: &Head) -> String {
     head.header("cache-status").unwrap_or("<none>").to_string()
 }
@@ -517,6 +543,11 @@ struct Pair {
 
 impl Pair {
     fn start() -> Pair {
+        Pair::start_with("")
+    }
+
+    /// With `extra` top-level YAML in both nodes' configs.
+    fn start_with(extra: &str) -> Pair {
         let addrs = reserve_pair();
         let mut list = String::new();
         for a in &addrs {
@@ -526,7 +557,7 @@ impl Pair {
             .iter()
             .map(|a| {
                 Chacha::start(&format!(
-                    "addr: {a}\nworkers: 1\ndisk:\n  dir: \"{}\"\n  limit: 200MB\ncluster:\n  secret: {SECRET}\n  nodes:\n{list}",
+                    "addr: {a}\nworkers: 1\ndisk:\n  dir: \"{}\"\n  limit: 200MB\ncluster:\n  secret: {SECRET}\n  nodes:\n{list}{extra}",
                     common::chacha::DIR_PLACEHOLDER
                 ))
             })

@@ -1319,6 +1319,8 @@ pub(crate) struct ClientSide {
     pub(crate) end: u64,
     pub sent: u64,
     pub error: Option<String>,
+    /// A piece the client cannot take within this long cuts it (`timeouts.idle`).
+    idle: std::time::Duration,
 }
 
 impl ClientSide {
@@ -1345,6 +1347,7 @@ impl ClientSide {
             end: 0,
             sent: 0,
             error: None,
+            idle: w.timeouts.idle,
         };
         if let Some(o) = answer_client_conditional(client, req, &headers, w, op).await {
             match o {
@@ -1391,15 +1394,29 @@ impl ClientSide {
         if !self.wants_body() || lo >= hi {
             return buf;
         }
-        let res = if lo == pos && hi == pos + n {
-            let (res, b) = self.writer.write(&mut client.io, buf).await;
-            buf = b;
-            res
-        } else {
-            let slice = buf.slice((lo - pos) as usize..(hi - pos) as usize);
-            let (res, s) = client.io.write_all(slice).await;
-            buf = s.into_inner();
-            res.map(|_| ())
+        let whole = lo == pos && hi == pos + n;
+        let write = async {
+            if whole {
+                self.writer.write(&mut client.io, buf).await
+            } else {
+                let slice = buf.slice((lo - pos) as usize..(hi - pos) as usize);
+                let (res, s) = client.io.write_all(slice).await;
+                (res.map(|_| ()), s.into_inner())
+            }
+        };
+        let res = match monoio::time::timeout(self.idle, write).await {
+            Ok((res, b)) => {
+                buf = b;
+                res
+            }
+            Err(_) => {
+                // The buffer went with the cancelled write.
+                buf = Vec::new();
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the client did not take a piece within {:?}", self.idle),
+                ))
+            }
         };
         match res {
             Ok(()) => self.sent += hi - lo,
