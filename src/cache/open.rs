@@ -80,8 +80,16 @@ impl OpenEntries {
                 .file
                 .read_exact_at(Vec::with_capacity(len).slice_mut(0..len), entry.body_offset)
                 .await;
-            if res.is_ok() {
-                body = Some(buf.into_inner());
+            match res {
+                Ok(()) => body = Some(buf.into_inner()),
+                Err(e) => {
+                    // Short or unreadable: never serve it; the request refills it.
+                    let why = format!("reading its body failed: {e}");
+                    store
+                        .drop_broken(hash, entry.generation, &entry.file, &why)
+                        .await;
+                    return None;
+                }
             }
         }
         let open = Rc::new(OpenEntry {

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use monoio::buf::IoBufMut;
 use monoio::fs::{File, OpenOptions};
 
-use super::fill::{FillHandle, Fills, StreamInfo};
+use super::fill::{Fill, FillHandle, Fills, StreamInfo};
 use super::index::{EntryInfo, Index, Reservation, TooBig, Victim};
 use super::meta::{self, Decoded, EntryMeta};
 use super::scan::{self, ScanReport};
@@ -99,12 +99,29 @@ impl Store {
             };
             match decoded {
                 Ok(Decoded::Complete { meta, body_offset }) if meta.key == key => {
-                    return Some(Entry {
-                        file,
-                        meta,
-                        body_offset,
-                        generation: info.generation,
-                    });
+                    // A file shorter than its header says (truncated behind our back)
+                    // would cut every hit at the same byte: drop it, the request refills.
+                    let want = body_offset + meta.body_len;
+                    match file_size(&file) {
+                        Ok(size) if size >= want => {
+                            return Some(Entry {
+                                file,
+                                meta,
+                                body_offset,
+                                generation: info.generation,
+                            });
+                        }
+                        Ok(size) => {
+                            let why = format!("it has {size} bytes, its header says {want}");
+                            self.drop_broken(hash, info.generation, &file, &why).await;
+                            return None;
+                        }
+                        Err(e) => {
+                            let why = format!("fstat: {e}");
+                            self.drop_broken(hash, info.generation, &file, &why).await;
+                            return None;
+                        }
+                    }
                 }
                 Ok(Decoded::NeedMore(n)) if n > want => want = n,
                 Ok(_) => {
@@ -121,6 +138,30 @@ impl Store {
             self.unlink_later(vec![path]);
         }
         None
+    }
+
+    /// Drops an entry whose open `file` turned out short or unreadable (from the index
+    /// and the disk), so that the next request refills it; returns once the file is gone.
+    /// Only that very file (same inode) is deleted: a refill may already have renamed a
+    /// new one into its path. Logged once per entry, by the caller that removed it.
+    pub async fn drop_broken(self: &Arc<Self>, hash: u64, generation: u64, file: &File, why: &str) {
+        if self.index.remove_if(hash, generation).is_none() {
+            return;
+        }
+        let path = meta::entry_path(&self.dir, hash);
+        log::warn!("cache: dropping {}: {why}", path.display());
+        let Ok(broken) = file_id(file) else {
+            return; // cannot tell it apart: the scan at the next start checks it
+        };
+        let _ = monoio::spawn_blocking(move || {
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(m) = std::fs::metadata(&path) {
+                if (m.dev(), m.ino()) == broken {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        })
+        .await;
     }
 
     /// Drops the entry for `hash` (e.g. the origin answered 404/410).
@@ -273,6 +314,11 @@ pub struct FillWriter {
 }
 
 impl FillWriter {
+    /// The fill this writer writes (its progress and phase, for readers).
+    pub fn fill(&self) -> &Arc<Fill> {
+        self.handle.as_ref().expect("handle").fill()
+    }
+
     pub fn written(&self) -> u64 {
         self.written
     }
@@ -356,6 +402,28 @@ impl Drop for FillWriter {
             self.store.unlink_later(vec![self.temp_path.clone()]);
         }
     }
+}
+
+fn fstat(file: &File) -> io::Result<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: a valid open fd and a buffer of the right type for fstat to fill.
+    let rc = unsafe { libc::fstat(file.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so it initialised `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// The size of an open file (fstat: no I/O beyond the inode).
+fn file_size(file: &File) -> io::Result<u64> {
+    Ok(fstat(file)?.st_size as u64)
+}
+
+/// The device and inode of an open file.
+fn file_id(file: &File) -> io::Result<(u64, u64)> {
+    let st = fstat(file)?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 /// Records an access in the entry file's mtime, so recency survives a restart.

@@ -1,11 +1,15 @@
 //! The caching path for GET requests: key → entry or in-flight fill → conditional request
 //! to the origin (always: RFC 9111 §4.3, the original's "always validating") → decide:
 //! 304 with an entry → serve from disk; 304 while another request fills → stream the
-//! entry as it is written; storable 200 → fill (to the client and the cache file at
-//! once); anything else → relay.
+//! entry as it is written; storable 200 → fill (origin → cache file at the origin's
+//! speed, the client reading the file behind the writer); anything else → relay.
 
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::fs::File;
@@ -562,13 +566,41 @@ async fn serve_entry<C: AsyncWriteRent>(
             op,
             keep_alive,
         }),
-        Err((sent, reason)) => Outcome::Aborted {
-            status,
-            bytes: sent,
-            op,
-            reason,
-        },
+        Err(e) => {
+            if e.file_failed {
+                drop_unreadable(w, &open, &e.reason).await;
+            }
+            Outcome::Aborted {
+                status,
+                bytes: e.sent,
+                op,
+                reason: e.reason,
+            }
+        }
     }
+}
+
+/// A hit whose file read failed (truncated, I/O error): the entry is dropped from the
+/// index, the disk and this core's open entries, so the next request refills it; the
+/// client being served is cut (an incomplete response, never a short complete one).
+pub(crate) async fn drop_unreadable(w: &Worker, open: &OpenEntry, why: &str) {
+    let hash = key_hash(&open.entry.meta.key);
+    w.open_entries.forget(hash);
+    if let Some(store) = &w.store {
+        let entry = &open.entry;
+        store
+            .drop_broken(hash, entry.generation, &entry.file, why)
+            .await;
+    }
+}
+
+/// Why [`send_file_range`] stopped.
+pub(crate) struct SendFileError {
+    /// File bytes that went out.
+    pub sent: u64,
+    pub reason: String,
+    /// The file read failed (not the client write).
+    pub file_failed: bool,
 }
 
 /// Sends `buf` (a head already in it) followed by `count` file bytes from `pos`, filling
@@ -580,7 +612,12 @@ pub(crate) async fn send_file_range<C: AsyncWriteRent>(
     count: u64,
     mut buf: Vec<u8>,
     w: &Worker,
-) -> Result<(), (u64, String)> {
+) -> Result<(), SendFileError> {
+    let fail = |sent, reason, file_failed| SendFileError {
+        sent,
+        reason,
+        file_failed,
+    };
     let head_len = buf.len();
     let first = count.min((buf.capacity() - head_len) as u64) as usize;
     if first > 0 {
@@ -590,7 +627,7 @@ pub(crate) async fn send_file_range<C: AsyncWriteRent>(
         buf = slice.into_inner();
         if let Err(e) = res {
             w.bufs.put(buf);
-            return Err((0, format!("cache file read failed: {e}")));
+            return Err(fail(0, format!("cache file read failed: {e}"), true));
         }
     }
     let mut off = first as u64; // bytes read so far
@@ -606,7 +643,7 @@ pub(crate) async fn send_file_range<C: AsyncWriteRent>(
             let (res, b) = client.io.write_all(buf).await;
             buf = b;
             if let Err(e) = res {
-                result = Err((off, format!("client write failed: {e}")));
+                result = Err(fail(off, format!("client write failed: {e}"), false));
             }
             break;
         }
@@ -619,14 +656,12 @@ pub(crate) async fn send_file_range<C: AsyncWriteRent>(
         buf = b;
         spare = slice.into_inner();
         if let Err(e) = wres {
-            result = Err((off, format!("client write failed: {e}")));
+            result = Err(fail(off, format!("client write failed: {e}"), false));
             break;
         }
         if let Err(e) = rres {
-            result = Err((
-                off,
-                format!("cache file read failed at {off} of {count}: {e}"),
-            ));
+            let reason = format!("cache file read failed at {off} of {count}: {e}");
+            result = Err(fail(off, reason, true));
             break;
         }
         off += want as u64;
@@ -674,7 +709,18 @@ async fn serve_fill<C: AsyncWriteRent>(
         };
     }
     let end = win.start.saturating_add(win.count);
-    let (bytes, result) = stream_fill(client, fill, info, &file, win.start, end, writer, w).await;
+    let (bytes, result) = stream_fill(
+        client,
+        fill,
+        info,
+        Some(&file),
+        win.start,
+        end,
+        writer,
+        None,
+        w,
+    )
+    .await;
     if let Err(reason) = result {
         return Outcome::Aborted {
             status,
@@ -714,16 +760,18 @@ pub(crate) async fn open_fill_file(fill: &Fill, info: &StreamInfo) -> Option<Fil
 
 /// Sends body bytes `[start, end)` of a fill (`end` may be `u64::MAX` for "all") to
 /// `client` framed by `writer`, waiting for bytes as they land. Returns the bytes sent
-/// and whether the whole window went out (not `writer.finish`).
+/// and whether the whole window went out (not `writer.finish`). The leader's client
+/// passes its `handoff`: the pieces that follow the file when the file write failed.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn stream_fill<C: AsyncWriteRent>(
     client: &mut BufConn<C>,
     fill: &Fill,
     info: &StreamInfo,
-    file: &File,
+    file: Option<&File>,
     start: u64,
     end: u64,
     writer: BodyWriter,
+    handoff: Option<&Handoff>,
     w: &Worker,
 ) -> (u64, Result<(), String>) {
     let stall = w.timeouts.upstream_head;
@@ -735,8 +783,23 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
             break Ok(());
         }
         let snap = fill.snapshot();
-        let avail = snap.written.min(end);
+        let handed = handoff.and_then(|h| h.from.get());
+        // The last byte of a body of known length is held back until the fill is
+        // committed (its length and digest checked): a fill that fails at its end must
+        // leave every reader with an incomplete message (RFC 9112 §8), never a whole one.
+        // Bytes in the file before a hand-off are final (a failed digest hands nothing).
+        let avail = match (handed, info.body_len) {
+            (Some(from), _) => from,
+            (None, Some(len)) if snap.phase != Phase::Complete => {
+                snap.written.min(len.saturating_sub(1))
+            }
+            _ => snap.written,
+        }
+        .min(end);
         if off < avail {
+            let Some(file) = file else {
+                break Err("the fill file is not readable".to_string());
+            };
             let want = (avail - off).min(buf.capacity() as u64) as usize;
             buf.clear();
             let (res, slice) = file
@@ -750,11 +813,46 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
                 }
                 other => break Err(format!("reading the fill failed at {off}: {other:?}")),
             }
-            let (res, b) = writer.write(&mut client.io, buf).await;
+            let (res, b) = write_within(writer, &mut client.io, buf, w).await;
             buf = b;
             if let Err(e) = res {
                 break Err(format!("client write failed: {e}"));
             }
+            continue;
+        }
+        if let (Some(h), Some(_)) = (handoff, handed) {
+            // Past the file: the pieces handed over in memory.
+            let version = h.version.get();
+            let piece = h.queue.borrow_mut().pop_front();
+            if let Some((pos, piece)) = piece {
+                h.bump(); // room for the origin side
+                let n = piece.len() as u64;
+                let (lo, hi) = (pos.max(off), (pos + n).min(end));
+                let (res, piece) = if lo >= hi {
+                    (Ok(()), piece)
+                } else if lo == pos && hi == pos + n {
+                    write_within(writer, &mut client.io, piece, w).await
+                } else {
+                    // A window of a body of known length: no framing around the bytes.
+                    let mut piece = piece;
+                    piece.truncate((hi - pos) as usize);
+                    piece.drain(..(lo - pos) as usize);
+                    write_within(writer, &mut client.io, piece, w).await
+                };
+                w.bufs.put(piece);
+                if let Err(e) = res {
+                    break Err(format!("client write failed: {e}"));
+                }
+                off = off.max(hi);
+                continue;
+            }
+            match &*h.end.borrow() {
+                Some(Ok(())) if info.body_len.is_none() => break Ok(()),
+                Some(Ok(())) => break Err(format!("the body ended at {off} before byte {end}")),
+                Some(Err(e)) => break Err(e.clone()),
+                None => {}
+            }
+            h.changed(version).await;
             continue;
         }
         match snap.phase {
@@ -763,12 +861,36 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
             Phase::Complete => {
                 break Err(format!("fill ended at {} before byte {end}", snap.written))
             }
-            Phase::Failed => break Err("the fill failed".to_string()),
+            Phase::Failed => match handoff {
+                // The origin side says next whether the rest is handed over or why the
+                // fill failed.
+                Some(h) if h.end.borrow().is_none() && h.from.get().is_none() => {
+                    h.changed(h.version.get()).await;
+                }
+                Some(h) if h.from.get().is_none() => {
+                    let why = match &*h.end.borrow() {
+                        Some(Err(e)) => e.clone(),
+                        _ => "the fill failed".to_string(),
+                    };
+                    break Err(why);
+                }
+                Some(_) => {}
+                None => break Err("the fill failed".to_string()),
+            },
             _ => {
-                if monoio::time::timeout(stall, fill.changed(snap.version))
-                    .await
-                    .is_err()
-                {
+                let version = handoff.map(|h| h.version.get());
+                let changed = async {
+                    match (handoff, version) {
+                        (Some(h), Some(v)) => {
+                            monoio::select! {
+                                _ = fill.changed(snap.version) => {},
+                                _ = h.changed(v) => {},
+                            }
+                        }
+                        _ => fill.changed(snap.version).await,
+                    }
+                };
+                if monoio::time::timeout(stall, changed).await.is_err() {
                     break Err(format!("the fill made no progress for {stall:?}"));
                 }
             }
@@ -778,15 +900,39 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
     (off - start, result)
 }
 
-/// Streams a storable 200 to the client and into the cache at once, from the same
-/// buffers. The fill belongs to the cache: if the client goes away the fill goes on. A
-/// blob URL's body is checked against its SHA-256 before the entry is committed and
-/// before the client gets its last byte.
+/// Writes one piece to a reader of a fill; a client that cannot take it within the idle
+/// timeout has stopped reading: it is cut, it holds back nothing but its own connection.
+async fn write_within<C: AsyncWriteRent>(
+    writer: BodyWriter,
+    io: &mut C,
+    buf: Vec<u8>,
+    w: &Worker,
+) -> (std::io::Result<()>, Vec<u8>) {
+    let limit = w.timeouts.idle;
+    match monoio::time::timeout(limit, writer.write(io, buf)).await {
+        Ok(done) => done,
+        // The buffer went with the cancelled write.
+        Err(_) => (
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client did not take a piece within {limit:?}"),
+            )),
+            Vec::new(),
+        ),
+    }
+}
+
+/// Streams a storable 200 into the cache and to the client. The fill belongs to the
+/// cache and never waits on any one client: the origin → file loop ([`fill_from_origin`])
+/// runs at the origin's speed, and the leader's client is served from the fill's file
+/// like any joined reader ([`serve_leader`]), both in this task. If the client goes away
+/// or stops reading, the fill goes on. A blob URL's body is checked against its SHA-256
+/// before the entry is committed, and no reader gets the last byte before that.
 #[allow(clippy::too_many_arguments)]
 async fn fill<C: AsyncReadRent + AsyncWriteRent>(
     client: &mut BufConn<C>,
     req: &RequestHead,
-    mut up: UpstreamConn,
+    up: UpstreamConn,
     resp: ResponseHead,
     kind: BodyKind,
     writer: FillWriter,
@@ -794,26 +940,79 @@ async fn fill<C: AsyncReadRent + AsyncWriteRent>(
     w: &Worker,
 ) -> Outcome {
     let op = "fill";
-    let mut writer = Some(writer);
-    let mut verifier = target.digest.map(Verifier::new);
-    let mut resumes = 0;
+    let fill = writer.fill().clone();
+    let info = fill
+        .snapshot()
+        .info
+        .expect("a started fill has its stream info");
+    let handoff = Handoff::default();
+    // The leader's client reads the fill through its own descriptor, opened now: the
+    // temp file may be renamed or unlinked before the client gets to it.
+    let file = match File::open(&info.temp_path).await {
+        Ok(f) => Some(f),
+        Err(e) => {
+            log::warn!(
+                "cache: cannot read back the fill file {}: {e}",
+                info.temp_path.display()
+            );
+            None
+        }
+    };
+    let writer = match file {
+        Some(_) => Some(writer),
+        None => {
+            // Nothing can read the file back: store nothing, hand every piece over.
+            drop(writer);
+            handoff.start(0);
+            None
+        }
+    };
     let stored = CacheOutcome::Stored {
         replaced: target.replaced,
     };
-    let mut cs = ClientSide::begin(client, req, &resp, kind, stored, w, op).await;
+    let (origin_result, mut cs) = monoio::join!(
+        fill_from_origin(req, up, &resp, kind, writer, &target, &handoff, w),
+        serve_leader(client, req, &resp, kind, stored, &fill, &info, file, &handoff, w, op)
+    );
+    if let (Err(origin), Some(_)) = (origin_result, &cs.error) {
+        // The client was cut because the fill failed: say why.
+        cs.error = Some(origin);
+    }
+    cs.outcome(op)
+}
+
+/// The origin → cache file side of a fill: reads the body (resuming a cut one), hashes a
+/// blob, writes the file and publishes progress, commits. When the file cannot be
+/// written (disk full) the fill fails for its readers and the rest of the body is handed
+/// to the leader's client through `handoff`. Returns why the body failed, if it did.
+#[allow(clippy::too_many_arguments)]
+async fn fill_from_origin(
+    req: &RequestHead,
+    mut up: UpstreamConn,
+    resp: &ResponseHead,
+    kind: BodyKind,
+    mut writer: Option<FillWriter>,
+    target: &FillTarget<'_>,
+    handoff: &Handoff,
+    w: &Worker,
+) -> Result<(), String> {
+    let mut verifier = target.digest.map(Verifier::new);
+    let mut resumes = 0;
     let mut reader = BodyReader::new(kind);
     let mut buf = w.bufs.get();
     let mut pos = 0u64; // body bytes received from the origin
     let mut budget = Budget::default();
-    loop {
+    // A resume sends no request body: it needs no client.
+    let mut no_client = BufConn::new(&[][..]);
+    let result = loop {
         let n = match reader.read(&mut up.conn, &mut buf).await {
-            Ok(0) => break,
+            Ok(0) => break Ok(()),
             Ok(n) => n as u64,
             Err(e) if resumes < MAX_FILL_RESUMES && writer.is_some() => {
                 // The origin cut the body: resume it where it stopped, so the bytes already
                 // in the cache (and sent) are not fetched again.
                 resumes += 1;
-                match resume_fill(client, req, &target, &resp, kind, pos, w).await {
+                match resume_fill(&mut no_client, req, target, resp, kind, pos, w).await {
                     Some((conn, rest)) => {
                         log::info!(
                             "cache: origin cut {} at byte {pos} ({e}); resumed",
@@ -823,67 +1022,225 @@ async fn fill<C: AsyncReadRent + AsyncWriteRent>(
                         reader = BodyReader::new(rest);
                         continue;
                     }
-                    None => {
-                        w.bufs.put(buf);
-                        drop(writer); // fails the fill: readers abort, the temp file goes
-                        cs.error = Some(format!("origin body failed: {e}; resuming failed"));
-                        return cs.outcome(op);
-                    }
+                    None => break Err(format!("origin body failed: {e}; resuming failed")),
                 }
             }
-            Err(e) => {
-                w.bufs.put(buf);
-                drop(writer); // fails the fill: readers abort, the temp file goes
-                cs.error = Some(format!("origin body failed: {e}"));
-                return cs.outcome(op);
-            }
+            Err(e) => break Err(format!("origin body failed: {e}")),
         };
         if let Some(v) = verifier.as_mut() {
             v.update(&buf);
+        }
+        // The end of a body of known length: checked before its last piece is written,
+        // so that no reader can have it before the verdict.
+        if reader.is_done() && !digest_ok(&verifier, req) {
+            break Err("digest mismatch".into());
         }
         if let Some(fw) = writer.as_mut() {
             let (res, b) = fw.write(buf).await;
             buf = b;
             if let Err(e) = res {
                 log::warn!("cache: fill of {} stopped: {e}", req.target);
+                // Fails the fill (its readers abort, the temp file goes); the leader's
+                // client gets the rest from memory.
                 writer = None;
+                handoff.start(pos);
             }
         }
-        if reader.is_done() {
-            if let Some(v) = &verifier {
-                if !v.matches() {
-                    log::error!(
-                        "cache: {} does not match its sha256 digest; discarded, client aborted",
-                        req.target
-                    );
-                    w.bufs.put(buf);
-                    drop(writer);
-                    cs.error = Some("digest mismatch".into());
-                    return cs.outcome(op);
-                }
+        if writer.is_none() {
+            if !handoff.push(pos, buf).await {
+                buf = Vec::new();
+                break Err("the client went away".into());
             }
-            // Commit before the client sees its last byte, so that a request it sends
-            // right after finds the entry (not a fill that is about to end).
-            commit(writer.take(), req).await;
+            buf = w.bufs.get();
         }
-        buf = cs.write_piece(client, buf, pos).await;
         pos += n;
         budget.spend(n).await;
-        if writer.is_none() && reader.is_done() {
-            break;
+        if reader.is_done() {
+            break Ok(());
         }
-        if writer.is_none() && cs.error.is_some() {
-            w.bufs.put(buf);
-            return cs.outcome(op);
+    };
+    w.bufs.put(buf);
+    // A chunked or close-delimited body ends with an empty read (RFC 9112 §6.3, §7.1):
+    // its digest is checked here, before the commit and before the client's last chunk.
+    let result = result.and_then(|()| match digest_ok(&verifier, req) {
+        true => Ok(()),
+        false => Err("digest mismatch".to_string()),
+    });
+    if let Err(e) = result {
+        drop(writer); // fails the fill: readers abort, the temp file goes
+        handoff.end(Err(e.clone()));
+        return Err(e);
+    }
+    if let Some(fw) = writer {
+        let written = fw.written();
+        if let Err(e) = fw.commit().await {
+            log::warn!("cache: cannot commit {}: {e}", req.target);
+            // The file holds the whole body: the leader's client reads it all.
+            handoff.start(written);
         }
     }
-    w.bufs.put(buf);
-    commit(writer, req).await;
+    handoff.end(Ok(()));
     if resp.keep_alive() && reader.is_done() {
         w.upstream.release(up);
     }
-    cs.finish(client).await;
-    cs.outcome(op)
+    Ok(())
+}
+
+/// Whether a blob's body matched its digest (true when it has none); logs a mismatch.
+fn digest_ok(verifier: &Option<Verifier>, req: &RequestHead) -> bool {
+    if verifier.as_ref().is_some_and(|v| !v.matches()) {
+        log::error!(
+            "cache: {} does not match its sha256 digest; discarded, client aborted",
+            req.target
+        );
+        return false;
+    }
+    true
+}
+
+/// The leader's client side of a fill: the head, then the body read back from the
+/// fill's file as it is written (as a joined reader does), then from `handoff` if the
+/// file write failed. Runs at the client's speed without holding the fill back.
+#[allow(clippy::too_many_arguments)]
+async fn serve_leader<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    resp: &ResponseHead,
+    kind: BodyKind,
+    stored: CacheOutcome,
+    fill: &Fill,
+    info: &StreamInfo,
+    file: Option<File>,
+    handoff: &Handoff,
+    w: &Worker,
+    op: &'static str,
+) -> ClientSide {
+    let mut cs = ClientSide::begin(client, req, resp, kind, stored, w, op).await;
+    if cs.wants_body() {
+        let (sent, result) = stream_fill(
+            client,
+            fill,
+            info,
+            file.as_ref(),
+            cs.start,
+            cs.end,
+            cs.writer,
+            Some(handoff),
+            w,
+        )
+        .await;
+        cs.sent = sent;
+        match result {
+            Ok(()) => cs.finish(client).await,
+            Err(e) => cs.error = Some(e),
+        }
+    }
+    handoff.client_gone();
+    cs
+}
+
+/// Body pieces the origin side hands to the leader's client after the fill stopped
+/// writing its file (disk full): a small bounded queue within one task, so a client that
+/// does not read holds back only its own (uncached) transfer.
+#[derive(Default)]
+pub(crate) struct Handoff {
+    /// Body offset the handed-over pieces start at; the file holds the bytes before it.
+    from: Cell<Option<u64>>,
+    queue: RefCell<VecDeque<(u64, Vec<u8>)>>,
+    /// How the origin side ended: the body is complete (`Ok`) or failed.
+    end: RefCell<Option<Result<(), String>>>,
+    gone: Cell<bool>,
+    version: Cell<u64>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// Pieces the hand-off holds at most.
+const HANDOFF_PIECES: usize = 4;
+
+impl Handoff {
+    fn bump(&self) {
+        self.version.set(self.version.get() + 1);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once anything changed after `version` was read.
+    pub(crate) fn changed(&self, version: u64) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.version.get() != version {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+
+    pub(crate) fn start(&self, from: u64) {
+        self.from.set(Some(from));
+        self.bump();
+    }
+
+    pub(crate) fn end(&self, result: Result<(), String>) {
+        *self.end.borrow_mut() = Some(result);
+        self.bump();
+    }
+
+    pub(crate) fn client_gone(&self) {
+        self.gone.set(true);
+        self.bump();
+    }
+
+    /// Queues body bytes `pos..` if there is room; hands the buffer back if not.
+    pub(crate) fn try_push(&self, pos: u64, buf: Vec<u8>) -> Result<(), Vec<u8>> {
+        if self.queue.borrow().len() >= HANDOFF_PIECES {
+            return Err(buf);
+        }
+        self.queue.borrow_mut().push_back((pos, buf));
+        self.bump();
+        Ok(())
+    }
+
+    /// The oldest queued piece and its body offset.
+    pub(crate) fn pop(&self) -> Option<(u64, Vec<u8>)> {
+        let piece = self.queue.borrow_mut().pop_front();
+        if piece.is_some() {
+            self.bump();
+        }
+        piece
+    }
+
+    pub(crate) fn from(&self) -> Option<u64> {
+        self.from.get()
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.version.get()
+    }
+
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone.get()
+    }
+
+    /// How the producing side ended, once it did.
+    pub(crate) fn ended(&self) -> Option<Result<(), String>> {
+        self.end.borrow().clone()
+    }
+
+    /// Queues body bytes `pos..`, waiting for room; false when the client went away.
+    pub(crate) async fn push(&self, pos: u64, buf: Vec<u8>) -> bool {
+        loop {
+            if self.gone.get() {
+                return false;
+            }
+            if self.queue.borrow().len() < HANDOFF_PIECES {
+                self.queue.borrow_mut().push_back((pos, buf));
+                self.bump();
+                return true;
+            }
+            self.changed(self.version.get()).await;
+        }
+    }
 }
 
 /// How often one fill may resume a body the origin cut.
@@ -961,9 +1318,11 @@ pub(crate) struct ClientSide {
     writer: BodyWriter,
     /// The window of body bytes the client gets: `[start, end)`.
     start: u64,
-    end: u64,
+    pub(crate) end: u64,
     pub sent: u64,
     pub error: Option<String>,
+    /// A piece the client cannot take within this long cuts it (`timeouts.idle`).
+    idle: std::time::Duration,
 }
 
 impl ClientSide {
@@ -990,6 +1349,7 @@ impl ClientSide {
             end: 0,
             sent: 0,
             error: None,
+            idle: w.timeouts.idle,
         };
         if let Some(o) = answer_client_conditional(client, req, &headers, w, op).await {
             match o {
@@ -1020,7 +1380,7 @@ impl ClientSide {
         cs
     }
 
-    fn wants_body(&self) -> bool {
+    pub(crate) fn wants_body(&self) -> bool {
         self.status != 304 && self.status != 416 && self.error.is_none()
     }
 
@@ -1036,15 +1396,29 @@ impl ClientSide {
         if !self.wants_body() || lo >= hi {
             return buf;
         }
-        let res = if lo == pos && hi == pos + n {
-            let (res, b) = self.writer.write(&mut client.io, buf).await;
-            buf = b;
-            res
-        } else {
-            let slice = buf.slice((lo - pos) as usize..(hi - pos) as usize);
-            let (res, s) = client.io.write_all(slice).await;
-            buf = s.into_inner();
-            res.map(|_| ())
+        let whole = lo == pos && hi == pos + n;
+        let write = async {
+            if whole {
+                self.writer.write(&mut client.io, buf).await
+            } else {
+                let slice = buf.slice((lo - pos) as usize..(hi - pos) as usize);
+                let (res, s) = client.io.write_all(slice).await;
+                (res.map(|_| ()), s.into_inner())
+            }
+        };
+        let res = match monoio::time::timeout(self.idle, write).await {
+            Ok((res, b)) => {
+                buf = b;
+                res
+            }
+            Err(_) => {
+                // The buffer went with the cancelled write.
+                buf = Vec::new();
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the client did not take a piece within {:?}", self.idle),
+                ))
+            }
         };
         match res {
             Ok(()) => self.sent += hi - lo,
@@ -1076,14 +1450,6 @@ impl ClientSide {
                 op,
                 keep_alive: self.keep_alive,
             }),
-        }
-    }
-}
-
-async fn commit(writer: Option<FillWriter>, req: &RequestHead) {
-    if let Some(fw) = writer {
-        if let Err(e) = fw.commit().await {
-            log::warn!("cache: cannot commit {}: {e}", req.target);
         }
     }
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use super::cached::{open_fill_file, send_file_range, stream_fill, wait_for_head};
+use super::cached::{drop_unreadable, open_fill_file, send_file_range, stream_fill, wait_for_head};
 use super::forward::{answer_expect, build_response_head};
 use super::{write_simple, Exchange, Outcome, Worker};
 use crate::cache::fill::{Fill, Phase, Role, StreamInfo};
@@ -237,7 +237,15 @@ async fn send_entry<S: AsyncWriteRent>(
             res.map(|_| ())
                 .map_err(|e| (0, format!("write failed: {e}")))
         }
-        None => send_file_range(conn, &entry.file, entry.body_offset, len, buf, w).await,
+        None => match send_file_range(conn, &entry.file, entry.body_offset, len, buf, w).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if e.file_failed {
+                    drop_unreadable(w, &open, &e.reason).await;
+                }
+                Err((e.sent, e.reason))
+            }
+        },
     };
     match result {
         Ok(()) => Outcome::Done(Exchange {
@@ -280,7 +288,7 @@ async fn send_fill<S: AsyncWriteRent>(
         };
     }
     let end = info.body_len.unwrap_or(u64::MAX);
-    let (bytes, result) = stream_fill(conn, fill, info, &file, 0, end, writer, w).await;
+    let (bytes, result) = stream_fill(conn, fill, info, Some(&file), 0, end, writer, None, w).await;
     let result = match result {
         Ok(()) => writer.finish(&mut conn.io).await.map_err(|e| e.to_string()),
         Err(e) => Err(e),

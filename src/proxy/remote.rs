@@ -2,8 +2,9 @@
 //! the local path: ask the owner for the entry (KV GET, claiming the fill on a miss),
 //! send the conditional request to the origin, then
 //! - 304 with an entry → stream the body from the owner's KV response;
-//! - storable 200 → stream the origin's body to the client and, from the same buffers,
-//!   to the owner (KV PUT), committed there before the client gets its last byte;
+//! - storable 200 → stream the origin's body to the owner (KV PUT) and the client,
+//!   committed on the owner before the client gets its last byte; the PUT never waits
+//!   on the client (one that falls behind gets the rest from the owner);
 //! - anything else → relay (dropping the owner's entry on 404/410, releasing a claim).
 //!
 //! An owner that cannot be reached never fails the client: the request goes to the
@@ -15,7 +16,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::cached::{
     answer_client_conditional, not_stored, relay_ranged, release_bodyless, revalidate, stored_head,
-    validated_headers, validators_of, ClientSide,
+    validated_headers, validators_of, ClientSide, Handoff,
 };
 use super::forward::{forward, relay_and_release};
 use super::peer::{self, Found, Lookup, PeerError};
@@ -23,13 +24,16 @@ use super::{Exchange, Outcome, ProxyError, Worker};
 use crate::cache::digest::{expected_sha256, Verifier};
 use crate::cache::key::key_is_exact;
 use crate::cache::meta::EntryMeta;
-use crate::cache::policy::{response_storable, should_drop_on_status, stored_headers, NotStorable};
+use crate::cache::policy::{
+    response_storable, should_drop_on_status, stored_headers, NotStorable, Validators,
+};
 use crate::cache::status::{Outcome as CacheOutcome, CACHE_NAME};
 use crate::cluster::metadata::Metadata;
 use crate::cluster::{Cluster, Node};
 use crate::config::Rule;
 use crate::http::uri::Uri;
 use crate::http::{BodyKind, RequestHead, ResponseHead};
+use crate::stream::fair::Budget;
 use crate::stream::{BodyReader, BodyWriter, BufConn};
 use crate::upstream::{UpstreamConn, UpstreamError};
 
@@ -241,14 +245,18 @@ struct Target<'a> {
     digest: Option<[u8; 32]>,
 }
 
-/// Streams a storable 200 to the client and to the owner (KV PUT) from the same
-/// buffers, as the local fill does with its file: the PUT goes on if the client leaves;
-/// a digest mismatch (OCI blobs) or an origin failure cuts the PUT short, so the owner
-/// never commits it; the owner's 200 arrives before the client's last byte is sent.
+/// Streams a storable 200 to the owner (KV PUT) and to the client. The PUT feeds the
+/// owner's fill, which other nodes' readers join, so it never waits on this node's
+/// client: the origin loop ([`origin_to_owner`]) hands the pieces to the client side
+/// ([`client_behind`]) through a small bounded lag queue, both in this task. A client
+/// that falls further behind than the queue holds is detached and served the rest from
+/// the owner's fill (a KV GET, skipping what it already has). A digest mismatch (OCI
+/// blobs) or an origin failure cuts the PUT short, so the owner never commits it; the
+/// owner's 200 arrives before the client's last byte is sent.
 async fn fill_through<C: AsyncWriteRent>(
     client: &mut BufConn<C>,
     req: &RequestHead,
-    mut up: UpstreamConn,
+    up: UpstreamConn,
     resp: ResponseHead,
     target: Target<'_>,
     w: &Worker,
@@ -277,7 +285,7 @@ async fn fill_through<C: AsyncWriteRent>(
     };
     let metadata = Metadata::of_entry(&meta);
     let (cluster, node) = (target.cluster, target.node);
-    let mut put = match peer::put_start(w, cluster, node, &target.key, &metadata, body_len).await {
+    let put = match peer::put_start(w, cluster, node, &target.key, &metadata, body_len).await {
         Ok(p) => Some(p),
         Err(PeerError::Unreachable(e)) => {
             peer::mark_down(node, &e);
@@ -288,37 +296,53 @@ async fn fill_through<C: AsyncWriteRent>(
             None
         }
     };
-    let mut verifier = target.digest.map(Verifier::new);
     let stored = CacheOutcome::Stored {
         replaced: target.replaced,
     };
-    let mut cs = ClientSide::begin(client, req, &resp, kind, stored, w, op).await;
+    let lag = Handoff::default();
+    let (origin_result, mut cs) = monoio::join!(
+        origin_to_owner(req, up, &resp, kind, put, &target, &lag, w),
+        client_behind(client, req, &resp, kind, stored, &target, &lag, w, op)
+    );
+    if let (Err(origin), Some(_)) = (origin_result, &cs.error) {
+        cs.error = Some(origin);
+    }
+    cs.outcome(op)
+}
+
+/// The origin → owner side of [`fill_through`]: reads and hashes the body, writes it to
+/// the PUT, completes the PUT before the last piece goes to the client side, and hands
+/// each piece to the client side unless its queue is full (then the client is detached:
+/// `lag.start(pos)`). Without a PUT nobody else waits on this body, so a slow client
+/// only slows it down. Returns why the body failed, if it did.
+#[allow(clippy::too_many_arguments)]
+async fn origin_to_owner(
+    req: &RequestHead,
+    mut up: UpstreamConn,
+    resp: &ResponseHead,
+    kind: BodyKind,
+    mut put: Option<(UpstreamConn, BodyWriter)>,
+    target: &Target<'_>,
+    lag: &Handoff,
+    w: &Worker,
+) -> Result<(), String> {
+    let node = target.node;
+    let mut verifier = target.digest.map(Verifier::new);
     let mut reader = BodyReader::new(kind);
     let mut buf = w.bufs.get();
     let mut pos = 0u64; // body bytes received from the origin
-    while !reader.is_done() {
+    let mut budget = Budget::default();
+    let result = loop {
         let n = match reader.read(&mut up.conn, &mut buf).await {
-            Ok(0) => break,
+            Ok(0) => break Ok(()),
             Ok(n) => n as u64,
-            Err(e) => {
-                w.bufs.put(buf);
-                drop(put); // cut short: the owner drops its fill
-                cs.error = Some(format!("origin body failed: {e}"));
-                return cs.outcome(op);
-            }
+            Err(e) => break Err(format!("origin body failed: {e}")),
         };
         if let Some(v) = verifier.as_mut() {
             v.update(&buf);
         }
-        if reader.is_done() && verifier.as_ref().is_some_and(|v| !v.matches()) {
-            log::error!(
-                "cache: {} does not match its sha256 digest; not stored, client aborted",
-                req.target
-            );
-            w.bufs.put(buf);
-            drop(put);
-            cs.error = Some("digest mismatch".into());
-            return cs.outcome(op);
+        if reader.is_done() && !digest_matches(&verifier, req) {
+            break Err("digest mismatch".into());
         }
         if let Some((conn, writer)) = put.as_mut() {
             let (res, b) = writer.write(&mut conn.conn.io, buf).await;
@@ -328,35 +352,222 @@ async fn fill_through<C: AsyncWriteRent>(
                 put = None;
             }
         }
+        let feeds_others = put.is_some();
         if reader.is_done() {
             // Committed on the owner before the client sees its last byte, so that a
             // request it sends right after finds the entry.
             finish_put(w, node, put.take(), req).await;
         }
-        buf = cs.write_piece(client, buf, pos).await;
-        pos += n;
-        if put.is_none() && cs.error.is_some() {
-            w.bufs.put(buf);
-            return cs.outcome(op);
+        if !lag.is_gone() && lag.from().is_none() {
+            match lag.try_push(pos, buf) {
+                Ok(()) => buf = w.bufs.get(),
+                Err(b) if feeds_others => {
+                    // The client fell behind: it continues from the owner's fill.
+                    log::info!(
+                        "cluster: the client of {} fell behind at byte {pos}; it continues from {}",
+                        req.target,
+                        node.name
+                    );
+                    buf = b;
+                    lag.start(pos);
+                }
+                Err(b) => {
+                    if !lag.push(pos, b).await {
+                        buf = Vec::new();
+                        if put.is_none() {
+                            break Err("the client went away".into());
+                        }
+                    } else {
+                        buf = w.bufs.get();
+                    }
+                }
+            }
+        } else if lag.is_gone() && put.is_none() && !reader.is_done() {
+            // Nobody wants the rest of this body.
+            break Err("the client went away".into());
         }
-    }
+        buf.clear();
+        pos += n;
+        budget.spend(n).await;
+        if reader.is_done() {
+            break Ok(());
+        }
+    };
     w.bufs.put(buf);
+    // A chunked or close-delimited body ends with an empty read (RFC 9112 §6.3, §7.1):
+    // its digest is checked here, before the PUT completes and the client's last chunk.
+    let result = result.and_then(|()| match digest_matches(&verifier, req) {
+        true => Ok(()),
+        false => Err("digest mismatch".to_string()),
+    });
+    if let Err(e) = result {
+        abort_put(put).await; // the owner drops its fill
+        lag.end(Err(e.clone()));
+        return Err(e);
+    }
+    finish_put(w, node, put.take(), req).await;
+    lag.end(Ok(()));
+    if resp.keep_alive() && reader.is_done() {
+        w.upstream.release(up);
+    }
+    Ok(())
+}
+
+/// Whether a blob's body matched its digest (true when it has none); logs a mismatch.
+fn digest_matches(verifier: &Option<Verifier>, req: &RequestHead) -> bool {
     if verifier.as_ref().is_some_and(|v| !v.matches()) {
-        // A body that ended with an empty read (chunked, close-delimited) lands here.
         log::error!(
             "cache: {} does not match its sha256 digest; not stored, client aborted",
             req.target
         );
-        drop(put);
-        cs.error = Some("digest mismatch".into());
-        return cs.outcome(op);
+        return false;
     }
-    finish_put(w, node, put.take(), req).await;
-    if resp.keep_alive() && reader.is_done() {
-        w.upstream.release(up);
+    true
+}
+
+/// The client side of [`fill_through`]: the head, then the pieces from the lag queue;
+/// once detached, the rest from the owner.
+#[allow(clippy::too_many_arguments)]
+async fn client_behind<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    resp: &ResponseHead,
+    kind: BodyKind,
+    stored: CacheOutcome,
+    target: &Target<'_>,
+    lag: &Handoff,
+    w: &Worker,
+    op: &'static str,
+) -> ClientSide {
+    let mut cs = ClientSide::begin(client, req, resp, kind, stored, w, op).await;
+    let mut next = 0u64; // the next body byte the client side needs
+    while cs.wants_body() && next < cs.end {
+        let version = lag.version();
+        if let Some((pos, buf)) = lag.pop() {
+            next = pos + buf.len() as u64;
+            let buf = cs.write_piece(client, buf, pos).await;
+            w.bufs.put(buf);
+            continue;
+        }
+        match (lag.ended(), lag.from()) {
+            (Some(Err(e)), _) => cs.error = Some(e),
+            (_, Some(from)) => {
+                debug_assert_eq!(from, next);
+                rest_from_owner(client, &mut cs, next, resp, kind, target, w).await;
+                break;
+            }
+            (Some(Ok(())), None) => {
+                cs.finish(client).await;
+                break;
+            }
+            (None, None) => lag.changed(version).await,
+        }
     }
-    cs.finish(client).await;
-    cs.outcome(op)
+    lag.client_gone();
+    cs
+}
+
+/// Serves a detached client the body from byte `next` on from the owner's fill (which
+/// this node's PUT is writing; the KV GET joins it), then ends the body. The owner's
+/// copy must be the representation the client started (same validators and length):
+/// an older entry the fill has not replaced yet cuts the client instead.
+#[allow(clippy::too_many_arguments)]
+async fn rest_from_owner<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    cs: &mut ClientSide,
+    next: u64,
+    resp: &ResponseHead,
+    kind: BodyKind,
+    target: &Target<'_>,
+    w: &Worker,
+) {
+    let found = match peer::get(w, target.cluster, target.node, &target.key, false).await {
+        Ok(Lookup::Found(f)) => *f,
+        Ok(Lookup::Miss { .. }) => {
+            cs.error = Some("fell behind the fill, and the owner has no entry".into());
+            return;
+        }
+        Err(e) => {
+            cs.error = Some(format!("fell behind the fill, and the owner failed: {e:?}"));
+            return;
+        }
+    };
+    let same_length = match (kind, found.kind) {
+        (BodyKind::Length(a), BodyKind::Length(b)) => a == b,
+        (BodyKind::Length(_), _) => false,
+        _ => true,
+    };
+    if validators_of(&found.meta) != Validators::from_headers(&resp.headers) || !same_length {
+        cs.error = Some("fell behind the fill, and the owner still holds an older copy".into());
+        return;
+    }
+    let Found {
+        mut conn,
+        kind,
+        keep_alive,
+        ..
+    } = found;
+    let stall = owner_stall(w);
+    let mut reader = BodyReader::new(kind);
+    let mut buf = w.bufs.get();
+    let mut pos = 0u64; // position in the owner's body
+    let result = loop {
+        if pos >= cs.end {
+            break Ok(());
+        }
+        let n = match peer::read_body(&mut reader, &mut conn.conn, &mut buf, stall).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => n as u64,
+            Err(e) => break Err(format!("owner's body failed: {e}")),
+        };
+        if pos + n > next {
+            // Skip what the client already has (once, at the switch).
+            let skip = next.saturating_sub(pos) as usize;
+            if skip > 0 {
+                buf.drain(..skip);
+            }
+            buf = cs.write_piece(client, buf, pos + skip as u64).await;
+            if cs.error.is_some() {
+                break Ok(());
+            }
+        }
+        pos += n;
+    };
+    w.bufs.put(buf);
+    if reader.is_done() && keep_alive {
+        w.upstream.release(conn);
+    }
+    match result {
+        Err(e) => cs.error = Some(e),
+        Ok(()) if cs.error.is_none() && pos < cs.end && !reader.is_done() => {
+            cs.error = Some(format!("owner's body ended at byte {pos}"));
+        }
+        Ok(()) => cs.finish(client).await,
+    }
+}
+
+/// How long a cut PUT waits for the owner to notice.
+const PUT_ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Cuts a PUT short: ends our side of its connection (an incomplete body, RFC 9112 §8)
+/// and waits, bounded, until the owner has answered and closed it. Its fill has failed
+/// then, before our client sees the cut: a request the client sends right after cannot
+/// join that doomed fill.
+async fn abort_put(put: Option<(UpstreamConn, BodyWriter)>) {
+    let Some((mut up, _)) = put else {
+        return;
+    };
+    let _ = up.conn.io.shutdown().await;
+    let drained = async {
+        while let Ok(n) = up.conn.fill().await {
+            if n == 0 {
+                break;
+            }
+            let all = up.conn.buffered().len();
+            up.conn.consume(all);
+        }
+    };
+    let _ = monoio::time::timeout(PUT_ABORT_WAIT, drained).await;
 }
 
 async fn finish_put(

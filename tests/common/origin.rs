@@ -96,6 +96,8 @@ pub struct Response {
     pub body_delay: Duration,
     /// Wait this long between chunks (chunked bodies) or blocks (generated bodies).
     pub chunk_delay: Duration,
+    /// Wait this long before the last chunk (`0\r\n\r\n`) of a chunked body.
+    pub end_delay: Duration,
     pub fault: Option<Fault>,
 }
 
@@ -109,6 +111,7 @@ impl Response {
             head_delay: Duration::ZERO,
             body_delay: Duration::ZERO,
             chunk_delay: Duration::ZERO,
+            end_delay: Duration::ZERO,
             fault: None,
         }
     }
@@ -158,6 +161,10 @@ impl Response {
     }
     pub fn chunk_delay(mut self, d: Duration) -> Response {
         self.chunk_delay = d;
+        self
+    }
+    pub fn end_delay(mut self, d: Duration) -> Response {
+        self.end_delay = d;
         self
     }
     pub fn fault(mut self, f: Fault) -> Response {
@@ -550,6 +557,10 @@ fn write_response(
         return Ok(Next::Close);
     }
     if chunked {
+        if !resp.end_delay.is_zero() {
+            s.flush()?;
+            thread::sleep(resp.end_delay);
+        }
         s.write_all(b"0\r\n\r\n")?;
     }
     if resp.status == 200 {
