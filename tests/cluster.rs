@@ -108,7 +108,18 @@ fn keys_live_on_their_owners_and_every_node_serves_every_key() {
         let origin = Origin::standard();
         let c = Cluster::start(3);
         let o = origin.authority();
-        let paths: Vec<String> = (0..12).map(|i| format!("/static/key-{i}")).collect();
+        // At least 12 keys, and enough that every node owns at least 2 of them (which
+        // ones a node owns depends on this run's node addresses).
+        let mut paths: Vec<String> = Vec::new();
+        let mut owned = [0usize; 3];
+        for i in 0..1000 {
+            if paths.len() >= 12 && owned.iter().all(|&n| n >= 2) {
+                break;
+            }
+            let path = format!("/static/key-{i}");
+            owned[c.owner(&origin.url(&path))] += 1;
+            paths.push(path);
+        }
         for (i, path) in paths.iter().enumerate() {
             // First request through any node fills the owner.
             let r = fetch(c.nodes[i % 3].addr(), &o, path);
@@ -132,18 +143,17 @@ fn keys_live_on_their_owners_and_every_node_serves_every_key() {
         let n = paths.len() as u64;
         assert_eq!(settled(|| origin.full_bodies(), n), n);
         assert_eq!(settled(|| origin.not_modified(), 3 * n), 3 * n);
-        let mut owned = [0usize; 3];
         for path in &paths {
             let url = origin.url(path);
             let owner = c.owner(&url);
-            owned[owner] += 1;
             for (i, node) in c.nodes.iter().enumerate() {
                 assert_eq!(stored_in(node.dir(), &url), i == owner, "{url} on node {i}");
             }
         }
         assert!(
-            owned.iter().all(|&n| n > 0),
-            "12 keys over 3 nodes: {owned:?}"
+            owned.iter().all(|&n| n >= 2),
+            "{} keys over 3 nodes: {owned:?}",
+            paths.len()
         );
     });
 }

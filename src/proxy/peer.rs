@@ -234,6 +234,9 @@ pub async fn get(
             drain_and_release(w, up, &resp, "GET").await;
             Ok(Lookup::Miss { claimed })
         }
+        401 => Err(PeerError::Refused(
+            "answered 401 to a KV GET: is its cluster secret the same?".into(),
+        )),
         s => Err(PeerError::Refused(format!("answered {s} to a KV GET"))),
     }
 }

@@ -70,7 +70,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         }
         Err(PeerError::Refused(e)) => {
             log::warn!(
-                "cluster: node {} refused a KV GET ({e}); is its secret the same? serving uncached",
+                "cluster: node {} gave no usable KV GET answer ({e}); serving uncached",
                 node.name
             );
             return forward(client, req, uri, w, owner_down).await;
