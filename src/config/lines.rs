@@ -60,6 +60,8 @@ impl KeyLines {
             if indent == 0 && content.starts_with('%') {
                 continue;
             }
+            // The root node (path "") starts on the first line with content.
+            found.record("", line_no);
 
             let mut column = indent;
             let mut rest = content;
@@ -116,6 +118,18 @@ impl KeyLines {
             let cut = path.rfind(['.', '['])?;
             path = &path[..cut];
         }
+    }
+
+    /// The first key called `name` at any depth: its path and line.
+    pub(crate) fn first_key_named(&self, name: &str) -> Option<(&str, usize)> {
+        self.lines
+            .iter()
+            .filter(|(path, _)| {
+                let last = path.rsplit(['.', ']']).next().unwrap_or(path);
+                last == name
+            })
+            .map(|(path, &line)| (path.as_str(), line))
+            .min_by_key(|&(path, line)| (line, path))
     }
 
     fn record(&mut self, path: &str, line: usize) {
