@@ -161,6 +161,7 @@ seeds["config"].update({
     "merge-key": b"base: &b\n  dir: ./c\n  limit: 1GB\naddr: 127.0.0.1:8080\ndisk:\n  <<: *b\n",
     "merge-key-bad": b"addr: 127.0.0.1:8080\n<<: 5\n",
     "invalid-yaml": b"addr: [\n",
+    "yaml-error-at-eof": b"addr: 127.0.0.1:8080\nworke",
     "typo": b"addr: 127.0.0.1:8080\nrules:\n  - pattern: x\n    ignore_parameters: [a]\n",
     "bad-regex": b"addr: 127.0.0.1:8080\nrules:\n  - pattern: '(unclosed'\n",
     "bad-size": b"addr: 127.0.0.1:8080\ndisk:\n  dir: ./c\n  limit: 50XB\n",

@@ -296,7 +296,11 @@ pub fn parse_offline(text: &str) -> Result<Config, ConfigError> {
 
 fn parse_with(text: &str, resolve: Resolve) -> Result<Config, ConfigError> {
     let mut root: Value = serde_yaml_ng::from_str(text).map_err(|err| {
-        let line = err.location().map(|location| location.line());
+        // libyaml places errors at the end of the input on the line after the last one
+        // (as if the text ended with a line break): name the last line instead.
+        let line = err
+            .location()
+            .map(|location| location.line().min(line_count(text)));
         ConfigError::single(Problem {
             key: String::new(),
             line,
@@ -344,6 +348,24 @@ impl ConfigError {
             file: None,
         }
     }
+}
+
+/// Lines of `text` as YAML counts them: line breaks are CRLF, CR, LF, and (YAML 1.1,
+/// which libyaml follows) NEL, LS and PS.
+fn line_count(text: &str) -> usize {
+    let mut lines = 1;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                chars.next_if_eq(&'\n');
+                lines += 1;
+            }
+            '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => lines += 1,
+            _ => {}
+        }
+    }
+    lines
 }
 
 /// An `addr` as written: a resolved socket address, and whether the host was

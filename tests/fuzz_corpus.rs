@@ -145,6 +145,13 @@ fn config_problems_name_a_key_or_line_on_one_line_each() {
             shown,
             "line 3: expected a mapping of settings, found a list"
         );
+        // A YAML error at the end of the input: on its last line, not the one after
+        // (libyaml's position), whatever the line ends (crash-eb062b7d in the corpus).
+        for text in ["addr: 1\nworke", "addr: 1\r\nworke", "addr: 1\rworke"] {
+            let (p, shown) = problem(text);
+            assert_eq!((p.key.as_str(), p.line), ("", Some(2)), "{text:?}: {shown}");
+            assert!(p.message.starts_with("invalid YAML"), "{shown}");
+        }
         // A quoted key holding a line break is shown escaped (the key-line scanner does
         // not follow quoted keys, so no line here).
         let (p, shown) = problem("addr: 127.0.0.1:8080\n\"a\\nb\": 1\n");
