@@ -152,6 +152,21 @@ fn config_problems_name_a_key_or_line_on_one_line_each() {
             assert_eq!((p.key.as_str(), p.line), ("", Some(2)), "{text:?}: {shown}");
             assert!(p.message.starts_with("invalid YAML"), "{shown}");
         }
+        // `...x` and `---x` are plain scalars, not document markers (YAML 1.2 §9.2):
+        // the document starts on their line (crash-e06bd66a in the corpus); after a
+        // marker, on the marker's line.
+        for (text, line) in [("...add]:8080'\n", 1), ("# c\n---x\n", 2), ("--- [1]\n", 1)] {
+            let (p, shown) = problem(text);
+            assert_eq!(
+                (p.key.as_str(), p.line),
+                ("", Some(line)),
+                "{text:?}: {shown}"
+            );
+            assert!(
+                p.message.starts_with("expected a mapping of settings"),
+                "{shown}"
+            );
+        }
         // A quoted key holding a line break is shown escaped (the key-line scanner does
         // not follow quoted keys, so no line here).
         let (p, shown) = problem("addr: 127.0.0.1:8080\n\"a\\nb\": 1\n");

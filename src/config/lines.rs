@@ -52,9 +52,18 @@ impl KeyLines {
             if content.is_empty() {
                 continue;
             }
-            // Document markers and directives (§9.2, §6.8) start over.
-            if indent == 0 && (content.starts_with("---") || content.starts_with("...")) {
+            // Document markers and directives (§9.2, §6.8) start over. A marker is
+            // `---` or `...` alone or before whitespace (`---x` is a plain scalar).
+            let marker = ["---", "..."].iter().find_map(|m| {
+                let after = content.strip_prefix(m)?;
+                (after.is_empty() || after.starts_with([' ', '\t'])).then_some(after)
+            });
+            if let (0, Some(after)) = (indent, marker) {
                 stack.clear();
+                // `--- value`: the root node starts on the marker's line.
+                if !after.trim().is_empty() {
+                    found.record("", line_no);
+                }
                 continue;
             }
             if indent == 0 && content.starts_with('%') {
