@@ -162,6 +162,7 @@ seeds["config"].update({
     "merge-key-bad": b"addr: 127.0.0.1:8080\n<<: 5\n",
     "invalid-yaml": b"addr: [\n",
     "yaml-error-at-eof": b"addr: 127.0.0.1:8080\nworke",
+    "two-documents": b"addr: :1\n---\naddr: :2\n",
     "typo": b"addr: 127.0.0.1:8080\nrules:\n  - pattern: x\n    ignore_parameters: [a]\n",
     "bad-regex": b"addr: 127.0.0.1:8080\nrules:\n  - pattern: '(unclosed'\n",
     "bad-size": b"addr: 127.0.0.1:8080\ndisk:\n  dir: ./c\n  limit: 50XB\n",

@@ -295,19 +295,23 @@ pub fn parse_offline(text: &str) -> Result<Config, ConfigError> {
 }
 
 fn parse_with(text: &str, resolve: Resolve) -> Result<Config, ConfigError> {
+    let lines = KeyLines::scan(text);
     let mut root: Value = serde_yaml_ng::from_str(text).map_err(|err| {
         // libyaml places errors at the end of the input on the line after the last one
-        // (as if the text ended with a line break): name the last line instead.
+        // (as if the text ended with a line break): name the last line instead. Errors
+        // without a position (a second document, too many alias repetitions) name where
+        // the second document or else the first starts.
         let line = err
             .location()
-            .map(|location| location.line().min(line_count(text)));
+            .map(|location| location.line().min(line_count(text)))
+            .or_else(|| lines.second_document())
+            .or_else(|| lines.line_of(""));
         ConfigError::single(Problem {
             key: String::new(),
             line,
             message: format!("invalid YAML: {err}"),
         })
     })?;
-    let lines = KeyLines::scan(text);
     // yaml.v3 (the original's parser) honours `<<` merge keys.
     root.apply_merge().map_err(|err| {
         // The error does not say which `<<`: name the first one found.

@@ -167,6 +167,29 @@ fn config_problems_name_a_key_or_line_on_one_line_each() {
                 "{shown}"
             );
         }
+        // YAML errors without a position: a second document (crash-a5cd0ce6 in the
+        // corpus) names where it starts; too many alias repetitions the first line.
+        for (text, line) in [
+            ("addr: :1\n---\naddr: :2\n", 2),
+            ("# c\naddr: :1\n...\n# c\naddr: :2\n", 5),
+            ("--- 1\n--- 2\n", 2),
+        ] {
+            let (p, shown) = problem(text);
+            assert_eq!(
+                (p.key.as_str(), p.line),
+                ("", Some(line)),
+                "{text:?}: {shown}"
+            );
+            assert!(p.message.contains("more than one document"), "{shown}");
+        }
+        let mut bomb = String::from("# c\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..8 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let (p, shown) = problem(&bomb);
+        assert_eq!((p.key.as_str(), p.line), ("", Some(2)), "{shown}");
+        assert!(p.message.contains("repetition limit"), "{shown}");
         // A quoted key holding a line break is shown escaped (the key-line scanner does
         // not follow quoted keys, so no line here).
         let (p, shown) = problem("addr: 127.0.0.1:8080\n\"a\\nb\": 1\n");

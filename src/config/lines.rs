@@ -17,6 +17,8 @@ use std::collections::HashMap;
 #[derive(Debug, Default)]
 pub(crate) struct KeyLines {
     lines: HashMap<String, usize>,
+    /// Where a second YAML document starts, if the text holds more than one.
+    second_document: Option<usize>,
 }
 
 /// One open block node: a mapping key or a sequence item.
@@ -37,6 +39,8 @@ impl KeyLines {
         // While inside a block scalar (`key: |`), lines indented deeper than
         // this column are its content, not keys.
         let mut block_scalar_above: Option<usize> = None;
+        // A `...` marker ended a document: content after it starts another.
+        let mut document_ended = false;
 
         for (index, raw) in text.lines().enumerate() {
             let line_no = index + 1;
@@ -60,6 +64,11 @@ impl KeyLines {
             });
             if let (0, Some(after)) = (indent, marker) {
                 stack.clear();
+                let started = found.lines.contains_key("");
+                if content.starts_with("---") && started {
+                    found.second_document.get_or_insert(line_no);
+                }
+                document_ended |= content.starts_with("...") && started;
                 // `--- value`: the root node starts on the marker's line.
                 if !after.trim().is_empty() {
                     found.record("", line_no);
@@ -68,6 +77,9 @@ impl KeyLines {
             }
             if indent == 0 && content.starts_with('%') {
                 continue;
+            }
+            if document_ended {
+                found.second_document.get_or_insert(line_no);
             }
             // The root node (path "") starts on the first line with content.
             found.record("", line_no);
@@ -127,6 +139,12 @@ impl KeyLines {
             let cut = path.rfind(['.', '['])?;
             path = &path[..cut];
         }
+    }
+
+    /// The line where a second document starts (serde_yaml_ng refuses such text
+    /// without saying where).
+    pub(crate) fn second_document(&self) -> Option<usize> {
+        self.second_document
     }
 
     /// The first key called `name` at any depth: its path and line.
