@@ -303,7 +303,7 @@ fn parse_with(text: &str, resolve: Resolve) -> Result<Config, ConfigError> {
         // the second document or else the first starts.
         let line = err
             .location()
-            .map(|location| location.line().min(line_count(text)))
+            .map(|location| location.line().min(lines::yaml_lines(text).count()))
             .or_else(|| lines.second_document())
             .or_else(|| lines.line_of(""));
         ConfigError::single(Problem {
@@ -352,24 +352,6 @@ impl ConfigError {
             file: None,
         }
     }
-}
-
-/// Lines of `text` as YAML counts them: line breaks are CRLF, CR, LF, and (YAML 1.1,
-/// which libyaml follows) NEL, LS and PS.
-fn line_count(text: &str) -> usize {
-    let mut lines = 1;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\r' => {
-                chars.next_if_eq(&'\n');
-                lines += 1;
-            }
-            '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => lines += 1,
-            _ => {}
-        }
-    }
-    lines
 }
 
 /// An `addr` as written: a resolved socket address, and whether the host was

@@ -190,6 +190,11 @@ fn config_problems_name_a_key_or_line_on_one_line_each() {
         let (p, shown) = problem(&bomb);
         assert_eq!((p.key.as_str(), p.line), ("", Some(2)), "{shown}");
         assert!(p.message.contains("repetition limit"), "{shown}");
+        // Lines end at CR alone too, as in YAML (crash-a2668d18 in the corpus).
+        let (p, shown) = problem("# c\r- a\r");
+        assert_eq!((p.key.as_str(), p.line), ("", Some(2)), "{shown}");
+        let (p, shown) = problem("addr: :1\r# c\u{2028}bogus: 1\r\n");
+        assert_eq!((p.key.as_str(), p.line), ("bogus", Some(3)), "{shown}");
         // A quoted key holding a line break is shown escaped (the key-line scanner does
         // not follow quoted keys, so no line here).
         let (p, shown) = problem("addr: 127.0.0.1:8080\n\"a\\nb\": 1\n");

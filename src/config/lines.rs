@@ -21,6 +21,31 @@ pub(crate) struct KeyLines {
     second_document: Option<usize>,
 }
 
+/// The lines of `text` split at YAML line breaks: CRLF, CR, LF, and (YAML 1.1, which
+/// libyaml follows, so its error lines count them) NEL, LS and PS. Like `str::split`,
+/// text ending with a break yields a last, empty line.
+pub(crate) fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match text.find(['\r', '\n', '\u{85}', '\u{2028}', '\u{2029}']) {
+            Some(at) => {
+                let brk = if text[at..].starts_with("\r\n") {
+                    2
+                } else {
+                    text[at..].chars().next().map_or(1, char::len_utf8)
+                };
+                rest = Some(&text[at + brk..]);
+                Some(&text[..at])
+            }
+            None => {
+                rest = None;
+                Some(text)
+            }
+        }
+    })
+}
+
 /// One open block node: a mapping key or a sequence item.
 struct Frame {
     /// Column of the key, or of the `-` of a sequence item.
@@ -42,7 +67,7 @@ impl KeyLines {
         // A `...` marker ended a document: content after it starts another.
         let mut document_ended = false;
 
-        for (index, raw) in text.lines().enumerate() {
+        for (index, raw) in yaml_lines(text).enumerate() {
             let line_no = index + 1;
             let indent = raw.len() - raw.trim_start_matches(' ').len();
             let content = strip_comment(&raw[indent..]).trim_end();
