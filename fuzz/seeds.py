@@ -134,6 +134,9 @@ seeds = {
         "etag-and-header-json": b'{"etag":"\\"a\\"","headers":[["etag","\\"b\\""]]}',
         "null-status-json": b'{"etag":"","status":null,"headers":[]}',
         "wrong-type-json": b'{"etag":5}',
+        # Read as a stored response too: NUL-separated name, value, name, value.
+        "entry-fields": b'ETag\x00"v1"\x00Content-Type\x00text/plain\x00X-Bytes\x00\x80\xff"\\ \xc3\xa9',
+        "entry-weak-etag": b'etag\x00 W/"w" \x00Content-Length\x005',
     },
     "config": {},
 }
