@@ -174,7 +174,15 @@ impl Problem {
             (None, None) => {}
         }
         if !self.key.is_empty() {
-            write!(f, "{}: ", self.key)?;
+            // A quoted YAML key may hold a line break: keep each problem on one line.
+            for c in self.key.chars() {
+                if c.is_control() {
+                    write!(f, "{}", c.escape_default())?;
+                } else {
+                    write!(f, "{c}")?;
+                }
+            }
+            f.write_str(": ")?;
         }
         f.write_str(&self.message)
     }
@@ -278,8 +286,41 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates config text.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    parse_with(text, system_resolve)
+}
+
+/// Resolves `host` (not an IP literal) and `port` to socket addresses.
+type Resolve = fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>;
+
+fn system_resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    Ok((host, port).to_socket_addrs()?.collect())
+}
+
+/// [`parse`] without DNS: `localhost` is 127.0.0.1 and any other hostname fails to
+/// resolve, so the result depends on the text alone (for the fuzz targets, `fuzzing`).
+#[doc(hidden)]
+pub fn parse_offline(text: &str) -> Result<Config, ConfigError> {
+    parse_with(text, |host, port| {
+        if host.eq_ignore_ascii_case("localhost") {
+            Ok(vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)])
+        } else {
+            Err(std::io::Error::other("no DNS in offline parsing"))
+        }
+    })
+}
+
+fn parse_with(text: &str, resolve: Resolve) -> Result<Config, ConfigError> {
+    let lines = KeyLines::scan(text);
     let mut root: Value = serde_yaml_ng::from_str(text).map_err(|err| {
-        let line = err.location().map(|location| location.line());
+        // libyaml places errors at the end of the input on the line after the last one
+        // (as if the text ended with a line break): name the last line instead. Errors
+        // without a position (a second document, too many alias repetitions) name where
+        // the second document or else the first starts.
+        let line = err
+            .location()
+            .map(|location| location.line().min(lines::yaml_lines(text).count()))
+            .or_else(|| lines.second_document())
+            .or_else(|| lines.line_of(""));
         ConfigError::single(Problem {
             key: String::new(),
             line,
@@ -288,16 +329,23 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     })?;
     // yaml.v3 (the original's parser) honours `<<` merge keys.
     root.apply_merge().map_err(|err| {
+        // The error does not say which `<<`: name the first one found.
+        let (key, line) = lines
+            .first_key_named("<<")
+            .map_or(("<<".to_owned(), None), |(key, line)| {
+                (key.to_owned(), Some(line))
+            });
         ConfigError::single(Problem {
-            key: String::new(),
-            line: None,
+            key,
+            line,
             message: format!("invalid YAML merge key: {err}"),
         })
     })?;
 
     let mut checker = Checker {
-        lines: KeyLines::scan(text),
+        lines,
         problems: Vec::new(),
+        resolve,
     };
     match checker.config(&root) {
         Some(config) if checker.problems.is_empty() => Ok(config),
@@ -332,6 +380,7 @@ struct ParsedAddr {
 struct Checker {
     lines: KeyLines,
     problems: Vec<Problem>,
+    resolve: Resolve,
 }
 
 impl Checker {
@@ -457,7 +506,7 @@ impl Checker {
 
     fn addr(&mut self, value: &Value, path: &str) -> Option<ParsedAddr> {
         let text = self.string(value, path, "an address such as 127.0.0.1:8080")?;
-        match parse_addr(&text) {
+        match parse_addr(&text, self.resolve) {
             Ok(addr) => Some(addr),
             Err(reason) => {
                 self.report(path, format!("invalid address {text:?}: {reason}"));
@@ -841,7 +890,7 @@ fn default_workers() -> usize {
 
 /// Parses `:port`, `ip:port`, `[ipv6]:port` or `host:port` (resolved now,
 /// preferring IPv4).
-fn parse_addr(text: &str) -> Result<ParsedAddr, String> {
+fn parse_addr(text: &str, resolve: Resolve) -> Result<ParsedAddr, String> {
     if let Some(port) = text.strip_prefix(':').filter(|port| !port.contains(':')) {
         // Go's `net.Listen(":8080")`: every interface.
         return Ok(ParsedAddr {
@@ -865,10 +914,8 @@ fn parse_addr(text: &str) -> Result<ParsedAddr, String> {
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err("expected host:port, e.g. 127.0.0.1:8080 or :8080".to_owned());
     }
-    let candidates: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|err| format!("cannot resolve host {host:?}: {err}"))?
-        .collect();
+    let candidates =
+        resolve(host, port).map_err(|err| format!("cannot resolve host {host:?}: {err}"))?;
     let socket = candidates
         .iter()
         .find(|addr| addr.is_ipv4())

@@ -3,6 +3,9 @@ pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod driver;
+/// Property checks for the fuzz targets and their corpus replay (not used by the proxy).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod proxy;
 pub mod server;

@@ -17,6 +17,33 @@ use std::collections::HashMap;
 #[derive(Debug, Default)]
 pub(crate) struct KeyLines {
     lines: HashMap<String, usize>,
+    /// Where a second YAML document starts, if the text holds more than one.
+    second_document: Option<usize>,
+}
+
+/// The lines of `text` split at YAML line breaks: CRLF, CR, LF, and (YAML 1.1, which
+/// libyaml follows, so its error lines count them) NEL, LS and PS. Like `str::split`,
+/// text ending with a break yields a last, empty line.
+pub(crate) fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match text.find(['\r', '\n', '\u{85}', '\u{2028}', '\u{2029}']) {
+            Some(at) => {
+                let brk = if text[at..].starts_with("\r\n") {
+                    2
+                } else {
+                    text[at..].chars().next().map_or(1, char::len_utf8)
+                };
+                rest = Some(&text[at + brk..]);
+                Some(&text[..at])
+            }
+            None => {
+                rest = None;
+                Some(text)
+            }
+        }
+    })
 }
 
 /// One open block node: a mapping key or a sequence item.
@@ -37,8 +64,10 @@ impl KeyLines {
         // While inside a block scalar (`key: |`), lines indented deeper than
         // this column are its content, not keys.
         let mut block_scalar_above: Option<usize> = None;
+        // A `...` marker ended a document: content after it starts another.
+        let mut document_ended = false;
 
-        for (index, raw) in text.lines().enumerate() {
+        for (index, raw) in yaml_lines(text).enumerate() {
             let line_no = index + 1;
             let indent = raw.len() - raw.trim_start_matches(' ').len();
             let content = strip_comment(&raw[indent..]).trim_end();
@@ -52,14 +81,33 @@ impl KeyLines {
             if content.is_empty() {
                 continue;
             }
-            // Document markers and directives (§9.2, §6.8) start over.
-            if indent == 0 && (content.starts_with("---") || content.starts_with("...")) {
+            // Document markers and directives (§9.2, §6.8) start over. A marker is
+            // `---` or `...` alone or before whitespace (`---x` is a plain scalar).
+            let marker = ["---", "..."].iter().find_map(|m| {
+                let after = content.strip_prefix(m)?;
+                (after.is_empty() || after.starts_with([' ', '\t'])).then_some(after)
+            });
+            if let (0, Some(after)) = (indent, marker) {
                 stack.clear();
+                let started = found.lines.contains_key("");
+                if content.starts_with("---") && started {
+                    found.second_document.get_or_insert(line_no);
+                }
+                document_ended |= content.starts_with("...") && started;
+                // `--- value`: the root node starts on the marker's line.
+                if !after.trim().is_empty() {
+                    found.record("", line_no);
+                }
                 continue;
             }
             if indent == 0 && content.starts_with('%') {
                 continue;
             }
+            if document_ended {
+                found.second_document.get_or_insert(line_no);
+            }
+            // The root node (path "") starts on the first line with content.
+            found.record("", line_no);
 
             let mut column = indent;
             let mut rest = content;
@@ -116,6 +164,24 @@ impl KeyLines {
             let cut = path.rfind(['.', '['])?;
             path = &path[..cut];
         }
+    }
+
+    /// The line where a second document starts (serde_yaml_ng refuses such text
+    /// without saying where).
+    pub(crate) fn second_document(&self) -> Option<usize> {
+        self.second_document
+    }
+
+    /// The first key called `name` at any depth: its path and line.
+    pub(crate) fn first_key_named(&self, name: &str) -> Option<(&str, usize)> {
+        self.lines
+            .iter()
+            .filter(|(path, _)| {
+                let last = path.rsplit(['.', ']']).next().unwrap_or(path);
+                last == name
+            })
+            .map(|(path, &line)| (path.as_str(), line))
+            .min_by_key(|&(path, line)| (line, path))
     }
 
     fn record(&mut self, path: &str, line: usize) {

@@ -374,7 +374,7 @@ fn bad_configs_name_key_and_line() {
             "missing required key",
         ),
         ("addr: :1\ndisk: /tmp\n", "disk", Some(2), "expected a mapping"),
-        ("- addr: :1\n", "", None, "expected a mapping of settings"),
+        ("- addr: :1\n", "", Some(1), "expected a mapping of settings"),
     ];
     for &(text, key, line, needle) in cases {
         assert_problem(text, key, line, needle);
