@@ -6,8 +6,7 @@
 mod common;
 
 use common::cached::{
-    assert_hit, assert_served, assert_stored, cache_status, entry_files, etag_of, fetch,
-    wait_until, COUNTER_LAG,
+    assert_hit, assert_served, assert_stored, cache_status, entry_files, etag_of, fetch, wait_until,
 };
 
 use common::gen::Verifier;
@@ -143,8 +142,7 @@ fn is_conditional(req: &OReq) -> bool {
 
 /// Asserts the origin served `full` complete 200 bodies.
 fn assert_full_bodies(origin: &Origin, full: u64) {
-    wait_until(COUNTER_LAG, || origin.full_bodies() == full);
-    assert_eq!(origin.full_bodies(), full, "origin full bodies");
+    assert_eq!(origin.settled().full_bodies, full, "origin full bodies");
 }
 
 /// Sizes of the regular files under `dir` by inode (files vanishing mid-walk ignored).

@@ -7,7 +7,6 @@ mod common;
 
 use common::cached::{
     assert_hit, assert_served, assert_stored, cache_status, entry_files, fetch, wait_until,
-    COUNTER_LAG,
 };
 use common::gen::Verifier;
 use common::origin::{Request as OReq, Response as OResp};
@@ -52,10 +51,13 @@ fn assert_generated(body: &[u8], len: u64) {
     v.assert_complete(len);
 }
 
-/// Waits until the origin has written exactly `bytes` body bytes in all, then asserts it.
+/// Asserts the origin wrote exactly `bytes` body bytes in all, once its counters settled.
 fn assert_body_bytes(origin: &Origin, bytes: u64) {
-    wait_until(COUNTER_LAG, || origin.body_bytes() == bytes);
-    assert_eq!(origin.body_bytes(), bytes, "body bytes the origin sent");
+    assert_eq!(
+        origin.settled().body_bytes,
+        bytes,
+        "body bytes the origin sent"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -320,6 +320,22 @@ fn drain_lines(r: impl Read, mut each: impl FnMut(&str)) {
     }
 }
 
+/// Waits until `addr` can be bound (std sets SO_REUSEADDR, as a restart needs: only a
+/// listener still open on the port refuses it); false on timeout. The port state is the
+/// signal that a killed process's listener is gone.
+pub fn wait_port_free(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(EXIT_POLL);
+    }
+}
+
 /// Finds `listening on <ip:port>` in a log line.
 pub fn parse_listening(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("listening on ")? + "listening on ".len()..];
