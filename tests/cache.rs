@@ -215,6 +215,7 @@ impl Sampler {
                         peak.fetch_max(v, Ordering::SeqCst);
                         samples.fetch_add(1, Ordering::SeqCst);
                     }
+                    // The sampling period, not synchronisation: nothing waits on it.
                     thread::sleep(SAMPLE_EVERY);
                 }
             })

@@ -443,7 +443,8 @@ fn out_of_fds_pauses_accept_with_one_warning_and_keeps_serving() {
             proxy.wait_log("accept", Duration::from_millis(200));
         }
         // A window of 2.5 s in the episode (pauses of 0.1 s doubling to 1 s, so at least
-        // 4 more failed accepts happen in it): the warning stays one line.
+        // 4 more failed accepts happen in it): the warning stays one line. An observation
+        // window for something that must NOT happen, not synchronisation: no signal exists.
         std::thread::sleep(Duration::from_millis(2500));
         assert_eq!(accept_warnings(&proxy), 1, "{}", proxy.log());
         // The connection opened before is served throughout.

@@ -49,6 +49,7 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
+        // The poll interval of a wait on `f`, the signal; not a wait of its own.
         thread::sleep(Duration::from_millis(5));
     }
 }

@@ -293,8 +293,10 @@ fn spawn_ready(
         outcome => {
             let _ = child.kill();
             let status = child.wait();
-            // Give the drain thread a moment to store the last lines before printing.
-            thread::sleep(Duration::from_millis(100));
+            if outcome.is_err() {
+                // The stderr reader reports its end (None) once it stored the last line.
+                let _ = rx.recv_timeout(Duration::from_secs(2));
+            }
             panic!(
                 "chacha did not report `listening on` ({}; exit {status:?}); log:\n{}",
                 if outcome.is_err() {

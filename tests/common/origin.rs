@@ -471,6 +471,8 @@ enum Next {
 }
 
 /// Writes one response and says whether the connection may carry another request.
+/// Its sleeps (`head_delay`, `body_delay`, `chunk_delay`, `end_delay`) are the origin's
+/// scripted slowness that a test asks for, not synchronisation: nothing waits on them.
 fn write_response(
     w: &mut Wire,
     req: &Request,
