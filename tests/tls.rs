@@ -427,9 +427,9 @@ fn failed_tunnels_close_cleanly_and_leak_nothing() {
             "fds {} > baseline {baseline}",
             fd_count(s.chacha.pid())
         );
-        let log = s.chacha.log();
-        assert!(log.contains("client TLS handshake failed"), "{log}");
-        assert!(log.contains("no TLS handshake within"), "{log}");
+        for line in ["client TLS handshake failed", "no TLS handshake within"] {
+            assert!(s.chacha.wait_log(line, CLOSE_WAIT), "{}", s.chacha.log());
+        }
     });
 }
 
