@@ -15,6 +15,7 @@ use chacha::cache::key::{cache_key, key_hash};
 use chacha::cache::meta::entry_path;
 use chacha::cluster::{base64, pick};
 use chacha::http::uri::parse_absolute;
+use common::cached::wait_until;
 use common::origin::{self, Response};
 use common::{get, with_deadline, Chacha, Conn, Origin};
 
@@ -85,17 +86,6 @@ fn stored_in(dir: &std::path::Path, url: &str) -> bool {
     entry_path(dir, key_hash(&key_of(url))).exists()
 }
 
-/// An origin counter once it reached `want` (or after 2 s): the origin counts a
-/// response after writing it, so the count may trail the client by a moment.
-fn settled(count: impl Fn() -> u64, want: u64) -> u64 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while count() < want && std::time::Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
-    thread::sleep(Duration::from_millis(50)); // and nothing more arrives
-    count()
-}
-
 fn fetch(addr: SocketAddr, authority: &str, path: &str) -> common::Response {
     Conn::connect(addr)
         .request(get(authority, path))
@@ -141,8 +131,8 @@ fn keys_live_on_their_owners_and_every_node_serves_every_key() {
             }
         }
         let n = paths.len() as u64;
-        assert_eq!(settled(|| origin.full_bodies(), n), n);
-        assert_eq!(settled(|| origin.not_modified(), 3 * n), 3 * n);
+        let served = origin.settled();
+        assert_eq!((served.full_bodies, served.not_modified), (n, 3 * n));
         for path in &paths {
             let url = origin.url(path);
             let owner = c.owner(&url);
@@ -193,7 +183,7 @@ fn concurrent_cold_requests_at_every_node_share_one_origin_fetch() {
                 .collect();
             let statuses: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
             assert_eq!(
-                settled(|| origin.full_bodies(), round + 1),
+                origin.settled().full_bodies,
                 round + 1,
                 "round {round}: {statuses:?}"
             );
@@ -373,27 +363,42 @@ fn a_dead_owner_never_fails_a_client_and_its_disk_serves_again_after_restart() {
             assert_eq!(fetch(c.nodes[survivors[0]].addr(), &o, path).status(), 200);
         }
         let n = paths.len() as u64;
-        assert_eq!(settled(|| origin.full_bodies(), n), n);
+        assert_eq!(origin.settled().full_bodies, n);
 
         // Clients keep asking the survivors while the owner dies under them.
         let stop = Arc::new(AtomicBool::new(false));
+        // Correct 200s the load thread got so far: the signal that it is under way.
+        let served = Arc::new(AtomicU64::new(0));
         let addrs: Vec<SocketAddr> = survivors.iter().map(|&i| c.nodes[i].addr()).collect();
         let load = {
-            let (stop, o, paths) = (stop.clone(), o.clone(), paths.clone());
+            let (stop, served, o, paths) = (stop.clone(), served.clone(), o.clone(), paths.clone());
             thread::spawn(move || {
-                let mut served = 0u64;
                 while !stop.load(Ordering::SeqCst) {
                     for (i, path) in paths.iter().enumerate() {
                         let r = fetch(addrs[i % addrs.len()], &o, path);
                         assert_eq!(r.status(), 200, "{path}");
                         assert_eq!(r.body, origin::static_body(path), "{path}");
-                        served += 1;
+                        served.fetch_add(1, Ordering::SeqCst);
                     }
                 }
-                served
             })
         };
-        thread::sleep(Duration::from_millis(300));
+        // `n` more correct answers (a whole round over the keys) after `from`.
+        let round_after = |from: u64| {
+            wait_until(Duration::from_secs(20), || {
+                served.load(Ordering::SeqCst) >= from + n || load.is_finished()
+            });
+            let got = served.load(Ordering::SeqCst);
+            assert!(
+                got >= from + n,
+                "the load got {got} answers, wanted {} (its thread ended: {})",
+                from + n,
+                load.is_finished()
+            );
+            served.load(Ordering::SeqCst)
+        };
+        // The owner dies while a round is in progress.
+        let before_kill = round_after(0);
         c.nodes[victim].signal(libc::SIGKILL);
         assert!(c.nodes[victim].wait_exit(Duration::from_secs(5)).is_some());
         for &s in &survivors {
@@ -402,7 +407,10 @@ fn a_dead_owner_never_fails_a_client_and_its_disk_serves_again_after_restart() {
                 "node {s} did not notice"
             );
         }
-        thread::sleep(Duration::from_millis(500));
+        // A whole round of the load is served while the owner is known down.
+        let noticed = served.load(Ordering::SeqCst);
+        assert!(noticed >= before_kill);
+        round_after(noticed);
         // Its keys go uncached meanwhile, and are said to.
         let r = fetch(c.nodes[survivors[0]].addr(), &o, victim_paths[0]);
         assert_eq!(r.status(), 200);
@@ -414,8 +422,14 @@ fn a_dead_owner_never_fails_a_client_and_its_disk_serves_again_after_restart() {
             r.header("cache-status")
         );
 
-        // Back on the same port with the same disk: the survivors notice and use it.
-        thread::sleep(Duration::from_millis(200)); // the killed listener may linger briefly
+        // Back on the same port with the same disk: the survivors notice and use it. The
+        // killed process's listener can outlive it briefly (io_uring releases its files
+        // after the exit): wait until the port can be bound, as chacha's own start checks.
+        let victim_addr = c.nodes[victim].addr();
+        assert!(
+            common::chacha::wait_port_free(victim_addr, Duration::from_secs(10)),
+            "{victim_addr} still in use after the owner was killed"
+        );
         c.nodes[victim].restart();
         for &s in &survivors {
             assert!(
@@ -424,10 +438,9 @@ fn a_dead_owner_never_fails_a_client_and_its_disk_serves_again_after_restart() {
             );
         }
         stop.store(true, Ordering::SeqCst);
-        let served = load.join().expect("every request got a correct 200");
-        assert!(served > 0);
-        thread::sleep(Duration::from_millis(100)); // the last uncached bodies get counted
-        let full = origin.full_bodies();
+        load.join().expect("every request got a correct 200");
+        // The last uncached bodies counted: what follows must add no full body.
+        let full = origin.settled().full_bodies;
         for path in &victim_paths {
             for &s in &survivors {
                 let r = fetch(c.nodes[s].addr(), &o, path);
@@ -437,7 +450,7 @@ fn a_dead_owner_never_fails_a_client_and_its_disk_serves_again_after_restart() {
             }
         }
         assert_eq!(
-            settled(|| origin.full_bodies(), full),
+            origin.settled().full_bodies,
             full,
             "served from the owner's disk"
         );

@@ -312,7 +312,7 @@ fn entry_truncated_at_rest_is_dropped_and_refilled() {
         truncate(&file, LEN / 2);
         assert_refilled(&proxy, &origin, &raw, LEN, 2);
         assert!(
-            proxy.log().contains("cache: dropping"),
+            proxy.wait_log("cache: dropping", SETTLE),
             "the drop is logged"
         );
     });
@@ -695,7 +695,7 @@ fn a_stalled_client_on_a_non_owner_does_not_hold_back_the_owners_fill() {
             "the owner did not commit the entry"
         );
         assert!(
-            pair.nodes[0].log().contains("fell behind at byte"),
+            pair.nodes[0].wait_log("fell behind at byte", SETTLE),
             "the stalled client was not detached"
         );
         let hit = fetch(pair.nodes[0].addr(), &raw);

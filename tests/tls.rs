@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::cached::wait_until;
 use common::gen::Verifier;
 use common::origin::{self, Request as OReq, Response as OResp};
 use common::tls::{get_in_tunnel, send_connect, TestCa, TlsFront, Tunnel, TunnelOpts};
@@ -156,19 +157,20 @@ fn cold_fill_then_warm_hit_over_connect() {
         let r = get_ok(&mut t, "/obj/100000");
         assert_generated(&r.body, 100_000);
         assert_eq!(cache_status(&r), "chacha; hit");
-        assert_eq!(s.origin.full_bodies(), 1);
-        assert_eq!(s.origin.not_modified(), 1);
+        let served = s.origin.settled();
+        assert_eq!((served.full_bodies, served.not_modified), (1, 1));
         let last = s.origin.last_request().unwrap();
         assert_eq!(last.header("if-none-match"), Some(ETAG));
         // The origin sees origin form and the tunnel's authority as Host.
         assert_eq!(last.target, "/obj/100000");
         let authority = format!("localhost:{}", s.front.port());
         assert_eq!(last.header("host"), Some(authority.as_str()));
-        // The URL chacha worked with is the https one.
+        // The URL chacha worked with is the https one (its access line follows the response).
         assert!(
-            s.chacha
-                .log()
-                .contains(&format!("\"GET https://{authority}/obj/100000\" 200")),
+            s.chacha.wait_log(
+                &format!("\"GET https://{authority}/obj/100000\" 200"),
+                Duration::from_secs(5)
+            ),
             "{}",
             s.chacha.log()
         );
@@ -176,7 +178,7 @@ fn cold_fill_then_warm_hit_over_connect() {
         let mut t2 = s.tunnel();
         let r = get_ok(&mut t2, "/obj/100000");
         assert_eq!(cache_status(&r), "chacha; hit");
-        assert_eq!(s.origin.full_bodies(), 1);
+        assert_eq!(s.origin.settled().full_bodies, 1);
         assert_eq!(s.mints("localhost"), 1, "{}", s.chacha.log());
         // One verified upstream TLS connection carried all three requests (the pool).
         assert_eq!(s.front.handshakes(), 1);
@@ -194,7 +196,7 @@ fn large_object_fill_and_hit_through_tunnel() {
             assert_generated(&r.body, len);
             assert_eq!(cache_status(&r), expect);
         }
-        assert_eq!(s.origin.full_bodies(), 1);
+        assert_eq!(s.origin.settled().full_bodies, 1);
     });
 }
 
@@ -368,8 +370,13 @@ fn failed_tunnels_close_cleanly_and_leak_nothing() {
         // Warm up: one good exchange, so the pooled origin connection and the leaf exist.
         let mut t = s.tunnel();
         get_ok(&mut t, "/static/warm");
+        // The baseline is taken once chacha closed the warm-up tunnel's client socket.
+        let open = fd_count(s.chacha.pid());
         drop(t);
-        thread::sleep(Duration::from_millis(200));
+        assert!(
+            wait_until(CLOSE_WAIT, || fd_count(s.chacha.pid()) < open),
+            "the warm-up tunnel's socket is still open ({open} fds)"
+        );
         let baseline = fd_count(s.chacha.pid());
 
         let mut workers = Vec::new();
@@ -414,18 +421,15 @@ fn failed_tunnels_close_cleanly_and_leak_nothing() {
         let mut t = s.tunnel();
         get_ok(&mut t, "/static/after");
         drop(t);
-        let deadline = Instant::now() + CLOSE_WAIT;
-        while fd_count(s.chacha.pid()) > baseline && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(CLOSE_WAIT, || fd_count(s.chacha.pid()) <= baseline);
         assert!(
             fd_count(s.chacha.pid()) <= baseline,
             "fds {} > baseline {baseline}",
             fd_count(s.chacha.pid())
         );
-        let log = s.chacha.log();
-        assert!(log.contains("client TLS handshake failed"), "{log}");
-        assert!(log.contains("no TLS handshake within"), "{log}");
+        for line in ["client TLS handshake failed", "no TLS handshake within"] {
+            assert!(s.chacha.wait_log(line, CLOSE_WAIT), "{}", s.chacha.log());
+        }
     });
 }
 
@@ -460,26 +464,32 @@ fn concurrent_tunnels_share_one_fill() {
         let len: u64 = 2 * 1024 * 1024;
         let path = format!("/slow/{len}");
         let mut first = s.tunnel();
+        // Opened now, so that its request goes out as soon as the fill is under way.
+        let mut second = s.tunnel();
         let p = path.clone();
         let filler = thread::spawn(move || {
             let r = get_ok(&mut first, &p);
             (r, first)
         });
+        // The leader registers its fill before it asks the origin (src/proxy/cached.rs,
+        // `lead_or_join` before `revalidate`): once the request arrived, a second one joins.
         assert!(s.origin.wait_requests(1, Duration::from_secs(10)));
-        thread::sleep(Duration::from_millis(100));
-        let mut second = s.tunnel();
         let r = get_ok(&mut second, &path);
         assert_generated(&r.body, len);
         assert_eq!(cache_status(&r), "chacha; hit; collapsed");
         let (r, _) = filler.join().unwrap();
         assert_generated(&r.body, len);
         assert_eq!(cache_status(&r), "chacha; fwd=miss; fwd-status=200; stored");
-        assert_eq!(s.origin.full_bodies(), 1);
+        assert_eq!(s.origin.settled().full_bodies, 1);
     });
 }
 
-fn curl_available() -> bool {
-    Command::new("curl").arg("--version").output().is_ok()
+/// Fails the test unless curl runs: a machine without it must not pass the test unrun
+/// (deselect it there explicitly: `cargo test --test tls -- --skip curl_end_to_end`).
+fn require_curl() {
+    if let Err(e) = Command::new("curl").arg("--version").output() {
+        panic!("this test needs curl on PATH: {e}");
+    }
 }
 
 /// curl through chacha: `--proxy` and `--cacert chacha-ca.crt`; returns (headers, body).
@@ -514,10 +524,7 @@ fn curl(proxy: SocketAddr, cacert: &Path, url: &str, dir: &Path) -> (String, Vec
 
 #[test]
 fn curl_end_to_end() {
-    if !curl_available() {
-        eprintln!("SKIPPED curl_end_to_end: curl is not installed");
-        return;
-    }
+    require_curl();
     with_deadline(DEADLINE, || {
         let s = Setup::start(1, "");
         let cacert = s.dir.path().join("chacha-ca.crt");
@@ -538,7 +545,7 @@ fn curl_end_to_end() {
                 .contains("cache-status: chacha; hit"),
             "{headers}"
         );
-        assert_eq!(s.origin.full_bodies(), 1);
+        assert_eq!(s.origin.settled().full_bodies, 1);
     });
 }
 

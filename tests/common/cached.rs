@@ -1,5 +1,5 @@
 //! Helpers shared by the cache-level test files (tests/cache.rs, tests/oci.rs): one-shot
-//! fetches, `Cache-Status` assertions, origin counters that settle, and the entry files
+//! fetches, `Cache-Status` assertions, origin counters once settled, and the entry files
 //! of a cache dir.
 
 use std::net::SocketAddr;
@@ -8,10 +8,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{Origin, Response};
-
-/// How long origin counters may lag behind the response a client already has (the
-/// origin counts a full body only after its last write returned).
-pub const COUNTER_LAG: Duration = Duration::from_secs(2);
 
 /// One request on a fresh connection; panics unless a whole response arrives.
 pub fn fetch(addr: SocketAddr, raw: impl AsRef<[u8]>) -> Response {
@@ -53,17 +49,17 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
+        // The poll interval of a wait on `f`, the signal; not a wait of its own.
         thread::sleep(Duration::from_millis(5));
     }
 }
 
-/// Asserts the origin served exactly `full` bodies and `not_modified` 304s.
+/// Asserts the origin served exactly `full` bodies and `not_modified` 304s, once its
+/// counters settled ([`Origin::settled`]).
 pub fn assert_served(origin: &Origin, full: u64, not_modified: u64) {
-    wait_until(COUNTER_LAG, || {
-        origin.full_bodies() == full && origin.not_modified() == not_modified
-    });
+    let s = origin.settled();
     assert_eq!(
-        (origin.full_bodies(), origin.not_modified()),
+        (s.full_bodies, s.not_modified),
         (full, not_modified),
         "origin served (full bodies, 304s)"
     );

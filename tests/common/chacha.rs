@@ -293,8 +293,10 @@ fn spawn_ready(
         outcome => {
             let _ = child.kill();
             let status = child.wait();
-            // Give the drain thread a moment to store the last lines before printing.
-            thread::sleep(Duration::from_millis(100));
+            if outcome.is_err() {
+                // The stderr reader reports its end (None) once it stored the last line.
+                let _ = rx.recv_timeout(Duration::from_secs(2));
+            }
             panic!(
                 "chacha did not report `listening on` ({}; exit {status:?}); log:\n{}",
                 if outcome.is_err() {
@@ -317,6 +319,22 @@ fn drain_lines(r: impl Read, mut each: impl FnMut(&str)) {
             Ok(0) | Err(_) => return,
             Ok(_) => each(String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n'])),
         }
+    }
+}
+
+/// Waits until `addr` can be bound (std sets SO_REUSEADDR, as a restart needs: only a
+/// listener still open on the port refuses it); false on timeout. The port state is the
+/// signal that a killed process's listener is gone.
+pub fn wait_port_free(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(EXIT_POLL);
     }
 }
 

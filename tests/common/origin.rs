@@ -202,7 +202,13 @@ pub struct Stats {
     pub not_modified: u64,
     /// Body bytes written, all responses.
     pub body_bytes: u64,
+    /// Requests whose response is over: written whole, cut by a fault, or failed on a
+    /// connection that went away. `answered == requests` means the origin is idle.
+    pub answered: u64,
 }
+
+/// How long [`Origin::settled`] waits for the responses in progress to end.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Handler = dyn Fn(&Request) -> Response + Send + Sync;
 
@@ -302,6 +308,30 @@ impl Origin {
     }
     pub fn last_request(&self) -> Option<Request> {
         self.shared.requests.lock().unwrap().last().cloned()
+    }
+
+    /// The counters once every request received so far has been answered (each
+    /// response's counters are final only after its last write, which can trail the
+    /// client by a moment). A client holding a whole response means the requests it
+    /// caused have arrived, so this is the one way tests read counters they assert on.
+    /// After [`SETTLE_TIMEOUT`] it returns the counters as they are (the assertion on
+    /// them then names the mismatch).
+    pub fn settled(&self) -> Stats {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        let mut stats = self.shared.stats.lock().unwrap();
+        while stats.answered < stats.requests {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            stats = self
+                .shared
+                .changed
+                .wait_timeout(stats, deadline - now)
+                .unwrap()
+                .0;
+        }
+        stats.clone()
     }
 
     /// Blocks until at least `n` requests have arrived; false on timeout.
@@ -416,7 +446,13 @@ fn serve(stream: TcpStream, conn: u64, shared: &Shared) -> bool {
         } else {
             !wire::has_token(&req.headers, "connection", "close")
         };
-        match write_response(&mut w, &req, resp, client_keep, shared) {
+        let written = write_response(&mut w, &req, resp, client_keep, shared);
+        {
+            let mut stats = shared.stats.lock().unwrap();
+            stats.answered += 1;
+            shared.changed.notify_all();
+        }
+        match written {
             Ok(Next::Keep) => continue,
             Ok(Next::Reset) => return true,
             _ => {
@@ -435,6 +471,8 @@ enum Next {
 }
 
 /// Writes one response and says whether the connection may carry another request.
+/// Its sleeps (`head_delay`, `body_delay`, `chunk_delay`, `end_delay`) are the origin's
+/// scripted slowness that a test asks for, not synchronisation: nothing waits on them.
 fn write_response(
     w: &mut Wire,
     req: &Request,

@@ -240,6 +240,7 @@ fn serve(stream: TcpStream, conn: u64, shared: &Shared) {
                         dead = true;
                     }
                 }
+                // A scripted stall of the misbehaving origin, not synchronisation.
                 Step::Pause(d) => thread::sleep(d),
                 Step::Mark(m) => shared.event(m),
                 Step::Close => {
