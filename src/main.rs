@@ -27,6 +27,31 @@ enum Command {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+    /// Manage the interception CA (`tls-interceptor`).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Write a new P-256 CA (DIR/ca.crt, mode 0644; DIR/ca.key, mode 0600) for
+    /// `tls-interceptor`.
+    Create {
+        /// Directory to write ca.crt and ca.key into (created if missing).
+        #[arg(long = "out")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long = "days", default_value_t = chacha::tls::DEFAULT_CA_DAYS)]
+        days: u32,
+        /// Subject common name.
+        #[arg(long = "name", default_value = chacha::tls::DEFAULT_CA_NAME)]
+        name: String,
+        /// Replace existing ca.crt / ca.key.
+        #[arg(long = "force")]
+        force: bool,
+    },
 }
 
 /// Exit code for an unusable config (before anything listens).
@@ -46,6 +71,41 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Ca {
+            command:
+                CaCommand::Create {
+                    out,
+                    days,
+                    name,
+                    force,
+                },
+        } => {
+            let opts = chacha::tls::CaOptions {
+                out,
+                days,
+                name,
+                force,
+            };
+            match chacha::tls::create_ca(&opts) {
+                Ok(ca) => {
+                    println!(
+                        "wrote {} (mode 0644) and {} (mode 0600), valid for {days} days; use:\n\
+                         tls-interceptor:\n  cert: {}\n  key: {}\n\
+                         and install {} in the clients' trust stores",
+                        ca.cert.display(),
+                        ca.key.display(),
+                        ca.cert.display(),
+                        ca.key.display(),
+                        ca.cert.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("chacha ca create: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { file } => {
             let loaded = match &file {
                 Some(file) => chacha::config::load(file),

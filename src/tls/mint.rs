@@ -114,7 +114,7 @@ impl Ca {
     }
 }
 
-fn random_serial() -> Result<SerialNumber, TlsError> {
+pub(super) fn random_serial() -> Result<SerialNumber, TlsError> {
     let mut serial = [0u8; SERIAL_LEN];
     provider()
         .secure_random

@@ -14,6 +14,7 @@
 mod ca;
 mod certcache;
 mod client;
+mod create;
 mod der;
 mod mint;
 mod server;
@@ -33,6 +34,7 @@ pub use certcache::CertCache;
 pub use client::{
     client_config, client_config_with_roots, connector, root_store_from, server_name,
 };
+pub use create::{create_ca, CaOptions, CreatedCa, DEFAULT_CA_DAYS, DEFAULT_CA_NAME};
 pub use mint::{Leaf, LEAF_BACKDATE, LEAF_VALIDITY};
 pub use server::{server_config, Interceptor};
 
