@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use crate::cache::store::Store;
-use crate::config::{Config, TlsConfig};
+use crate::config::{Config, DiskConfig, TlsConfig};
 use crate::proxy::connect::Interception;
+use crate::server::privileges::{self, User};
 use crate::server::{self, Settings};
 use crate::tls::{Ca, CertCache, Interceptor};
 
@@ -22,8 +23,56 @@ pub fn load_interception(tls: &TlsConfig) -> Result<Interception, crate::tls::Tl
     })
 }
 
+/// How `chacha run` was started, beyond the config file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--user NAME`: drop root to this user once the listeners are bound and the CA
+    /// is loaded.
+    pub user: Option<String>,
+}
+
 /// Runs chacha with `config` until stopped; returns the process exit code.
 pub fn run(config: Config) -> i32 {
+    run_with(config, &RunOptions::default())
+}
+
+/// [`run`] with command-line options.
+pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
+    let mut user = match &opts.user {
+        Some(name) => match User::lookup(name) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                log::error!("{e}");
+                return EXIT_CONFIG;
+            }
+        },
+        None => None,
+    };
+    if let Some(u) = &user {
+        if !privileges::is_root() {
+            // SAFETY: getter without arguments.
+            let euid = unsafe { libc::geteuid() };
+            if euid != u.uid {
+                log::error!(
+                    "--user {}: only root can switch users (running as uid {euid})",
+                    u.name
+                );
+                return 1;
+            }
+            log::info!("--user {}: already running as that user", u.name);
+            user = None;
+        }
+    }
+    let stays_root = match &user {
+        Some(u) => u.uid == 0,
+        None => privileges::is_root(),
+    };
+    if stays_root && !config.run_as_root {
+        log::error!(
+            "refusing to run as root: the config sets run-as-root: false; start with --user NAME"
+        );
+        return EXIT_CONFIG;
+    }
     let interception = match &config.tls_interceptor {
         Some(tls) => match load_interception(tls) {
             Ok(i) => {
@@ -48,29 +97,14 @@ pub fn run(config: Config) -> i32 {
             return 1;
         }
     };
-    let store = match &config.disk {
-        Some(disk) => match Store::open(&disk.dir, disk.limit) {
-            Ok((store, report)) => {
-                log::info!(
-                    "cache {}: {} entries, {} bytes of {} (removed {} bad or temp files) in {:?}",
-                    disk.dir.display(),
-                    report.entries,
-                    report.bytes,
-                    disk.limit,
-                    report.removed,
-                    report.elapsed
-                );
-                Some(store)
-            }
-            Err(e) => {
-                log::error!("cannot open the cache dir {}: {e}", disk.dir.display());
-                return 1;
-            }
+    // With --user the cache dir is opened after the drop, as that user: everything the
+    // store creates in it (fan-out dirs, temp files, entries) must be the user's.
+    let store = match &user {
+        Some(_) => None,
+        None => match open_store(config.disk.as_ref()) {
+            Ok(store) => store,
+            Err(code) => return code,
         },
-        None => {
-            log::info!("no disk configured: proxying without a cache");
-            None
-        }
     };
     let cluster = config.cluster.as_ref().map(|c| {
         let cluster = crate::cluster::Cluster::new(config.addr, c);
@@ -93,7 +127,8 @@ pub fn run(config: Config) -> i32 {
         }
         Arc::new(cluster)
     });
-    let settings = Settings {
+    let disk = config.disk.clone();
+    let mut settings = Settings {
         addr: config.addr,
         workers: config.workers.max(1),
         timeouts: config.timeouts,
@@ -103,5 +138,91 @@ pub fn run(config: Config) -> i32 {
         tls_client,
         cluster,
     };
-    server::run(settings)
+    let Some(user) = user else {
+        return server::run(settings);
+    };
+    // --user: bind as root (ports below 1024), drop, then open the cache as the user.
+    let listeners = match server::bind(settings.addr, settings.workers) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("cannot listen on {}: {e}", settings.addr);
+            return 1;
+        }
+    };
+    if let Some(disk) = &disk {
+        if let Err(e) = create_cache_dir_for(&disk.dir, &user) {
+            log::error!("cannot create the cache dir {}: {e}", disk.dir.display());
+            return 1;
+        }
+    }
+    if let Err(e) = privileges::drop_to(&user) {
+        log::error!("{e}");
+        return 1;
+    }
+    log::info!(
+        "dropped root: running as user {} (uid {}, gid {}, groups {:?})",
+        user.name,
+        user.uid,
+        user.gid,
+        user.groups
+    );
+    if let Some(disk) = &disk {
+        if let Err((path, e)) = privileges::check_writable_tree(&disk.dir) {
+            log::error!(
+                "cache dir {}: {} is not writable by user {} (uid {}): {e}; give it to that user (chown -R {} {})",
+                disk.dir.display(),
+                path.display(),
+                user.name,
+                user.uid,
+                user.name,
+                disk.dir.display()
+            );
+            return 1;
+        }
+    }
+    settings.store = match open_store(disk.as_ref()) {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    server::serve(settings, listeners)
+}
+
+/// A missing cache dir is created (as root, before the drop) and given to `user`,
+/// as systemd's `CacheDirectory=` would; an existing one is left as it is.
+fn create_cache_dir_for(dir: &std::path::Path, user: &User) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+}
+
+/// Opens `disk.dir` when configured; the error is logged and becomes the exit code.
+fn open_store(disk: Option<&DiskConfig>) -> Result<Option<Arc<Store>>, i32> {
+    match disk {
+        Some(disk) => match Store::open(&disk.dir, disk.limit) {
+            Ok((store, report)) => {
+                log::info!(
+                    "cache {}: {} entries, {} bytes of {} (removed {} bad or temp files) in {:?}",
+                    disk.dir.display(),
+                    report.entries,
+                    report.bytes,
+                    disk.limit,
+                    report.removed,
+                    report.elapsed
+                );
+                Ok(Some(store))
+            }
+            Err(e) => {
+                log::error!("cannot open the cache dir {}: {e}", disk.dir.display());
+                Err(1)
+            }
+        },
+        None => {
+            log::info!("no disk configured: proxying without a cache");
+            Ok(None)
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! `addr`, `disk: {dir, limit}`, `tls-interceptor: {cert, key}`,
 //! `rules: [{pattern, ignore-authorization-header, ignore-parameters,
 //! direct-connect, direct-connect-header}]`, `cluster: {secret, nodes: [{addr}]}`.
-//! Additions of ours: `workers`, `tls-interceptor.ports`, and the
+//! Additions of ours: `workers`, `run-as-root`, `tls-interceptor.ports`, and the
 //! `rules: {paths: [...]}` form that the original's README documents (its code
 //! only reads the list form).
 //!
@@ -46,6 +46,7 @@ const TOP_KEYS: &[&str] = &[
     "rules",
     "cluster",
     "timeouts",
+    "run-as-root",
 ];
 const TIMEOUT_KEYS: &[&str] = &[
     "connect",
@@ -83,6 +84,9 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// Network timeouts (chacha's own optional key).
     pub timeouts: Timeouts,
+    /// `run-as-root` (ours, default true): false makes `chacha run` refuse to keep
+    /// running as root, i.e. demands `--user NAME`.
+    pub run_as_root: bool,
 }
 
 /// `disk`: where cache entries live and when eviction starts.
@@ -426,6 +430,10 @@ impl Checker {
             None => Some(Timeouts::default()),
         };
 
+        let run_as_root = match optional(map, "run-as-root") {
+            Some(value) => self.boolean(value, "run-as-root"),
+            None => Some(true),
+        };
         if let (Some(addr), true) = (&addr, optional(map, "cluster").is_some()) {
             self.check_cluster_addr(addr);
         }
@@ -440,6 +448,7 @@ impl Checker {
             rules,
             cluster,
             timeouts: timeouts?,
+            run_as_root: run_as_root?,
         })
     }
 

@@ -20,6 +20,10 @@ enum Command {
         /// Path to the YAML config.
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
+        /// Drop root to this user (and its groups) once the listeners are bound and the
+        /// interception CA is loaded; the cache dir must be writable by it.
+        #[arg(long = "user", value_name = "NAME")]
+        user: Option<String>,
     },
     /// Validate a config: exit 0, or print every problem and exit 2.
     Check {
@@ -106,7 +110,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { file } => {
+        Command::Run { file, user } => {
             let loaded = match &file {
                 Some(file) => chacha::config::load(file),
                 None => {
@@ -123,7 +127,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let code = chacha::app::run(config);
+            let code = chacha::app::run_with(config, &chacha::app::RunOptions { user });
             ExitCode::from(code as u8)
         }
     }

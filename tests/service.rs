@@ -320,3 +320,340 @@ print(sys.version_info[:2], r.status, len(body), int(ctx.verify_flags & ssl.VERI
         assert!(out.trim_end().ends_with(&want), "python said {out:?}");
     });
 }
+
+/// The unprivileged user the `--user` tests drop to.
+const TEST_USER: &str = "chacha-test";
+/// A supplementary group of [`TEST_USER`]: the drop must take it along.
+const TEST_GROUP: &str = "chacha-test-extra";
+
+/// (uid, gid, supplementary gid) of [`TEST_USER`], created if missing (system user, no
+/// home). These tests need root, as `--user` does; CI runs as root.
+fn test_user() -> (u32, u32, u32) {
+    // SAFETY: getter without arguments.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the --user tests must run as root"
+    );
+    let id = |args: &[&str]| -> Option<u32> {
+        let o = Command::new("id").args(args).arg(TEST_USER).output().ok()?;
+        String::from_utf8_lossy(&o.stdout).trim().parse().ok()
+    };
+    let ensure = |check: &[&str], create: &[&str]| {
+        let exists = Command::new("getent")
+            .args(check)
+            .output()
+            .unwrap()
+            .status
+            .success();
+        if !exists {
+            let o = Command::new(create[0]).args(&create[1..]).output().unwrap();
+            // A parallel test may have created it meanwhile.
+            let again = Command::new("getent").args(check).output().unwrap();
+            assert!(again.status.success(), "{create:?}: {}", text(&o));
+        }
+    };
+    ensure(
+        &["group", TEST_GROUP],
+        &["groupadd", "--system", TEST_GROUP],
+    );
+    ensure(
+        &["passwd", TEST_USER],
+        &[
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--groups",
+            TEST_GROUP,
+            TEST_USER,
+        ],
+    );
+    let extra = Command::new("getent")
+        .args(["group", TEST_GROUP])
+        .output()
+        .unwrap();
+    let extra = String::from_utf8_lossy(&extra.stdout).to_string();
+    let extra_gid: u32 = extra.split(':').nth(2).unwrap().parse().unwrap();
+    if !extra
+        .trim_end()
+        .split(':')
+        .nth(3)
+        .unwrap_or("")
+        .split(',')
+        .any(|m| m == TEST_USER)
+    {
+        let o = Command::new("usermod")
+            .args(["-aG", TEST_GROUP, TEST_USER])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "usermod: {}", text(&o));
+    }
+    (id(&["-u"]).unwrap(), id(&["-g"]).unwrap(), extra_gid)
+}
+
+/// One thread's name and its Uid, Gid (real, effective, saved, fs) and Groups lines.
+type ThreadIds = (String, Vec<u32>, Vec<u32>, Vec<u32>);
+
+/// [`ThreadIds`] of every thread of `pid`.
+fn thread_ids(pid: u32) -> Vec<ThreadIds> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let Ok(status) = std::fs::read_to_string(path.join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        let field = |name: &str| -> Vec<u32> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or("")
+                .split_whitespace()
+                .map(|n| n.parse().unwrap())
+                .collect()
+        };
+        let name = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let mut groups = field("Groups:");
+        groups.sort();
+        out.push((name, field("Uid:"), field("Gid:"), groups));
+    }
+    out
+}
+
+/// Every thread runs as (uid, gid) with exactly `groups`, real, effective, saved and fs ids.
+fn assert_all_threads_dropped(pid: u32, uid: u32, gid: u32, groups: &[u32]) -> usize {
+    let threads = thread_ids(pid);
+    for (name, u, g, gs) in &threads {
+        assert_eq!(u, &[uid; 4], "thread {name}: Uid");
+        assert_eq!(g, &[gid; 4], "thread {name}: Gid");
+        assert_eq!(gs, groups, "thread {name}: Groups");
+    }
+    threads.len()
+}
+
+/// Owners of everything under `dir` (the dir itself included).
+fn owners(dir: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = vec![(dir.to_path_buf(), std::fs::metadata(dir).unwrap().uid())];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        if m.is_dir() {
+            out.extend(owners(&e.path()));
+        } else {
+            out.push((e.path(), m.uid()));
+        }
+    }
+    out
+}
+
+#[test]
+fn run_user_drops_root_in_every_thread_and_still_serves_and_caches() {
+    with_deadline(DEADLINE, || {
+        let (uid, gid, extra_gid) = test_user();
+        let mut groups = vec![gid, extra_gid];
+        groups.sort();
+        let dir = TempDir::new("user");
+        // The CA key is root's (0600): only a CA loaded before the drop can mint.
+        let (ca_cert, ca_key) = create_ca(dir.path(), &[]);
+        let origin_ca = TestCa::new("origin test CA");
+        let (origin_ca_cert, _) = origin_ca.write(dir.path(), "origin-ca");
+        let origin = Origin::start(origin::standard_routes);
+        let front = TlsFront::start(origin.addr(), origin_ca.server_config(&["localhost"]));
+        // A cache dir that does not exist yet: chacha creates it and gives it to the user.
+        let data = dir.path().join("cache");
+        let yaml = format!(
+            "addr: 127.0.0.1:0\nworkers: 2\nrun-as-root: false\ndisk:\n  dir: \"{}\"\n  limit: 100MB\n\
+             tls-interceptor:\n  cert: \"{}\"\n  key: \"{}\"\n  ports: [{}]\n",
+            data.display(),
+            ca_cert.display(),
+            ca_key.display(),
+            front.port()
+        );
+        let chacha = Chacha::start_with_args(
+            &yaml,
+            "info",
+            &[("SSL_CERT_FILE", origin_ca_cert.to_str().unwrap())],
+            &["--user", TEST_USER],
+        );
+        assert!(chacha
+            .log()
+            .contains(&format!("dropped root: running as user {TEST_USER}")));
+        let n = assert_all_threads_dropped(chacha.pid(), uid, gid, &groups);
+        assert!(n >= 3, "main thread and 2 workers, saw {n}");
+
+        // Plain HTTP: a fill, then a hit.
+        let authority = origin.addr().to_string();
+        for _ in 0..2 {
+            let r = common::request(chacha.addr(), common::get(&authority, "/static/user"))
+                .expect("GET through chacha");
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.body, origin::static_body("/static/user"));
+        }
+        assert_eq!(
+            origin.settled().full_bodies,
+            1,
+            "second GET was served from the cache"
+        );
+        // HTTPS through the interception CA whose key only root can read.
+        let mut t = Tunnel::open(
+            chacha.addr(),
+            TunnelOpts {
+                authority: &format!("localhost:{}", front.port()),
+                server_name: "localhost",
+                client: client_trusting(&ca_cert),
+                eager: false,
+            },
+        )
+        .expect("tunnel");
+        let r = t
+            .request(get_in_tunnel("localhost", "/static/user-tls"))
+            .expect("GET in tunnel");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.body, origin::static_body("/static/user-tls"));
+
+        // Threads started since (blocking pool, io_uring helpers) are no more privileged.
+        assert_all_threads_dropped(chacha.pid(), uid, gid, &groups);
+        // Everything in the cache belongs to the user, entries included.
+        let owned = owners(&data);
+        assert!(owned.len() > 2, "{owned:?}");
+        for (p, owner) in &owned {
+            assert_eq!(*owner, uid, "{} is owned by {owner}", p.display());
+        }
+        use std::os::unix::fs::MetadataExt;
+        let key_meta = std::fs::metadata(&ca_key).unwrap();
+        assert_eq!(
+            (key_meta.uid(), mode(&ca_key)),
+            (0, 0o600),
+            "the CA key stayed root's"
+        );
+    });
+}
+
+/// Runs `chacha run -f <yaml file> <args>` until it exits (killed after `limit`).
+fn run_expecting_exit(yaml: &str, args: &[&str], limit: Duration) -> Output {
+    let dir = TempDir::new("user-err");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let mut child = Command::new(common::chacha::BIN)
+        .arg("run")
+        .args(args)
+        .arg("-f")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The ERROR lines of a run's log.
+fn error_lines(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter(|l| l.contains("ERROR"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn run_user_errors_are_one_clear_line() {
+    with_deadline(DEADLINE, || {
+        let (_, _, _) = test_user();
+        let limit = Duration::from_secs(20);
+        let dir = TempDir::new("user-errors");
+
+        // No such user: exit 2 before anything listens.
+        let yaml = "addr: 127.0.0.1:0\nworkers: 1\n";
+        let o = run_expecting_exit(yaml, &["--user", "no-such-user-chacha"], limit);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        let errs = error_lines(&o);
+        assert_eq!(errs.len(), 1, "{}", text(&o));
+        assert!(
+            errs[0].contains("--user no-such-user-chacha: no such user"),
+            "{errs:?}"
+        );
+        assert!(!text(&o).contains("listening on"));
+
+        // A cache dir the user cannot write: exit 1, naming the dir and the user.
+        let data = dir.path().join("root-only");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let yaml = format!(
+            "addr: 127.0.0.1:0\nworkers: 1\ndisk:\n  dir: \"{}\"\n  limit: 10MB\n",
+            data.display()
+        );
+        let o = run_expecting_exit(&yaml, &["--user", TEST_USER], limit);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        let errs = error_lines(&o);
+        assert_eq!(errs.len(), 1, "{}", text(&o));
+        assert!(
+            errs[0].contains(&format!(
+                "{} is not writable by user {TEST_USER}",
+                data.display()
+            )),
+            "{errs:?}"
+        );
+        assert!(!text(&o).contains("listening on"));
+        assert_eq!(
+            std::fs::read_dir(&data).unwrap().count(),
+            0,
+            "nothing created in it"
+        );
+
+        // A cache dir that is the user's but holds a directory a root run created
+        // (e.g. the store's temp dir): also refused (fills would fail later), naming it.
+        let mixed = dir.path().join("mixed");
+        std::fs::create_dir(&mixed).unwrap();
+        let chown = Command::new("chown")
+            .arg(format!("{TEST_USER}:"))
+            .arg(&mixed)
+            .output()
+            .unwrap();
+        assert!(chown.status.success(), "{}", text(&chown));
+        std::fs::create_dir(mixed.join("tmp")).unwrap();
+        std::fs::set_permissions(mixed.join("tmp"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let o = run_expecting_exit(
+            &format!(
+                "addr: 127.0.0.1:0\nworkers: 1\ndisk:\n  dir: \"{}\"\n  limit: 10MB\n",
+                mixed.display()
+            ),
+            &["--user", TEST_USER],
+            limit,
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        let errs = error_lines(&o);
+        assert_eq!(errs.len(), 1, "{}", text(&o));
+        assert!(
+            errs[0].contains(&format!(
+                "{} is not writable by user {TEST_USER}",
+                mixed.join("tmp").display()
+            )) && errs[0].contains(&format!("chown -R {TEST_USER}")),
+            "{errs:?}"
+        );
+
+        // run-as-root: false without --user: refused, exit 2.
+        let o = run_expecting_exit("addr: 127.0.0.1:0\nrun-as-root: false\n", &[], limit);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        let errs = error_lines(&o);
+        assert_eq!(errs.len(), 1, "{}", text(&o));
+        assert!(errs[0].contains("refusing to run as root"), "{errs:?}");
+        assert!(!text(&o).contains("listening on"));
+    });
+}

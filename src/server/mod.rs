@@ -1,8 +1,10 @@
 //! The runtime: one OS thread per worker, each with its own monoio runtime (io_uring,
 //! or the legacy epoll driver where io_uring is unavailable) and its own SO_REUSEPORT
 //! listener; a connection lives and dies on the core that accepted it. The main thread
-//! waits for SIGTERM/SIGINT and drains the workers.
+//! binds the listeners (so `--user` can drop root before any worker starts), then waits
+//! for SIGTERM/SIGINT and drains the workers.
 
+pub mod privileges;
 pub mod shutdown;
 pub mod signals;
 
@@ -12,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::net::{ListenerOpts, TcpListener};
+use monoio::net::TcpListener;
 use rustls::ClientConfig;
 
 use crate::cache::store::Store;
@@ -49,17 +51,127 @@ pub struct Settings {
 
 /// Runs until SIGTERM/SIGINT and the drain; returns the process exit code.
 pub fn run(settings: Settings) -> i32 {
+    match bind(settings.addr, settings.workers) {
+        Ok(listeners) => serve(settings, listeners),
+        Err(e) => {
+            log::error!("cannot listen on {}: {e}", settings.addr);
+            1
+        }
+    }
+}
+
+/// The workers' listeners, bound but not yet accepting (one SO_REUSEPORT socket each).
+pub struct Listeners {
+    sockets: Vec<std::net::TcpListener>,
+    /// The bound address (the port the kernel picked when `addr` had port 0).
+    pub addr: SocketAddr,
+}
+
+/// Binds one SO_REUSEPORT listener per worker on `addr` (the first one picks the
+/// port when it is 0; the others bind that port).
+pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Listeners> {
+    if addr.port() != 0 {
+        // SO_REUSEPORT would silently share the port with another process already
+        // listening there: make sure it is free first.
+        std::net::TcpListener::bind(addr)?;
+    }
+    let mut sockets = Vec::with_capacity(workers.max(1));
+    let mut bound = addr;
+    for _ in 0..workers.max(1) {
+        let l = bind_reuseport(bound)?;
+        bound = l.local_addr()?;
+        sockets.push(l);
+    }
+    Ok(Listeners {
+        sockets,
+        addr: bound,
+    })
+}
+
+/// A non-blocking, close-on-exec TCP listener with SO_REUSEPORT and SO_REUSEADDR, as
+/// monoio's `bind_with_config` makes them, bound to `addr` and listening.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let last = std::io::Error::last_os_error;
+    let domain = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: socket(2); the descriptor is owned right away.
+    let raw = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_TCP,
+        )
+    };
+    if raw < 0 {
+        return Err(last());
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let one: libc::c_int = 1;
+    for opt in [libc::SO_REUSEPORT, libc::SO_REUSEADDR] {
+        // SAFETY: a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(last());
+        }
+    }
+    // SAFETY: sockaddr_in/sockaddr_in6 are plain old data, filled before bind(2) reads
+    // them with their own size.
+    let rc = unsafe {
+        match addr {
+            SocketAddr::V4(a) => {
+                let mut sa: libc::sockaddr_in = std::mem::zeroed();
+                sa.sin_family = libc::AF_INET as libc::sa_family_t;
+                sa.sin_port = a.port().to_be();
+                sa.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+            SocketAddr::V6(a) => {
+                let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
+                sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sa.sin6_port = a.port().to_be();
+                sa.sin6_flowinfo = a.flowinfo();
+                sa.sin6_addr.s6_addr = a.ip().octets();
+                sa.sin6_scope_id = a.scope_id();
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&sa as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
+    };
+    if rc != 0 {
+        return Err(last());
+    }
+    // SAFETY: listen(2) on our socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) } != 0 {
+        return Err(last());
+    }
+    Ok(std::net::TcpListener::from(fd))
+}
+
+/// Runs the workers on `listeners` until SIGTERM/SIGINT and the drain; returns the
+/// process exit code.
+pub fn serve(settings: Settings, listeners: Listeners) -> i32 {
     if let Err(e) = signals::block_stop_signals() {
         log::error!("cannot set up signal handling: {e}");
         return 1;
-    }
-    if settings.addr.port() != 0 {
-        // SO_REUSEPORT would silently share the port with another process already
-        // listening there: make sure it is free first.
-        if let Err(e) = std::net::TcpListener::bind(settings.addr) {
-            log::error!("cannot listen on {}: {e}", settings.addr);
-            return 1;
-        }
     }
     if !monoio::utils::detect_uring() {
         log::warn!("io_uring is unavailable here; falling back to the epoll driver");
@@ -69,8 +181,8 @@ pub fn run(settings: Settings) -> i32 {
     let pool = monoio::blocking::DefaultThreadPool::new(BLOCKING_THREADS);
     let mut handles = Vec::new();
     let mut shutdowns = Vec::new();
-    let mut addr = settings.addr;
-    for id in 0..settings.workers {
+    let addr = listeners.addr;
+    for (id, listener) in listeners.sockets.into_iter().enumerate() {
         let shutdown = Arc::new(Shutdown::default());
         shutdowns.push(shutdown.clone());
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -78,11 +190,11 @@ pub fn run(settings: Settings) -> i32 {
         let pool = pool.clone();
         let handle = std::thread::Builder::new()
             .name(format!("chacha-w{id}"))
-            .spawn(move || worker_main(id, addr, s, pool, shutdown, tx))
+            .spawn(move || worker_main(id, listener, s, pool, shutdown, tx))
             .expect("spawn worker thread");
         handles.push(handle);
         match rx.recv() {
-            Ok(Ok(bound)) => addr = bound, // later workers bind the port the first one got
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 log::error!("worker {id} cannot listen on {addr}: {e}");
                 for s in &shutdowns {
@@ -121,7 +233,7 @@ pub fn run(settings: Settings) -> i32 {
 
 fn worker_main(
     id: usize,
-    addr: SocketAddr,
+    listener: std::net::TcpListener,
     settings: Settings,
     pool: monoio::blocking::DefaultThreadPool,
     shutdown: Arc<Shutdown>,
@@ -133,7 +245,7 @@ fn worker_main(
             .enable_timer()
             .build();
         match rt {
-            Ok(mut rt) => rt.block_on(worker_body(id, addr, settings, shutdown, ready)),
+            Ok(mut rt) => rt.block_on(worker_body(id, listener, settings, shutdown, ready)),
             Err(e) => {
                 let _ = ready.send(Err(e));
             }
@@ -151,7 +263,7 @@ fn worker_main(
         .enable_timer()
         .build();
     match rt {
-        Ok(mut rt) => rt.block_on(worker_body(id, addr, settings, shutdown, ready)),
+        Ok(mut rt) => rt.block_on(worker_body(id, listener, settings, shutdown, ready)),
         Err(e) => {
             let _ = ready.send(Err(e));
         }
@@ -233,13 +345,13 @@ fn is_transient_accept_error(e: &std::io::Error) -> bool {
 
 async fn worker_body(
     id: usize,
-    addr: SocketAddr,
+    listener: std::net::TcpListener,
     settings: Settings,
     shutdown: Arc<Shutdown>,
     ready: crossbeam_channel::Sender<std::io::Result<SocketAddr>>,
 ) {
-    let opts = ListenerOpts::new().reuse_port(true).backlog(BACKLOG);
-    let listener = match TcpListener::bind_with_config(addr, &opts) {
+    // Bound by the main thread ([`bind`]); registered with this core's driver here.
+    let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(e));

@@ -118,6 +118,8 @@ pub struct Chacha {
     rust_log: String,
     /// Extra environment variables, kept for restarts.
     env: Vec<(String, String)>,
+    /// Extra `chacha run` arguments (e.g. `--user NAME`), kept for restarts.
+    args: Vec<String>,
 }
 
 impl Chacha {
@@ -133,6 +135,16 @@ impl Chacha {
     /// Like [`Chacha::start_with_log`] with extra environment variables (e.g.
     /// `SSL_CERT_FILE` for a test CA).
     pub fn start_with_env(yaml: &str, rust_log: &str, env: &[(&str, &str)]) -> Chacha {
+        Chacha::start_with_args(yaml, rust_log, env, &[])
+    }
+
+    /// Like [`Chacha::start_with_env`] with extra `chacha run` arguments.
+    pub fn start_with_args(
+        yaml: &str,
+        rust_log: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Chacha {
         let root = TempDir::new("run");
         let (config, data) = write_config(&root, yaml);
         let log = Arc::new(Log::default());
@@ -140,7 +152,8 @@ impl Chacha {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, addr) = spawn_ready(&config, rust_log, &log, &env);
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (child, addr) = spawn_ready(&config, rust_log, &log, &env, &args);
         Chacha {
             child,
             root,
@@ -150,6 +163,7 @@ impl Chacha {
             addr,
             rust_log: rust_log.to_string(),
             env,
+            args,
         }
     }
 
@@ -232,7 +246,13 @@ impl Chacha {
             }
         }
         self.log.push("---- test harness: restart ----");
-        let (child, addr) = spawn_ready(&self.config, &self.rust_log, &self.log, &self.env);
+        let (child, addr) = spawn_ready(
+            &self.config,
+            &self.rust_log,
+            &self.log,
+            &self.env,
+            &self.args,
+        );
         self.child = child;
         self.addr = addr;
         addr
@@ -264,8 +284,11 @@ fn spawn_ready(
     rust_log: &str,
     log: &Arc<Log>,
     env: &[(String, String)],
+    args: &[String],
 ) -> (Child, SocketAddr) {
-    let mut child = command(&["run"], config, rust_log, env)
+    let mut run = vec!["run"];
+    run.extend(args.iter().map(String::as_str));
+    let mut child = command(&run, config, rust_log, env)
         .spawn()
         .expect("spawn chacha");
     let (tx, rx) = mpsc::channel::<Option<SocketAddr>>();
