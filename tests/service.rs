@@ -657,3 +657,83 @@ fn run_user_errors_are_one_clear_line() {
         assert!(!text(&o).contains("listening on"));
     });
 }
+
+/// The unit as shipped.
+const UNIT: &str = include_str!("../examples/chacha.service");
+/// Where the shipped unit expects the binary.
+const UNIT_BIN: &str = "/usr/local/bin/chacha";
+
+/// `systemd-analyze verify` on `unit` written as `<dir>/chacha.service`; (success,
+/// everything it printed).
+fn analyze_verify(dir: &Path, unit: &str) -> (bool, String) {
+    let path = dir.join("chacha.service");
+    std::fs::write(&path, unit).unwrap();
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        // Only this unit: not the host's default.target and its dependencies.
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .expect("run systemd-analyze");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), said)
+}
+
+/// The value of `Key=` in the unit (the last one, as systemd reads it).
+fn directive<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+        .next_back()
+}
+
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify_and_is_hardened() {
+    require("systemd-analyze", "--version");
+    with_deadline(DEADLINE, || {
+        // What the issue asks of the unit.
+        let exec = directive(UNIT, "ExecStart").expect("ExecStart");
+        assert!(
+            exec.starts_with(UNIT_BIN) && exec.contains(" run "),
+            "{exec}"
+        );
+        assert!(exec.contains("--user "), "drops root: {exec}");
+        assert_eq!(
+            directive(UNIT, "ExecReload"),
+            Some("/bin/kill -HUP $MAINPID")
+        );
+        assert_eq!(directive(UNIT, "ProtectSystem"), Some("strict"));
+        assert_eq!(directive(UNIT, "NoNewPrivileges"), Some("yes"));
+        assert_eq!(directive(UNIT, "ReadWritePaths"), Some("/var/cache/chacha"));
+        let nofile: u64 = directive(UNIT, "LimitNOFILE").unwrap().parse().unwrap();
+        assert!(
+            nofile >= 65_536,
+            "LimitNOFILE={nofile} is too low for thousands of clients"
+        );
+
+        // systemd-analyze checks that ExecStart's binary exists: point the unit at the
+        // binary under test, the rest unchanged.
+        let dir = TempDir::new("unit");
+        let unit = UNIT.replace(UNIT_BIN, common::chacha::BIN);
+        let (ok, said) = analyze_verify(dir.path(), &unit);
+        // It exits 0 even on unknown keys or bad values: it must say nothing at all.
+        assert!(
+            ok && said.trim().is_empty(),
+            "systemd-analyze verify:\n{said}"
+        );
+
+        // The check can fail: a typo in a key and a bad value are reported.
+        let broken = unit.replace(
+            "ProtectSystem=strict",
+            "ProtectSystem=bogus\nProtectSytem=yes",
+        );
+        let (_, said) = analyze_verify(dir.path(), &broken);
+        assert!(
+            said.contains("ProtectSytem") && said.contains("bogus"),
+            "{said}"
+        );
+    });
+}
