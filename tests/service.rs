@@ -670,6 +670,11 @@ fn run_user_errors_are_one_clear_line() {
             "{errs:?}"
         );
 
+        // run-as-root must be a boolean; `chacha check` names the key.
+        let o = common::run_to_exit("check", "addr: 127.0.0.1:0\nrun-as-root: maybe\n", limit);
+        assert_eq!(o.code(), Some(2), "{o:?}");
+        assert!(o.stderr.contains("run-as-root"), "{o:?}");
+
         // run-as-root: false without --user: refused, exit 2.
         let o = run_expecting_exit("addr: 127.0.0.1:0\nrun-as-root: false\n", &[], limit);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));

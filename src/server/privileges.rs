@@ -128,6 +128,28 @@ fn verify(user: &User) -> Result<(), String> {
             user.name
         ));
     }
+    let mut groups = vec![0 as libc::gid_t; user.groups.len() + 1];
+    // SAFETY: `groups` holds the stated number of entries.
+    let n = unsafe { libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr()) };
+    if n < 0 {
+        return Err(format!(
+            "--user {}: getgroups failed: {}",
+            user.name,
+            io::Error::last_os_error()
+        ));
+    }
+    groups.truncate(n as usize);
+    groups.sort_unstable();
+    let mut want = user.groups.clone();
+    want.sort_unstable();
+    want.dedup();
+    groups.dedup();
+    if groups != want {
+        return Err(format!(
+            "--user {}: the groups did not take (have {groups:?}, want {want:?})",
+            user.name
+        ));
+    }
     // SAFETY: as above; a successful setuid(0) is exactly what must not happen.
     if user.uid != 0 && unsafe { libc::setuid(0) } == 0 {
         return Err(format!(
