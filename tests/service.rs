@@ -764,3 +764,27 @@ fn systemd_unit_passes_systemd_analyze_verify_and_is_hardened() {
         );
     });
 }
+
+/// `systemctl reload` (the unit's ExecReload) sends SIGHUP. Until live reload exists it
+/// must not stop the proxy (SIGHUP's default action would): it is logged and ignored.
+#[test]
+fn sighup_is_logged_and_ignored_not_fatal() {
+    with_deadline(DEADLINE, || {
+        let mut proxy = Chacha::start(&common::config(""));
+        proxy.signal(libc::SIGHUP);
+        assert!(
+            proxy.wait_log("received SIGHUP", Duration::from_secs(10)),
+            "no SIGHUP log line:\n{}",
+            proxy.log()
+        );
+        let resp = common::request(proxy.addr(), "GET /health HTTP/1.1\r\nHost: chacha\r\n\r\n")
+            .expect("chacha still answers after SIGHUP");
+        assert_eq!(resp.status(), 200);
+        assert!(proxy.wait_exit(Duration::from_millis(1)).is_none());
+        proxy.sigterm();
+        let status = proxy
+            .wait_exit(Duration::from_secs(10))
+            .expect("exits on SIGTERM");
+        assert_eq!(status.code(), Some(0));
+    });
+}

@@ -1,5 +1,9 @@
-//! SIGTERM/SIGINT are blocked in every thread and taken synchronously by the main
-//! thread with sigwait, so no async-signal-safety concerns arise.
+//! SIGTERM/SIGINT (and SIGHUP) are blocked in every thread and taken synchronously by
+//! the main thread with sigwait, so no async-signal-safety concerns arise.
+//!
+//! SIGHUP is what `systemctl reload` sends (examples/chacha.service). Live reload is not
+//! implemented yet: SIGHUP is logged and ignored, so that a reload never stops the
+//! proxy (its default action would terminate the process).
 
 use std::io;
 
@@ -10,6 +14,7 @@ fn stop_set() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
@@ -25,19 +30,22 @@ pub fn block_stop_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT; returns its name.
+/// Waits for SIGTERM or SIGINT; returns its name. A SIGHUP meanwhile is logged and ignored.
 pub fn wait_stop_signal() -> &'static str {
     let set = stop_set();
     loop {
         let mut sig: libc::c_int = 0;
         // SAFETY: valid set and out-pointer.
         let rc = unsafe { libc::sigwait(&set, &mut sig) };
-        if rc == 0 {
-            return if sig == libc::SIGINT {
-                "SIGINT"
-            } else {
-                "SIGTERM"
-            };
+        if rc != 0 {
+            continue;
+        }
+        match sig {
+            libc::SIGINT => return "SIGINT",
+            libc::SIGTERM => return "SIGTERM",
+            _ => log::warn!(
+                "received SIGHUP: live reload is not implemented yet; ignored (the config in force stays; restart to apply changes)"
+            ),
         }
     }
 }
