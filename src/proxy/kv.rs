@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use super::cached::{drop_unreadable, open_fill_file, send_file_range, stream_fill, wait_for_head};
 use super::forward::{answer_expect, build_response_head};
+use super::serve::{drop_unreadable, open_fill_file, send_file_range, stream_fill, wait_for_head};
 use super::{write_simple, Exchange, Outcome, Worker};
 use crate::cache::fill::{Fill, Phase, Role, StreamInfo};
 use crate::cache::key::key_hash;

@@ -3,13 +3,19 @@
 //! inside an intercepted CONNECT tunnel ([`connect`]).
 
 pub mod cached;
+pub mod client_side;
 pub mod connect;
 pub mod error;
+pub mod fill;
 pub mod forward;
+pub mod handoff;
+pub mod head;
 pub mod internal;
 pub mod kv;
 pub mod peer;
 pub mod remote;
+pub mod serve;
+pub mod validate;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;

@@ -14,12 +14,15 @@
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use super::cached::{
-    answer_client_conditional, not_stored, relay_ranged, release_bodyless, revalidate, stored_head,
-    validated_headers, validators_of, ClientSide, Handoff,
-};
+use super::client_side::{relay_ranged, ClientSide};
 use super::forward::{forward, relay_and_release};
+use super::handoff::Handoff;
+use super::head::stored_head;
 use super::peer::{self, Found, Lookup, PeerError};
+use super::validate::{
+    answer_client_conditional, not_stored, release_bodyless, revalidate, validated_headers,
+    validators_of,
+};
 use super::{Exchange, Outcome, ProxyError, Worker};
 use crate::cache::digest::{expected_sha256, Verifier};
 use crate::cache::key::key_is_exact;

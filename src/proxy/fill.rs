@@ -1,0 +1,306 @@
+//! The fill: a storable 200 streamed origin → cache file at the origin's speed, resumed
+//! with Range/If-Range when the origin cuts it (RFC 9110 §13.1.5, §14.2), its digest
+//! checked at every body end, then committed; the leader's client reads the file behind.
+
+use monoio::fs::File;
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+
+use super::client_side::ClientSide;
+use super::forward::{pool_key, send_upstream, write_upstream_head};
+use super::handoff::Handoff;
+use super::serve::stream_fill;
+use super::validate::CLIENT_CONDITIONALS;
+use super::{Outcome, Worker};
+use crate::cache::digest::Verifier;
+use crate::cache::fill::{Fill, StreamInfo};
+use crate::cache::status::Outcome as CacheOutcome;
+use crate::cache::store::FillWriter;
+use crate::http::range::{self};
+use crate::http::uri::Uri;
+use crate::http::{BodyKind, RequestHead, ResponseHead};
+use crate::stream::fair::Budget;
+use crate::stream::{BodyReader, BufConn};
+use crate::upstream::UpstreamConn;
+
+/// Streams a storable 200 into the cache and to the client. The fill belongs to the
+/// cache and never waits on any one client: the origin → file loop ([`fill_from_origin`])
+/// runs at the origin's speed, and the leader's client is served from the fill's file
+/// like any joined reader ([`serve_leader`]), both in this task. If the client goes away
+/// or stops reading, the fill goes on. A blob URL's body is checked against its SHA-256
+/// before the entry is committed, and no reader gets the last byte before that.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn fill<C: AsyncReadRent + AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    up: UpstreamConn,
+    resp: ResponseHead,
+    kind: BodyKind,
+    writer: FillWriter,
+    target: FillTarget<'_>,
+    w: &Worker,
+) -> Outcome {
+    let op = "fill";
+    let fill = writer.fill().clone();
+    let info = fill
+        .snapshot()
+        .info
+        .expect("a started fill has its stream info");
+    let handoff = Handoff::default();
+    // The leader's client reads the fill through its own descriptor, opened now: the
+    // temp file may be renamed or unlinked before the client gets to it.
+    let file = match File::open(&info.temp_path).await {
+        Ok(f) => Some(f),
+        Err(e) => {
+            log::warn!(
+                "cache: cannot read back the fill file {}: {e}",
+                info.temp_path.display()
+            );
+            None
+        }
+    };
+    let writer = match file {
+        Some(_) => Some(writer),
+        None => {
+            // Nothing can read the file back: store nothing, hand every piece over.
+            drop(writer);
+            handoff.start(0);
+            None
+        }
+    };
+    let stored = CacheOutcome::Stored {
+        replaced: target.replaced,
+    };
+    let (origin_result, mut cs) = monoio::join!(
+        fill_from_origin(req, up, &resp, kind, writer, &target, &handoff, w),
+        serve_leader(client, req, &resp, kind, stored, &fill, &info, file, &handoff, w, op)
+    );
+    if let (Err(origin), Some(_)) = (origin_result, &cs.error) {
+        // The client was cut because the fill failed: say why.
+        cs.error = Some(origin);
+    }
+    cs.outcome(op)
+}
+
+/// The origin → cache file side of a fill: reads the body (resuming a cut one), hashes a
+/// blob, writes the file and publishes progress, commits. When the file cannot be
+/// written (disk full) the fill fails for its readers and the rest of the body is handed
+/// to the leader's client through `handoff`. Returns why the body failed, if it did.
+#[allow(clippy::too_many_arguments)]
+async fn fill_from_origin(
+    req: &RequestHead,
+    mut up: UpstreamConn,
+    resp: &ResponseHead,
+    kind: BodyKind,
+    mut writer: Option<FillWriter>,
+    target: &FillTarget<'_>,
+    handoff: &Handoff,
+    w: &Worker,
+) -> Result<(), String> {
+    let mut verifier = target.digest.map(Verifier::new);
+    let mut resumes = 0;
+    let mut reader = BodyReader::new(kind);
+    let mut buf = w.bufs.get();
+    let mut pos = 0u64; // body bytes received from the origin
+    let mut budget = Budget::default();
+    // A resume sends no request body: it needs no client.
+    let mut no_client = BufConn::new(&[][..]);
+    let result = loop {
+        let n = match reader.read(&mut up.conn, &mut buf).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => n as u64,
+            Err(e) if resumes < MAX_FILL_RESUMES && writer.is_some() => {
+                // The origin cut the body: resume it where it stopped, so the bytes already
+                // in the cache (and sent) are not fetched again.
+                resumes += 1;
+                match resume_fill(&mut no_client, req, target, resp, kind, pos, w).await {
+                    Some((conn, rest)) => {
+                        log::info!(
+                            "cache: origin cut {} at byte {pos} ({e}); resumed",
+                            req.target
+                        );
+                        up = conn;
+                        reader = BodyReader::new(rest);
+                        continue;
+                    }
+                    None => break Err(format!("origin body failed: {e}; resuming failed")),
+                }
+            }
+            Err(e) => break Err(format!("origin body failed: {e}")),
+        };
+        if let Some(v) = verifier.as_mut() {
+            v.update(&buf);
+        }
+        // The end of a body of known length: checked before its last piece is written,
+        // so that no reader can have it before the verdict.
+        if reader.is_done() && !digest_ok(&verifier, req) {
+            break Err("digest mismatch".into());
+        }
+        if let Some(fw) = writer.as_mut() {
+            let (res, b) = fw.write(buf).await;
+            buf = b;
+            if let Err(e) = res {
+                log::warn!("cache: fill of {} stopped: {e}", req.target);
+                // Fails the fill (its readers abort, the temp file goes); the leader's
+                // client gets the rest from memory.
+                writer = None;
+                handoff.start(pos);
+            }
+        }
+        if writer.is_none() {
+            if !handoff.push(pos, buf).await {
+                buf = Vec::new();
+                break Err("the client went away".into());
+            }
+            buf = w.bufs.get();
+        }
+        pos += n;
+        budget.spend(n).await;
+        if reader.is_done() {
+            break Ok(());
+        }
+    };
+    w.bufs.put(buf);
+    // A chunked or close-delimited body ends with an empty read (RFC 9112 §6.3, §7.1):
+    // its digest is checked here, before the commit and before the client's last chunk.
+    let result = result.and_then(|()| match digest_ok(&verifier, req) {
+        true => Ok(()),
+        false => Err("digest mismatch".to_string()),
+    });
+    if let Err(e) = result {
+        drop(writer); // fails the fill: readers abort, the temp file goes
+        handoff.end(Err(e.clone()));
+        return Err(e);
+    }
+    if let Some(fw) = writer {
+        let written = fw.written();
+        if let Err(e) = fw.commit().await {
+            log::warn!("cache: cannot commit {}: {e}", req.target);
+            // The file holds the whole body: the leader's client reads it all.
+            handoff.start(written);
+        }
+    }
+    handoff.end(Ok(()));
+    if resp.keep_alive() && reader.is_done() {
+        w.upstream.release(up);
+    }
+    Ok(())
+}
+
+/// Whether a blob's body matched its digest (true when it has none); logs a mismatch.
+fn digest_ok(verifier: &Option<Verifier>, req: &RequestHead) -> bool {
+    if verifier.as_ref().is_some_and(|v| !v.matches()) {
+        log::error!(
+            "cache: {} does not match its sha256 digest; discarded, client aborted",
+            req.target
+        );
+        return false;
+    }
+    true
+}
+
+/// The leader's client side of a fill: the head, then the body read back from the
+/// fill's file as it is written (as a joined reader does), then from `handoff` if the
+/// file write failed. Runs at the client's speed without holding the fill back.
+#[allow(clippy::too_many_arguments)]
+async fn serve_leader<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    resp: &ResponseHead,
+    kind: BodyKind,
+    stored: CacheOutcome,
+    fill: &Fill,
+    info: &StreamInfo,
+    file: Option<File>,
+    handoff: &Handoff,
+    w: &Worker,
+    op: &'static str,
+) -> ClientSide {
+    let mut cs = ClientSide::begin(client, req, resp, kind, stored, w, op).await;
+    if cs.wants_body() {
+        let (sent, result) = stream_fill(
+            client,
+            fill,
+            info,
+            file.as_ref(),
+            cs.start,
+            cs.end,
+            cs.writer,
+            Some(handoff),
+            w,
+        )
+        .await;
+        cs.sent = sent;
+        match result {
+            Ok(()) => cs.finish(client).await,
+            Err(e) => cs.error = Some(e),
+        }
+    }
+    handoff.client_gone();
+    cs
+}
+
+/// How often one fill may resume a body the origin cut.
+const MAX_FILL_RESUMES: u32 = 3;
+
+/// What a fill is for: its URL (to resume it), whether it replaces an entry, and the
+/// digest a blob URL promises.
+pub(crate) struct FillTarget<'a> {
+    pub(crate) uri: &'a Uri,
+    pub(crate) replaced: bool,
+    pub(crate) digest: Option<[u8; 32]>,
+}
+
+/// Asks the origin for the rest of a cut body: `Range: bytes=pos-` with `If-Range` on the
+/// response's strong ETag (RFC 9110 §13.1.5: only then is a 206 guaranteed to continue the
+/// same representation). Returns the connection and the rest's framing when the origin
+/// answered with exactly that range.
+async fn resume_fill<C: AsyncReadRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    target: &FillTarget<'_>,
+    resp: &ResponseHead,
+    kind: BodyKind,
+    pos: u64,
+    w: &Worker,
+) -> Option<(UpstreamConn, BodyKind)> {
+    let BodyKind::Length(len) = kind else {
+        return None;
+    };
+    let etag = resp
+        .headers
+        .get_str("etag")
+        .filter(|e| e.starts_with('"'))?;
+    let range = format!("bytes={pos}-");
+    let extra = [("Range", range.as_str()), ("If-Range", etag)];
+    let mut head = Vec::with_capacity(512);
+    write_upstream_head(
+        req,
+        target.uri,
+        BodyKind::None,
+        CLIENT_CONDITIONALS,
+        &extra,
+        &mut head,
+    );
+    let mut no_body = BodyReader::new(BodyKind::None);
+    let (up, part) = send_upstream(client, &head, &pool_key(target.uri), &mut no_body, w)
+        .await
+        .ok()?;
+    let expected = range::content_range(pos, len - 1, len);
+    let same = part.headers.get_str("etag") == Some(etag);
+    if part.status != 206
+        || part.headers.get_str("content-range") != Some(expected.as_str())
+        || !same
+    {
+        log::info!(
+            "cache: cannot resume {} at byte {pos}: origin answered {} {:?}",
+            req.target,
+            part.status,
+            part.headers.get_str("content-range")
+        );
+        return None;
+    }
+    match part.body_kind(&req.method) {
+        Ok(BodyKind::Length(n)) if n == len - pos => Some((up, BodyKind::Length(n))),
+        _ => None,
+    }
+}
