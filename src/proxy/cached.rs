@@ -10,7 +10,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::client_side::relay_ranged;
 use super::fill::{fill, FillTarget};
-use super::forward::relay_and_release;
+use super::relay::relay_and_release;
 use super::serve::{serve_entry, serve_fill, wait_for_head};
 use super::validate::{not_stored, release_bodyless, revalidate, validators_of};
 use super::{Outcome, ProxyError, Worker};
@@ -90,10 +90,10 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     };
     let (mut up, resp) = match revalidate(client, &req, &uri, validators.as_ref(), w).await {
         Ok(x) => x,
-        Err((error, close)) => {
+        Err(f) => {
             return Outcome::Failed {
-                error,
-                close,
+                error: f.error.into(),
+                close: f.close_client,
                 op: "miss",
             }
         }

@@ -4,8 +4,9 @@
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 
-use super::forward::{build_response_head, relay_and_release};
+use super::head::build_response_head;
 use super::head::{cached_head, range_of};
+use super::relay::relay_and_release;
 use super::validate::answer_client_conditional;
 use super::{Exchange, Outcome, Worker};
 use crate::cache::status::Outcome as CacheOutcome;
@@ -41,7 +42,15 @@ pub(crate) async fn relay_ranged<C: AsyncWriteRent>(
         headers.set("Cache-Status", cs);
     }
     let mut head = Vec::with_capacity(512);
-    let win = cached_head(req, 200, headers, len, answer, w, &mut head);
+    let win = cached_head(
+        req,
+        200,
+        headers,
+        len,
+        answer,
+        w.may_keep_alive(req),
+        &mut head,
+    );
     let (status, keep_alive) = (win.status, win.keep_alive);
     if let Err(e) = client.io.write_all(head).await.0 {
         return Outcome::Aborted {
@@ -152,14 +161,29 @@ impl ClientSide {
         match kind {
             BodyKind::Length(len) => {
                 let answer = range_of(req, &headers, Some(len));
-                let win = cached_head(req, 200, headers, len, answer, w, &mut head);
+                let win = cached_head(
+                    req,
+                    200,
+                    headers,
+                    len,
+                    answer,
+                    w.may_keep_alive(req),
+                    &mut head,
+                );
                 (cs.status, cs.keep_alive) = (win.status, win.keep_alive);
                 (cs.start, cs.end) = (win.start, win.start + win.count);
                 cs.writer = BodyWriter::Raw;
             }
             _ => {
-                let (bw, ka) =
-                    build_response_head(req, 200, &resp.reason, headers, kind, w, &mut head);
+                let (bw, ka) = build_response_head(
+                    req,
+                    200,
+                    &resp.reason,
+                    headers,
+                    kind,
+                    w.may_keep_alive(req),
+                    &mut head,
+                );
                 (cs.writer, cs.keep_alive, cs.end) = (bw, ka, u64::MAX);
             }
         }

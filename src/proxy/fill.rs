@@ -6,7 +6,6 @@ use monoio::fs::File;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::client_side::ClientSide;
-use super::forward::{pool_key, send_upstream, write_upstream_head};
 use super::handoff::Handoff;
 use super::serve::stream_fill;
 use super::validate::CLIENT_CONDITIONALS;
@@ -21,6 +20,7 @@ use crate::http::{BodyKind, RequestHead, ResponseHead};
 use crate::stream::fair::Budget;
 use crate::stream::{BodyReader, BufConn};
 use crate::upstream::UpstreamConn;
+use crate::upstream::{pool_key, send_upstream, write_upstream_head};
 
 /// Streams a storable 200 into the cache and to the client. The fill belongs to the
 /// cache and never waits on any one client: the origin → file loop ([`fill_from_origin`])

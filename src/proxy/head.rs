@@ -1,12 +1,12 @@
 //! Response heads toward the client for a cached or filling representation: range
 //! choice (RFC 9110 §14.2, If-Range §13.1.5) and head assembly (RFC 9112 §6, §9.3).
 
-use super::forward::build_response_head;
-use super::Worker;
 use crate::cache::policy::Validators;
 use crate::http::range::{self, if_range_matches, RangeAnswer};
-use crate::http::{BodyKind, Headers, RequestHead};
-use crate::stream::BodyWriter;
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+
+use crate::http::{BodyKind, Headers, RequestHead, ResponseHead, Version};
+use crate::stream::{BodyReader, BodyWriter, BufConn};
 
 /// Which part of a body of `len` bytes (when known) the client asked for, honouring
 /// `If-Range` (RFC 9110 §13.1.5, §14.2).
@@ -40,7 +40,7 @@ pub(crate) fn cached_head(
     mut headers: Headers,
     len: u64,
     answer: RangeAnswer,
-    w: &Worker,
+    keep_alive: bool,
     out: &mut Vec<u8>,
 ) -> Window {
     headers.set("Accept-Ranges", "bytes");
@@ -55,8 +55,15 @@ pub(crate) fn cached_head(
             (416, 0, 0)
         }
     };
-    let (_, keep_alive) =
-        build_response_head(req, status, "", headers, BodyKind::Length(count), w, out);
+    let (_, keep_alive) = build_response_head(
+        req,
+        status,
+        "",
+        headers,
+        BodyKind::Length(count),
+        keep_alive,
+        out,
+    );
     Window {
         status,
         start,
@@ -72,18 +79,18 @@ pub(crate) fn stored_head(
     status: u16,
     headers: Headers,
     body_len: Option<u64>,
-    w: &Worker,
+    keep_alive: bool,
     out: &mut Vec<u8>,
 ) -> (BodyWriter, Window) {
     match body_len {
         Some(len) => {
             let answer = range_of(req, &headers, Some(len));
-            let win = cached_head(req, status, headers, len, answer, w, out);
+            let win = cached_head(req, status, headers, len, answer, keep_alive, out);
             (BodyWriter::Raw, win)
         }
         None => {
             let (writer, keep_alive) =
-                build_response_head(req, status, "", headers, BodyKind::Chunked, w, out);
+                build_response_head(req, status, "", headers, BodyKind::Chunked, keep_alive, out);
             let win = Window {
                 status,
                 start: 0,
@@ -93,4 +100,88 @@ pub(crate) fn stored_head(
             (writer, win)
         }
     }
+}
+
+/// Serialises a response head toward the client into `out`, with framing for a body of
+/// `kind` (RFC 9112 §6) and the connection fields (RFC 9112 §9.3); `headers` must already
+/// be free of hop-by-hop fields. `keep_alive` is whether the connection may stay open
+/// ([`super::Worker::may_keep_alive`]); the framing may still close it. Returns the body
+/// writer and whether the connection stays open.
+pub fn build_response_head(
+    req: &RequestHead,
+    status: u16,
+    reason: &str,
+    mut headers: Headers,
+    kind: BodyKind,
+    mut keep_alive: bool,
+    out: &mut Vec<u8>,
+) -> (BodyWriter, bool) {
+    let writer = match kind {
+        BodyKind::None => BodyWriter::Empty,
+        BodyKind::Length(n) => {
+            headers.set("Content-Length", n.to_string());
+            BodyWriter::Raw
+        }
+        BodyKind::Chunked | BodyKind::UntilClose => {
+            headers.remove("content-length");
+            if req.version == Version::Http11 {
+                headers.set("Transfer-Encoding", "chunked");
+                BodyWriter::Chunked
+            } else {
+                keep_alive = false; // RFC 9112 §6.3: the body ends when we close
+                BodyWriter::Raw
+            }
+        }
+    };
+    if !keep_alive {
+        headers.set("Connection", "close");
+    } else if req.version == Version::Http10 {
+        headers.set("Connection", "keep-alive");
+    }
+    let head = ResponseHead {
+        version: Version::Http11,
+        status,
+        reason: reason.to_string(),
+        headers,
+    };
+    head.write_to(out);
+    (writer, keep_alive)
+}
+
+/// [`build_response_head`] and write it.
+pub async fn write_response_head<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    status: u16,
+    reason: &str,
+    headers: Headers,
+    kind: BodyKind,
+    keep_alive: bool,
+) -> (BodyWriter, std::io::Result<bool>) {
+    let mut head = Vec::with_capacity(1024);
+    let (writer, keep_alive) =
+        build_response_head(req, status, reason, headers, kind, keep_alive, &mut head);
+    match client.io.write_all(head).await.0 {
+        Ok(_) => (writer, Ok(keep_alive)),
+        Err(e) => (writer, Err(e)),
+    }
+}
+
+/// Answers `Expect: 100-continue` ourselves (RFC 9110 §10.1.1) so that the body arrives.
+pub async fn answer_expect<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    body: &BodyReader,
+) -> std::io::Result<()> {
+    if req.headers.has_token("expect", "100-continue")
+        && !body.is_done()
+        && req.version == Version::Http11
+    {
+        client
+            .io
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+            .await
+            .0?;
+    }
+    Ok(())
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use super::forward::{answer_expect, build_response_head};
+use super::head::{answer_expect, build_response_head};
 use super::serve::{drop_unreadable, open_fill_file, send_file_range, stream_fill, wait_for_head};
 use super::{write_simple, Exchange, Outcome, Worker};
 use crate::cache::fill::{Fill, Phase, Role, StreamInfo};
@@ -227,8 +227,15 @@ async fn send_entry<S: AsyncWriteRent>(
     let len = entry.meta.body_len;
     let mut buf = w.bufs.get();
     let headers = metadata_headers(&entry.meta);
-    let (_, keep_alive) =
-        build_response_head(head, 200, "OK", headers, BodyKind::Length(len), w, &mut buf);
+    let (_, keep_alive) = build_response_head(
+        head,
+        200,
+        "OK",
+        headers,
+        BodyKind::Length(len),
+        w.may_keep_alive(head),
+        &mut buf,
+    );
     let result = match &open.body {
         Some(body) => {
             buf.extend_from_slice(body);
@@ -278,7 +285,15 @@ async fn send_fill<S: AsyncWriteRent>(
     let kind = info.body_len.map_or(BodyKind::Chunked, BodyKind::Length);
     let mut out = Vec::with_capacity(1024);
     let headers = metadata_headers(&info.meta);
-    let (writer, keep_alive) = build_response_head(head, 200, "OK", headers, kind, w, &mut out);
+    let (writer, keep_alive) = build_response_head(
+        head,
+        200,
+        "OK",
+        headers,
+        kind,
+        w.may_keep_alive(head),
+        &mut out,
+    );
     if let Err(e) = conn.io.write_all(out).await.0 {
         return Outcome::Aborted {
             status: 200,

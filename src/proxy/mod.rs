@@ -13,11 +13,12 @@ pub mod head;
 pub mod internal;
 pub mod kv;
 pub mod peer;
+pub mod relay;
 pub mod remote;
 pub mod serve;
 pub mod validate;
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -36,36 +37,8 @@ use crate::server::shutdown::Shutdown;
 use crate::stream::BufConn;
 use crate::upstream::Upstream;
 
-/// Size of the buffers bodies are moved through.
-pub const TRANSFER_BUF: usize = 256 * 1024;
-/// Transfer buffers kept for reuse per core.
-pub const MAX_POOLED_BUFS: usize = 16;
-
 pub use crate::config::Timeouts;
-
-/// Reusable transfer buffers of one core (large buffers would otherwise be mmapped and
-/// unmapped by the allocator on every request).
-#[derive(Default)]
-pub struct BufPool {
-    free: RefCell<Vec<Vec<u8>>>,
-}
-
-impl BufPool {
-    pub fn get(&self) -> Vec<u8> {
-        self.free
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(TRANSFER_BUF))
-    }
-
-    pub fn put(&self, mut buf: Vec<u8>) {
-        let mut free = self.free.borrow_mut();
-        if buf.capacity() == TRANSFER_BUF && free.len() < MAX_POOLED_BUFS {
-            buf.clear();
-            free.push(buf);
-        }
-    }
-}
+pub use crate::stream::bufpool::{BufPool, MAX_POOLED_BUFS, TRANSFER_BUF};
 
 /// Everything one worker (core) needs to serve its connections.
 pub struct Worker {
@@ -86,6 +59,26 @@ pub struct Worker {
     pub interception: Option<Arc<connect::Interception>>,
     /// `cluster`, when configured (shared by all cores): key owners, peer health, claims.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+}
+
+impl Worker {
+    /// Whether the client's connection may stay open after this response: the client
+    /// wants it (RFC 9112 §9.3) and the server is not shutting down.
+    pub fn may_keep_alive(&self, req: &RequestHead) -> bool {
+        req.keep_alive() && !self.shutdown.is_triggered()
+    }
+}
+
+impl crate::upstream::Client for Worker {
+    fn pool(&self) -> &Upstream {
+        &self.upstream
+    }
+    fn bufs(&self) -> &BufPool {
+        &self.bufs
+    }
+    fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
 }
 
 /// What one request did, for its log line.
@@ -343,7 +336,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
             op: "reject",
         };
     }
-    if forward::is_loop(&head) {
+    if crate::upstream::request::is_loop(&head) {
         return Outcome::Failed {
             error: ProxyError::LoopDetected,
             close: true,

@@ -18,7 +18,8 @@ use crate::cluster::metadata::Metadata;
 use crate::cluster::{base64, Cluster, Node};
 use crate::http::{BodyKind, ResponseHead};
 use crate::stream::{BodyReader, BodyWriter, BufConn};
-use crate::upstream::{read_final_head, UpStream, UpstreamConn, UpstreamError};
+use crate::upstream::exchange::{exchange_bodiless, read_head_by};
+use crate::upstream::{UpStream, UpstreamConn, UpstreamError};
 
 /// How often the watch task wakes (probes are due by their own backoff).
 pub const WATCH_TICK: Duration = Duration::from_millis(200);
@@ -122,46 +123,6 @@ fn request_head(
     out
 }
 
-/// Reads a final response head before `deadline`, with the same interim-response rules
-/// as toward origins ([`crate::upstream::head::check_interim`]).
-async fn read_head_by(
-    up: &mut BufConn<UpStream>,
-    deadline: Instant,
-    received: &mut bool,
-) -> Result<ResponseHead, UpstreamError> {
-    let limit = deadline.saturating_duration_since(Instant::now());
-    read_final_head(up, deadline, limit, received).await
-}
-
-/// Sends a bodiless request to `node` on a pooled connection (retrying once per stale
-/// pooled connection) and reads the response head.
-async fn exchange(
-    w: &Worker,
-    node: &Node,
-    head: &[u8],
-    deadline: Instant,
-) -> Result<(UpstreamConn, ResponseHead), UpstreamError> {
-    loop {
-        let mut up = match w.upstream.take_idle(&node.pool_key) {
-            Some(c) => c,
-            None => w.upstream.connect_new(&node.pool_key).await?,
-        };
-        let reused = up.reused;
-        if let Err(e) = up.conn.io.write_all(head.to_vec()).await.0 {
-            if reused {
-                continue;
-            }
-            return Err(UpstreamError::Closed(e.to_string()));
-        }
-        let mut received = false;
-        match read_head_by(&mut up.conn, deadline, &mut received).await {
-            Ok(resp) => return Ok((up, resp)),
-            Err(UpstreamError::Closed(_)) if reused && !received => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Reads the rest of a short response and pools its connection when it can carry
 /// another request; a long or broken one is dropped (closed).
 async fn drain_and_release(w: &Worker, mut up: UpstreamConn, resp: &ResponseHead, method: &str) {
@@ -204,7 +165,7 @@ pub async fn get(
     };
     let head = request_head("GET", node, cluster, key, extra, None);
     let deadline = Instant::now() + claim_ttl(w);
-    let (up, resp) = exchange(w, node, &head, deadline)
+    let (up, resp) = exchange_bodiless(&w.upstream, &node.pool_key, &head, deadline)
         .await
         .map_err(unreachable)?;
     match resp.status {
@@ -307,7 +268,7 @@ pub async fn put_finish(
 pub async fn delete(w: &Worker, cluster: &Cluster, node: &Node, key: &str) -> Result<(), String> {
     let head = request_head("DELETE", node, cluster, key, &[], None);
     let deadline = Instant::now() + w.timeouts.upstream_head;
-    let (up, resp) = exchange(w, node, &head, deadline)
+    let (up, resp) = exchange_bodiless(&w.upstream, &node.pool_key, &head, deadline)
         .await
         .map_err(|e| unreachable(e).to_string())?;
     let status = resp.status;

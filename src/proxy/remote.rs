@@ -15,10 +15,11 @@ use monoio::buf::IoBuf;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::client_side::{relay_ranged, ClientSide};
-use super::forward::{forward, relay_and_release};
+use super::forward::forward;
 use super::handoff::Handoff;
 use super::head::stored_head;
 use super::peer::{self, Found, Lookup, PeerError};
+use super::relay::relay_and_release;
 use super::validate::{
     answer_client_conditional, not_stored, release_bodyless, revalidate, validated_headers,
     validators_of,
@@ -84,14 +85,14 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     let sent = revalidate(client, &req, &uri, validators.as_ref(), w).await;
     let (mut up, resp) = match sent {
         Ok(x) => x,
-        Err((error, close)) => {
+        Err(f) => {
             drop(found);
             if claimed {
                 release(w, cluster, node, &key).await;
             }
             return Outcome::Failed {
-                error,
-                close,
+                error: f.error.into(),
+                close: f.close_client,
                 op: "miss",
             };
         }
@@ -169,7 +170,14 @@ async fn serve_from_owner<C: AsyncWriteRent>(
         BodyKind::None => Some(0),
         _ => None,
     };
-    let (writer, win) = stored_head(req, meta.status, headers, body_len, w, &mut head);
+    let (writer, win) = stored_head(
+        req,
+        meta.status,
+        headers,
+        body_len,
+        w.may_keep_alive(req),
+        &mut head,
+    );
     let (status, keep_alive) = (win.status, win.keep_alive);
     if let Err(e) = client.io.write_all(head).await.0 {
         return Outcome::Aborted {

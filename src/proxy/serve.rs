@@ -61,7 +61,15 @@ pub(crate) async fn serve_entry<C: AsyncWriteRent>(
     let len = entry.meta.body_len;
     let answer = range_of(req, &headers, Some(len));
     let mut buf = w.bufs.get();
-    let win = cached_head(req, entry.meta.status, headers, len, answer, w, &mut buf);
+    let win = cached_head(
+        req,
+        entry.meta.status,
+        headers,
+        len,
+        answer,
+        w.may_keep_alive(req),
+        &mut buf,
+    );
     let (status, keep_alive) = (win.status, win.keep_alive);
     if let Some(body) = &open.body {
         // A tiny entry: head and body in one write, no file read.
@@ -231,7 +239,14 @@ pub(crate) async fn serve_fill<C: AsyncWriteRent>(
         };
     };
     let mut head = Vec::with_capacity(512);
-    let (writer, win) = stored_head(req, info.meta.status, headers, info.body_len, w, &mut head);
+    let (writer, win) = stored_head(
+        req,
+        info.meta.status,
+        headers,
+        info.body_len,
+        w.may_keep_alive(req),
+        &mut head,
+    );
     let (status, keep_alive) = (win.status, win.keep_alive);
     if let Err(e) = client.io.write_all(head).await.0 {
         return Outcome::Aborted {

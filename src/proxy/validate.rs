@@ -4,8 +4,8 @@
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
-use super::forward::{pool_key, send_upstream, write_response_head, write_upstream_head};
-use super::{Exchange, Outcome, ProxyError, Worker};
+use super::head::write_response_head;
+use super::{Exchange, Outcome, Worker};
 use crate::cache::meta::EntryMeta;
 use crate::cache::policy::{
     client_conditional_matches, conditional_headers, served_after_304, NotStorable, Validators,
@@ -15,6 +15,7 @@ use crate::http::uri::Uri;
 use crate::http::{BodyKind, Headers, RequestHead, ResponseHead};
 use crate::stream::{BodyReader, BufConn};
 use crate::upstream::UpstreamConn;
+use crate::upstream::{pool_key, send_upstream, write_upstream_head, SendFailure};
 
 /// Client request fields replaced by our own validators: a 304 answering the client's
 /// validators would say nothing about our entry (we evaluate the client's conditionals
@@ -46,7 +47,7 @@ pub(crate) async fn revalidate<C: AsyncReadRent>(
     uri: &Uri,
     validators: Option<&Validators>,
     w: &Worker,
-) -> Result<(UpstreamConn, ResponseHead), (ProxyError, bool)> {
+) -> Result<(UpstreamConn, ResponseHead), SendFailure> {
     let conditionals = validators.map(conditional_headers).unwrap_or_default();
     let extra: Vec<(&str, &str)> = conditionals.iter().map(|(n, v)| (*n, v.as_str())).collect();
     let mut head_bytes = Vec::with_capacity(512);
@@ -119,8 +120,16 @@ pub(crate) async fn answer_client_conditional<C: AsyncWriteRent>(
     }
     let mut h = headers.clone();
     h.remove("content-length");
-    let (_, res) =
-        write_response_head(client, req, 304, "Not Modified", h, BodyKind::None, w).await;
+    let (_, res) = write_response_head(
+        client,
+        req,
+        304,
+        "Not Modified",
+        h,
+        BodyKind::None,
+        w.may_keep_alive(req),
+    )
+    .await;
     Some(match res {
         Ok(keep_alive) => Outcome::Done(Exchange {
             status: 304,
