@@ -14,7 +14,7 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     w: &Worker,
 ) -> Outcome {
     if let Some(cluster) = &w.cluster {
-        if super::kv::is_kv_request(&head) {
+        if crate::cluster::kv::is_kv_request(&head) {
             return super::kv::handle(conn, head, w, cluster).await;
         }
     }

@@ -1,5 +1,5 @@
 //! The KV protocol, server side: how other nodes read and write the entries this node
-//! owns. Wire-compatible with the original's (`internal/server/handle_kv.go`,
+//! owns (the protocol itself: [`crate::cluster::kv`]). Wire-compatible with the original's (`internal/server/handle_kv.go`,
 //! `internal/cache/kv`): origin-form requests to the node's own address,
 //!
 //! - `GET /` with `X-Chacha-Key: base64(key)` → `200` with
@@ -22,7 +22,7 @@
 //!   connection closes): the entry being written is the same object.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
@@ -33,38 +33,14 @@ use crate::cache::fill::{Fill, Phase, Role, StreamInfo};
 use crate::cache::key::key_hash;
 use crate::cache::open::OpenEntry;
 use crate::cache::store::{FillStartError, Store};
+use crate::cluster::kv::{self, claim_ttl, FILL_CLAIM, FILL_CLAIMED, FILL_HEADER, METADATA_HEADER};
 use crate::cluster::metadata::Metadata;
-use crate::cluster::{base64, Cluster};
+use crate::cluster::Cluster;
 use crate::http::{BodyKind, Headers, RequestHead};
 use crate::stream::{BodyReader, BufConn};
 
-pub const KEY_HEADER: &str = "X-Chacha-Key";
-pub const METADATA_HEADER: &str = "X-Chacha-Metadata";
-/// Ours: fill coordination between nodes (`claim` in a GET, `claimed` in its 404).
-pub const FILL_HEADER: &str = "X-Chacha-Fill";
-pub const FILL_CLAIM: &str = "claim";
-pub const FILL_CLAIMED: &str = "claimed";
-/// How long a claim outlives the longest origin exchange a claimant may wait for
-/// (connect + upstream-head): past that the claimant is presumed dead.
-pub const CLAIM_MARGIN: Duration = Duration::from_secs(5);
 /// Lookup/join rounds a KV GET makes (a fill it waited for may complete or fail).
 const MAX_ROUNDS: usize = 3;
-
-/// Whether an origin-form request is for the KV protocol (in cluster mode). Like the
-/// original, any GET other than `/health` is a KV GET, any PUT a KV PUT.
-pub fn is_kv_request(head: &RequestHead) -> bool {
-    let path = head.target.split('?').next().unwrap_or("");
-    match head.method.as_str() {
-        "GET" => path != "/health",
-        "PUT" | "DELETE" => true,
-        _ => false,
-    }
-}
-
-/// How long a claim stays valid.
-pub fn claim_ttl(w: &Worker) -> Duration {
-    w.timeouts.connect + w.timeouts.upstream_head + CLAIM_MARGIN
-}
 
 pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     conn: &mut BufConn<S>,
@@ -92,7 +68,7 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
         let extra = [("WWW-Authenticate", "Basic realm=\"chacha\"")];
         return reply(conn, &head, w, 401, msg, unread_body, op, &extra).await;
     }
-    let key = match key_of(&head) {
+    let key = match kv::key_of(&head) {
         Ok(k) => k,
         Err(msg) => return reply(conn, &head, w, 400, &msg, unread_body, op, &[]).await,
     };
@@ -104,22 +80,6 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
         "GET" => get(conn, &head, w, cluster, store, key, op).await,
         "PUT" => put(conn, &head, w, cluster, store, key, op).await,
         _ => delete(conn, &head, w, cluster, store, key, op).await,
-    }
-}
-
-fn key_of(head: &RequestHead) -> Result<String, String> {
-    let Some(field) = head.headers.get(KEY_HEADER) else {
-        return Err(format!(
-            "failed to determine the key: no {KEY_HEADER} header"
-        ));
-    };
-    let bytes = base64::decode(field.trim_ascii())
-        .map_err(|e| format!("failed to determine the key: {KEY_HEADER}: {e}"))?;
-    match String::from_utf8(bytes) {
-        Ok(k) if !k.is_empty() => Ok(k),
-        _ => Err(format!(
-            "failed to determine the key: {KEY_HEADER} is empty or not UTF-8"
-        )),
     }
 }
 
@@ -178,7 +138,7 @@ async fn get<S: AsyncWriteRent>(
                         drop(handle);
                         return send_entry(conn, head, open, w, op).await;
                     }
-                    let deadline = Instant::now() + claim_ttl(w);
+                    let deadline = Instant::now() + claim_ttl(&w.timeouts);
                     cluster.claims.insert(hash, key, handle, deadline);
                     let extra = [(FILL_HEADER, FILL_CLAIMED)];
                     let msg = "no cache entry found; the fill is yours";
@@ -463,44 +423,5 @@ async fn delete<S: AsyncWriteRent>(
     } else {
         let msg = format!("no cache entry found for key {key}");
         reply(conn, head, w, 404, &msg, false, op, &[]).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::http::{parse_request, Parsed};
-
-    fn head(raw: &str) -> RequestHead {
-        match parse_request(raw.as_bytes()) {
-            Ok(Parsed::Complete(h, _)) => h,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn kv_requests_are_told_apart_from_health() {
-        assert!(is_kv_request(&head("GET / HTTP/1.1\r\nHost: n\r\n\r\n")));
-        assert!(is_kv_request(&head("PUT / HTTP/1.1\r\nHost: n\r\n\r\n")));
-        assert!(is_kv_request(&head("DELETE / HTTP/1.1\r\nHost: n\r\n\r\n")));
-        assert!(!is_kv_request(&head(
-            "GET /health HTTP/1.1\r\nHost: n\r\n\r\n"
-        )));
-        assert!(!is_kv_request(&head("POST / HTTP/1.1\r\nHost: n\r\n\r\n")));
-    }
-
-    #[test]
-    fn keys_must_be_base64_utf8_and_present() {
-        let ok = head("GET / HTTP/1.1\r\nX-Chacha-Key: aHR0cDovL28veA==\r\n\r\n");
-        assert_eq!(key_of(&ok).unwrap(), "http://o/x");
-        for bad in [
-            "",
-            "X-Chacha-Key: \r\n",
-            "X-Chacha-Key: !!\r\n",
-            "X-Chacha-Key: /w==\r\n",
-        ] {
-            let h = head(&format!("GET / HTTP/1.1\r\n{bad}\r\n"));
-            assert!(key_of(&h).is_err(), "{bad:?}");
-        }
     }
 }

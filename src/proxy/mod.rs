@@ -12,7 +12,6 @@ pub mod handoff;
 pub mod head;
 pub mod internal;
 pub mod kv;
-pub mod peer;
 pub mod relay;
 pub mod remote;
 pub mod serve;

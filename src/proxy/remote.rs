@@ -18,7 +18,6 @@ use super::client_side::{relay_ranged, ClientSide};
 use super::forward::forward;
 use super::handoff::Handoff;
 use super::head::stored_head;
-use super::peer::{self, Found, Lookup, PeerError};
 use super::relay::relay_and_release;
 use super::validate::{
     answer_client_conditional, not_stored, release_bodyless, revalidate, validated_headers,
@@ -32,6 +31,7 @@ use crate::cache::policy::{
     response_storable, should_drop_on_status, stored_headers, NotStorable, Validators,
 };
 use crate::cache::status::{Outcome as CacheOutcome, CACHE_NAME};
+use crate::cluster::kv::client::{self as peer, Found, Lookup, PeerError};
 use crate::cluster::metadata::Metadata;
 use crate::cluster::{Cluster, Node};
 use crate::config::Rule;
@@ -142,7 +142,7 @@ async fn release(w: &Worker, cluster: &Cluster, node: &Node, key: &str) {
 
 /// How long the owner's body may stall (it may itself be streaming a fill).
 fn owner_stall(w: &Worker) -> std::time::Duration {
-    w.timeouts.upstream_head + super::kv::CLAIM_MARGIN
+    w.timeouts.upstream_head + crate::cluster::kv::CLAIM_MARGIN
 }
 
 /// Serves a validated entry from the owner's KV response.

@@ -4,21 +4,21 @@
 //! peers marked down with `GET /health` (backing off) until they answer, and expires
 //! claims that other nodes never completed.
 
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use super::kv::{claim_ttl, FILL_CLAIM, FILL_CLAIMED, FILL_HEADER, KEY_HEADER, METADATA_HEADER};
-use super::Worker;
+use super::{claim_ttl, FILL_CLAIM, FILL_CLAIMED, FILL_HEADER, KEY_HEADER, METADATA_HEADER};
 use crate::cache::meta::EntryMeta;
 use crate::cluster::metadata::Metadata;
 use crate::cluster::{base64, Cluster, Node};
 use crate::http::{BodyKind, ResponseHead};
+use crate::server::shutdown::Shutdown;
 use crate::stream::{BodyReader, BodyWriter, BufConn};
 use crate::upstream::exchange::{exchange_bodiless, read_head_by};
+use crate::upstream::Client;
 use crate::upstream::{UpStream, UpstreamConn, UpstreamError};
 
 /// How often the watch task wakes (probes are due by their own backoff).
@@ -125,7 +125,12 @@ fn request_head(
 
 /// Reads the rest of a short response and pools its connection when it can carry
 /// another request; a long or broken one is dropped (closed).
-async fn drain_and_release(w: &Worker, mut up: UpstreamConn, resp: &ResponseHead, method: &str) {
+async fn drain_and_release(
+    w: &impl Client,
+    mut up: UpstreamConn,
+    resp: &ResponseHead,
+    method: &str,
+) {
     let Ok(kind) = resp.body_kind(method) else {
         return;
     };
@@ -144,15 +149,15 @@ async fn drain_and_release(w: &Worker, mut up: UpstreamConn, resp: &ResponseHead
         }
     }
     if reader.is_done() && resp.keep_alive() {
-        w.upstream.release(up);
+        w.pool().release(up);
     }
 }
 
 /// KV GET of `key` on its owner. With `claim`, a miss makes this node the key's filler
-/// (see [`super::kv`]). The owner may hold the answer while a fill it knows of starts,
+/// (see [`super`]). The owner may hold the answer while a fill it knows of starts,
 /// up to the claim time-to-live.
 pub async fn get(
-    w: &Worker,
+    w: &impl Client,
     cluster: &Cluster,
     node: &Node,
     key: &str,
@@ -164,8 +169,8 @@ pub async fn get(
         &[]
     };
     let head = request_head("GET", node, cluster, key, extra, None);
-    let deadline = Instant::now() + claim_ttl(w);
-    let (up, resp) = exchange_bodiless(&w.upstream, &node.pool_key, &head, deadline)
+    let deadline = Instant::now() + claim_ttl(w.timeouts());
+    let (up, resp) = exchange_bodiless(w.pool(), &node.pool_key, &head, deadline)
         .await
         .map_err(unreachable)?;
     match resp.status {
@@ -205,7 +210,7 @@ pub async fn get(
 /// Starts a KV PUT of `key` to its owner: sends the head; the caller streams the body
 /// through the returned writer and ends with [`put_finish`].
 pub async fn put_start(
-    w: &Worker,
+    w: &impl Client,
     cluster: &Cluster,
     node: &Node,
     key: &str,
@@ -223,10 +228,10 @@ pub async fn put_start(
     );
     // take_idle never hands out a connection the peer closed or wrote to while it sat
     // idle, which matters here: a PUT cannot be retried once its body streamed.
-    let mut up = match w.upstream.take_idle(&node.pool_key) {
+    let mut up = match w.pool().take_idle(&node.pool_key) {
         Some(c) => c,
         None => w
-            .upstream
+            .pool()
             .connect_new(&node.pool_key)
             .await
             .map_err(unreachable)?,
@@ -243,7 +248,7 @@ pub async fn put_start(
 
 /// Ends a KV PUT's body and waits for the owner to commit it (its 200).
 pub async fn put_finish(
-    w: &Worker,
+    w: &impl Client,
     mut up: UpstreamConn,
     writer: BodyWriter,
 ) -> Result<(), String> {
@@ -251,7 +256,7 @@ pub async fn put_finish(
         .finish(&mut up.conn.io)
         .await
         .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + w.timeouts.upstream_head;
+    let deadline = Instant::now() + w.timeouts().upstream_head;
     let mut received = false;
     let resp = read_head_by(&mut up.conn, deadline, &mut received)
         .await
@@ -265,10 +270,15 @@ pub async fn put_finish(
 }
 
 /// KV DELETE of `key`: drops the owner's entry and any claim on the key.
-pub async fn delete(w: &Worker, cluster: &Cluster, node: &Node, key: &str) -> Result<(), String> {
+pub async fn delete(
+    w: &impl Client,
+    cluster: &Cluster,
+    node: &Node,
+    key: &str,
+) -> Result<(), String> {
     let head = request_head("DELETE", node, cluster, key, &[], None);
-    let deadline = Instant::now() + w.timeouts.upstream_head;
-    let (up, resp) = exchange_bodiless(&w.upstream, &node.pool_key, &head, deadline)
+    let deadline = Instant::now() + w.timeouts().upstream_head;
+    let (up, resp) = exchange_bodiless(w.pool(), &node.pool_key, &head, deadline)
         .await
         .map_err(|e| unreachable(e).to_string())?;
     let status = resp.status;
@@ -309,14 +319,14 @@ async fn probe(node: &Node) -> Result<(), String> {
 /// Runs on one core for the whole process (worker 0): probes down peers until they
 /// answer (backing off from [`PROBE_BACKOFF_MIN`] to [`PROBE_BACKOFF_MAX`]) and expires
 /// claims whose claimant never came back.
-pub async fn watch(w: Rc<Worker>, cluster: Arc<Cluster>) {
+pub async fn watch(shutdown: Arc<Shutdown>, cluster: Arc<Cluster>) {
     let n = cluster.nodes.len();
     let mut backoff = vec![PROBE_BACKOFF_MIN; n];
     let mut next = vec![Instant::now(); n];
     loop {
         monoio::select! {
             _ = monoio::time::sleep(WATCH_TICK) => {}
-            _ = w.shutdown.wait() => return,
+            _ = shutdown.wait() => return,
         }
         let now = Instant::now();
         let expired = cluster.claims.sweep(now);
