@@ -9,23 +9,24 @@ use std::sync::Arc;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::client_side::relay_ranged;
+use super::decide::{decide, Action, Held};
 use super::fill::{fill, FillTarget};
 use super::relay::relay_and_release;
 use super::serve::{serve_entry, serve_fill, wait_for_head};
 use super::validate::{not_stored, release_bodyless, revalidate, validators_of};
 use super::{Outcome, ProxyError, Worker};
 use crate::cache::digest::expected_sha256;
-use crate::cache::fill::{Fill, Phase, Role, StreamInfo};
+use crate::cache::fill::{Fill, FillHandle, Phase, Role, StreamInfo};
 use crate::cache::key::{cache_key, key_hash, key_is_exact, match_rule};
 use crate::cache::meta::EntryMeta;
-use crate::cache::policy::{
-    request_storable, response_storable, should_drop_on_status, stored_headers, NotStorable,
-};
-use crate::cache::store::FillStartError;
+use crate::cache::policy::{request_storable, response_storable, stored_headers, NotStorable};
+use crate::cache::status::{NotFilled, Outcome as CacheOutcome};
+use crate::cache::store::{FillStartError, Store};
 use crate::cluster::Owner;
 use crate::http::uri::Uri;
-use crate::http::{BodyKind, RequestHead};
+use crate::http::{BodyKind, RequestHead, ResponseHead};
 use crate::stream::BufConn;
+use crate::upstream::UpstreamConn;
 
 /// Entry point for GET requests when a cache or a cluster is configured.
 pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
@@ -99,86 +100,131 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         }
     };
 
-    if resp.status == 304 {
-        if let Some(entry) = entry {
+    let held = match (&entry, &joined) {
+        (Some(_), _) => Held::Entry,
+        (None, Some(_)) => Held::Filling,
+        (None, None) => Held::Nothing,
+    };
+    let action = decide(
+        resp.status,
+        held,
+        || response_storable(&req, &resp, rule),
+        || key_is_exact(&uri, &key, rule, &req.headers),
+    );
+    match action {
+        Action::ServeEntry => {
+            let entry = entry.expect("held");
             release_bodyless(&mut up, &resp, w);
-            return serve_entry(client, &req, entry, &resp, w).await;
+            serve_entry(client, &req, entry, &resp, w).await
         }
-        if let Some((fill, info)) = joined {
+        Action::ServeFill => {
+            let (fill, info) = joined.expect("held");
             release_bodyless(&mut up, &resp, w);
-            return serve_fill(client, &req, &fill, &info, &resp, w).await;
+            serve_fill(client, &req, &fill, &info, &resp, w).await
         }
-    }
-    if resp.status == 200 {
-        if let Err(reason) = response_storable(&req, &resp, rule) {
+        Action::RelayUnstored(reason) => {
             let cs = not_stored(had_entry, reason)(&resp);
-            return relay_ranged(client, &req, &mut up, resp, w, cs).await;
+            relay_ranged(client, &req, &mut up, resp, w, cs).await
         }
-        if lead.is_none() && joined.is_none() {
-            // Replacing an entry (or a waiter whose fill went away): try to become the filler.
-            if let Role::Leader(h) = store.fills.lead_or_join(hash, &key) {
-                lead = Some(h);
-            }
-        }
-        if let Some(handle) = lead {
-            let meta = EntryMeta {
+        Action::Fill => {
+            fill_or_relay(
+                client,
+                req,
+                uri,
                 key,
-                status: 200,
-                headers: stored_headers(&resp.headers).fields,
-                ..Default::default()
-            };
-            let kind = match resp.body_kind(&req.method) {
-                Ok(k) => k,
-                Err(e) => {
-                    return Outcome::Failed {
-                        error: ProxyError::Upstream(crate::upstream::UpstreamError::Protocol(
-                            e.to_string(),
-                        )),
-                        close: false,
-                        op: "miss",
-                    }
-                }
-            };
-            let body_len = match kind {
-                BodyKind::Length(n) => Some(n),
-                BodyKind::None => Some(0),
-                _ => None,
-            };
-            return match store.start_fill(handle, meta, body_len).await {
-                Ok(writer) => {
-                    let digest = expected_sha256(&uri.path_and_query);
-                    let target = FillTarget {
-                        uri: &uri,
-                        replaced: had_entry,
-                        digest,
-                    };
-                    fill(client, &req, up, resp, kind, writer, target, w).await
-                }
-                Err(FillStartError::TooLarge) => {
-                    let cs = not_stored(had_entry, NotStorable::TooLarge)(&resp);
-                    relay_ranged(client, &req, &mut up, resp, w, cs).await
-                }
-                Err(FillStartError::Io(e)) => {
-                    log::warn!(
-                        "cache: cannot create a fill file in {}: {e}",
-                        store.dir.display()
-                    );
-                    let cs =
-                        Some("chacha; fwd=miss; fwd-status=200; detail=disk-error".to_string());
-                    relay_ranged(client, &req, &mut up, resp, w, cs).await
-                }
-            };
+                hash,
+                lead,
+                joined.is_some(),
+                had_entry,
+                up,
+                resp,
+                store,
+                w,
+            )
+            .await
         }
-        let cs = Some("chacha; fwd=miss; fwd-status=200; detail=fill-in-progress".to_string());
-        return relay_ranged(client, &req, &mut up, resp, w, cs).await;
-    }
-    if let Some(e) = &entry {
-        // Issue 9 item 4: only when the key covers the whole request.
-        if should_drop_on_status(resp.status, key_is_exact(&uri, &key, rule, &req.headers)) {
-            w.open_entries.forget(hash);
-            store.remove(hash, e.entry.generation);
+        Action::Relay { drop_entry } => {
+            if let (true, Some(e)) = (drop_entry, &entry) {
+                w.open_entries.forget(hash);
+                store.remove(hash, e.entry.generation);
+            }
+            let cs = not_stored(had_entry, NotStorable::Status)(&resp);
+            relay_and_release(client, &req, &mut up, resp, w, "pass", cs).await
         }
     }
-    let cs = not_stored(had_entry, NotStorable::Status)(&resp);
-    relay_and_release(client, &req, &mut up, resp, w, "pass", cs).await
+}
+
+/// A storable 200: fill the entry when this request leads (or can become the leader of)
+/// its fill; else another request is filling it and this one is relayed.
+#[allow(clippy::too_many_arguments)]
+async fn fill_or_relay<C: AsyncReadRent + AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: RequestHead,
+    uri: Uri,
+    key: String,
+    hash: u64,
+    mut lead: Option<FillHandle>,
+    joined: bool,
+    had_entry: bool,
+    mut up: UpstreamConn,
+    resp: ResponseHead,
+    store: &Arc<Store>,
+    w: &Worker,
+) -> Outcome {
+    if lead.is_none() && !joined {
+        // Replacing an entry (or a waiter whose fill went away): try to become the filler.
+        if let Role::Leader(h) = store.fills.lead_or_join(hash, &key) {
+            lead = Some(h);
+        }
+    }
+    if let Some(handle) = lead {
+        let meta = EntryMeta {
+            key,
+            status: 200,
+            headers: stored_headers(&resp.headers).fields,
+            ..Default::default()
+        };
+        let kind = match resp.body_kind(&req.method) {
+            Ok(k) => k,
+            Err(e) => {
+                return Outcome::Failed {
+                    error: ProxyError::Upstream(crate::upstream::UpstreamError::Protocol(
+                        e.to_string(),
+                    )),
+                    close: false,
+                    op: "miss",
+                }
+            }
+        };
+        let body_len = match kind {
+            BodyKind::Length(n) => Some(n),
+            BodyKind::None => Some(0),
+            _ => None,
+        };
+        return match store.start_fill(handle, meta, body_len).await {
+            Ok(writer) => {
+                let digest = expected_sha256(&uri.path_and_query);
+                let target = FillTarget {
+                    uri: &uri,
+                    replaced: had_entry,
+                    digest,
+                };
+                fill(client, &req, up, resp, kind, writer, target, w).await
+            }
+            Err(FillStartError::TooLarge) => {
+                let cs = not_stored(had_entry, NotStorable::TooLarge)(&resp);
+                relay_ranged(client, &req, &mut up, resp, w, cs).await
+            }
+            Err(FillStartError::Io(e)) => {
+                log::warn!(
+                    "cache: cannot create a fill file in {}: {e}",
+                    store.dir.display()
+                );
+                let cs = Some(CacheOutcome::NotFilled(NotFilled::DiskError).header_value());
+                relay_ranged(client, &req, &mut up, resp, w, cs).await
+            }
+        };
+    }
+    let cs = Some(CacheOutcome::NotFilled(NotFilled::FillInProgress).header_value());
+    relay_ranged(client, &req, &mut up, resp, w, cs).await
 }

@@ -1,7 +1,7 @@
 //! The always-validating decision, as a pure function: what the flow does once the origin
 //! answered its conditional request (RFC 9111 §4.3: every request is validated), given
 //! what this node (or the key's owner) holds for the key. Written once for the local
-//! flow ([`super::cached`]) and the flow through a key's owner ([`super::remote`]).
+//! flow (`cached.rs`) and the flow through a key's owner (`remote.rs`).
 
 use crate::cache::policy::{should_drop_on_status, NotStorable};
 
@@ -11,7 +11,7 @@ pub enum Held {
     /// A complete entry (its validators went out).
     Entry,
     /// An entry another request is still writing (its validators went out).
-    Fill,
+    Filling,
     /// Nothing: the request went out unconditional.
     Nothing,
 }
@@ -43,7 +43,7 @@ pub fn decide(
 ) -> Action {
     match (status, held) {
         (304, Held::Entry) => Action::ServeEntry,
-        (304, Held::Fill) => Action::ServeFill,
+        (304, Held::Filling) => Action::ServeFill,
         (200, _) => match storable() {
             Ok(()) => Action::Fill,
             Err(reason) => Action::RelayUnstored(reason),
@@ -58,33 +58,47 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Action::{Fill, Relay, RelayUnstored, ServeEntry, ServeFill};
+    use Held::{Entry, Filling, Nothing};
 
     fn run(status: u16, held: Held, storable: Result<(), NotStorable>, exact: bool) -> Action {
         decide(status, held, || storable, || exact)
     }
 
-    /// One row per rule: (status, held, storable, key exact) → action.
+    /// (origin status, held, storable, key exact) → action, and the rule it follows.
+    type Row = (
+        u16,
+        Held,
+        Result<(), NotStorable>,
+        bool,
+        Action,
+        &'static str,
+    );
+
+    /// One row per rule.
     #[test]
     fn decision_table() {
-        use Action::*;
-        use Held::*;
         let ok = Ok(());
-        let rows: &[(u16, Held, Result<(), NotStorable>, bool, Action, &str)] = &[
+        let keep = Relay { drop_entry: false };
+        let no_store = NotStorable::NoStoreResponse;
+        #[rustfmt::skip]
+        let rows: &[Row] = &[
             (304, Entry, ok, true, ServeEntry, "RFC 9111 §4.3.4: a 304 validates the entry"),
-            (304, Fill, ok, true, ServeFill, "RFC 9111 §4.3.4: validates the entry being written"),
-            (304, Nothing, ok, true, Relay { drop_entry: false }, "a 304 to an unconditional request is relayed"),
+            (304, Filling, ok, true, ServeFill, "RFC 9111 §4.3.4: it validates the entry being written"),
+            (304, Nothing, ok, true, keep, "a 304 to an unconditional request is relayed"),
             (200, Nothing, ok, true, Fill, "RFC 9111 §3: a storable 200 is stored"),
             (200, Entry, ok, true, Fill, "RFC 9111 §4.3.3: a 200 replaces the entry"),
-            (200, Fill, ok, true, Fill, "a 200 to a joined fill: newer than the fill's"),
-            (200, Entry, Err(NotStorable::NoStoreResponse), true, RelayUnstored(NotStorable::NoStoreResponse), "RFC 9111 §5.2.2.5: no-store"),
+            (200, Filling, ok, true, Fill, "a 200 to a joined fill is newer than the fill"),
+            (200, Entry, Err(no_store), true, RelayUnstored(no_store), "RFC 9111 §5.2.2.5: no-store"),
             (200, Nothing, Err(NotStorable::Vary), true, RelayUnstored(NotStorable::Vary), "Vary is not stored"),
-            (404, Entry, ok, true, Relay { drop_entry: true }, "RFC 9110 §15.5.5: 404 for the exact URL drops the entry"),
-            (410, Entry, ok, true, Relay { drop_entry: true }, "RFC 9110 §15.5.11: 410 drops the entry"),
-            (404, Entry, ok, false, Relay { drop_entry: false }, "a 404 for a request the key does not cover keeps the entry"),
-            (403, Entry, ok, true, Relay { drop_entry: false }, "403 says nothing about the resource"),
-            (500, Entry, ok, true, Relay { drop_entry: false }, "RFC 9111 §4.3.3: a 5xx does not replace the entry"),
-            (404, Nothing, ok, true, Relay { drop_entry: false }, "nothing to drop"),
-            (206, Entry, ok, true, Relay { drop_entry: false }, "a 206 (we sent no Range) is relayed"),
+            (404, Entry, ok, true, Relay { drop_entry: true }, "RFC 9110 §15.5.5: a 404 for the exact URL drops the entry"),
+            (410, Entry, ok, true, Relay { drop_entry: true }, "RFC 9110 §15.5.11: a 410 drops the entry"),
+            (404, Entry, ok, false, keep, "a 404 to a request the key does not cover keeps the entry"),
+            (403, Entry, ok, true, keep, "a 403 says nothing about the resource"),
+            (500, Entry, ok, true, keep, "RFC 9111 §4.3.3: a 5xx does not replace the entry"),
+            (404, Nothing, ok, true, keep, "nothing to drop"),
+            (404, Filling, ok, true, keep, "a fill in progress is not dropped"),
+            (206, Entry, ok, true, keep, "a 206 (no Range was sent) is relayed"),
         ];
         for (status, held, storable, exact, want, rule) in rows {
             assert_eq!(run(*status, *held, *storable, *exact), *want, "{rule}");
@@ -93,9 +107,19 @@ mod tests {
 
     #[test]
     fn the_hot_path_evaluates_nothing_else() {
-        let a = decide(304, Held::Entry, || panic!("storable asked"), || panic!("exact asked"));
-        assert_eq!(a, Action::ServeEntry);
-        let a = decide(500, Held::Nothing, || panic!("storable asked"), || panic!("exact asked"));
-        assert_eq!(a, Action::Relay { drop_entry: false });
+        let a = decide(
+            304,
+            Entry,
+            || panic!("storable asked"),
+            || panic!("exact asked"),
+        );
+        assert_eq!(a, ServeEntry);
+        let a = decide(
+            500,
+            Nothing,
+            || panic!("storable asked"),
+            || panic!("exact asked"),
+        );
+        assert_eq!(a, Relay { drop_entry: false });
     }
 }

@@ -5,6 +5,7 @@
 pub mod cached;
 pub mod client_side;
 pub mod connect;
+pub mod decide;
 pub mod error;
 pub mod fill;
 pub mod forward;

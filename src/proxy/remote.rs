@@ -15,6 +15,7 @@ use monoio::buf::IoBuf;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::client_side::{relay_ranged, ClientSide};
+use super::decide::{decide, Action, Held};
 use super::forward::forward;
 use super::handoff::Handoff;
 use super::head::stored_head;
@@ -27,10 +28,8 @@ use super::{Exchange, Outcome, ProxyError, Worker};
 use crate::cache::digest::{expected_sha256, Verifier};
 use crate::cache::key::key_is_exact;
 use crate::cache::meta::EntryMeta;
-use crate::cache::policy::{
-    response_storable, should_drop_on_status, stored_headers, NotStorable, Validators,
-};
-use crate::cache::status::{Outcome as CacheOutcome, CACHE_NAME};
+use crate::cache::policy::{response_storable, stored_headers, NotStorable, Validators};
+use crate::cache::status::Outcome as CacheOutcome;
 use crate::cluster::kv::client::{self as peer, Found, Lookup, PeerError};
 use crate::cluster::metadata::Metadata;
 use crate::cluster::{Cluster, Node};
@@ -43,10 +42,12 @@ use crate::upstream::{UpstreamConn, UpstreamError};
 
 /// `Cache-Status` of a request relayed uncached because its owner is unreachable.
 fn owner_down(resp: &ResponseHead) -> Option<String> {
-    Some(format!(
-        "{CACHE_NAME}; fwd=uri-miss; fwd-status={}; detail=owner-unreachable",
-        resp.status
-    ))
+    Some(
+        CacheOutcome::OwnerUnreachable {
+            status: resp.status,
+        }
+        .header_value(),
+    )
 }
 
 pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
@@ -97,35 +98,50 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
             };
         }
     };
-    if resp.status == 304 {
-        if let Some(found) = found {
+    let held = if found.is_some() {
+        Held::Entry
+    } else {
+        Held::Nothing
+    };
+    let action = decide(
+        resp.status,
+        held,
+        || response_storable(&req, &resp, rule),
+        || key_is_exact(&uri, &key, rule, &req.headers),
+    );
+    let drop_entry = match action {
+        Action::ServeEntry => {
+            let found = found.expect("held");
             release_bodyless(&mut up, &resp, w);
             return serve_from_owner(client, &req, found, &resp, w).await;
         }
-    } else if resp.status == 200 {
         // The owner's copy is outdated (or absent): its connection closes unread.
-        drop(found);
-        if let Err(reason) = response_storable(&req, &resp, rule) {
+        Action::RelayUnstored(reason) => {
+            drop(found);
             if claimed {
                 release(w, cluster, node, &key).await;
             }
             let cs = not_stored(had_entry, reason)(&resp);
             return relay_ranged(client, &req, &mut up, resp, w, cs).await;
         }
-        let digest = expected_sha256(&uri.path_and_query);
-        let target = Target {
-            cluster,
-            node,
-            key,
-            replaced: had_entry,
-            digest,
-        };
-        return fill_through(client, &req, up, resp, target, w).await;
-    }
-    let found_entry = found.is_some();
+        Action::Fill => {
+            drop(found);
+            let digest = expected_sha256(&uri.path_and_query);
+            let target = Target {
+                cluster,
+                node,
+                key,
+                replaced: had_entry,
+                digest,
+            };
+            return fill_through(client, &req, up, resp, target, w).await;
+        }
+        // Never decided here: the owner streams a fill as an entry (`Held::Entry`).
+        Action::ServeFill => false,
+        Action::Relay { drop_entry } => drop_entry,
+    };
     drop(found);
-    let exact = key_is_exact(&uri, &key, rule, &req.headers);
-    if claimed || (found_entry && should_drop_on_status(resp.status, exact)) {
+    if claimed || drop_entry {
         release(w, cluster, node, &key).await;
     }
     let cs = not_stored(had_entry, NotStorable::Status)(&resp);
