@@ -14,7 +14,7 @@ use super::fill::{fill, FillTarget};
 use super::relay::relay_and_release;
 use super::serve::{serve_entry, serve_fill, wait_for_head};
 use super::validate::{not_stored, release_bodyless, revalidate, validators_of};
-use super::{Outcome, ProxyError, Worker};
+use super::{Op, Outcome, ProxyError, Worker};
 use crate::cache::digest::expected_sha256;
 use crate::cache::fill::{Fill, FillHandle, Phase, Role, StreamInfo};
 use crate::cache::key::{cache_key, key_hash, key_is_exact, match_rule};
@@ -95,7 +95,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
             return Outcome::Failed {
                 error: f.error.into(),
                 close: f.close_client,
-                op: "miss",
+                op: Op::Miss,
             }
         }
     };
@@ -149,7 +149,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
                 store.remove(hash, e.entry.generation);
             }
             let cs = not_stored(had_entry, NotStorable::Status)(&resp);
-            relay_and_release(client, &req, &mut up, resp, w, "pass", cs).await
+            relay_and_release(client, &req, &mut up, resp, w, Op::Pass, cs).await
         }
     }
 }
@@ -192,7 +192,7 @@ async fn fill_or_relay<C: AsyncReadRent + AsyncWriteRent>(
                         e.to_string(),
                     )),
                     close: false,
-                    op: "miss",
+                    op: Op::Miss,
                 }
             }
         };

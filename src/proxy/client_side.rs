@@ -8,7 +8,7 @@ use super::head::build_response_head;
 use super::head::{cached_head, range_of};
 use super::relay::relay_and_release;
 use super::validate::answer_client_conditional;
-use super::{Exchange, Outcome, Worker};
+use super::{Exchange, Op, Outcome, Worker};
 use crate::cache::status::Outcome as CacheOutcome;
 use crate::http::{BodyKind, RequestHead, ResponseHead};
 use crate::stream::{BodyReader, BodyWriter, BufConn};
@@ -26,7 +26,7 @@ pub(crate) async fn relay_ranged<C: AsyncWriteRent>(
     w: &Worker,
     cache_status: Option<String>,
 ) -> Outcome {
-    let op = "pass";
+    let op = Op::Pass;
     let mut headers = resp.headers.clone();
     headers.strip_hop_by_hop();
     let answer = match resp.body_kind(&req.method) {
@@ -134,7 +134,7 @@ impl ClientSide {
         kind: BodyKind,
         cache_status: CacheOutcome,
         w: &Worker,
-        op: &'static str,
+        op: Op,
     ) -> ClientSide {
         let mut headers = resp.headers.clone();
         headers.strip_hop_by_hop();
@@ -249,7 +249,7 @@ impl ClientSide {
         }
     }
 
-    pub(crate) fn outcome(&mut self, op: &'static str) -> Outcome {
+    pub(crate) fn outcome(&mut self, op: Op) -> Outcome {
         match self.error.take() {
             Some(reason) => Outcome::Aborted {
                 status: self.status,

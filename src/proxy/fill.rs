@@ -9,7 +9,7 @@ use super::client_side::ClientSide;
 use super::handoff::Handoff;
 use super::serve::stream_fill;
 use super::validate::CLIENT_CONDITIONALS;
-use super::{Outcome, Worker};
+use super::{Op, Outcome, Worker};
 use crate::cache::digest::Verifier;
 use crate::cache::fill::{Fill, StreamInfo};
 use crate::cache::status::Outcome as CacheOutcome;
@@ -39,7 +39,7 @@ pub(crate) async fn fill<C: AsyncReadRent + AsyncWriteRent>(
     target: FillTarget<'_>,
     w: &Worker,
 ) -> Outcome {
-    let op = "fill";
+    let op = Op::Fill;
     let fill = writer.fill().clone();
     let info = fill
         .snapshot()
@@ -213,7 +213,7 @@ async fn serve_leader<C: AsyncWriteRent>(
     file: Option<File>,
     handoff: &Handoff,
     w: &Worker,
-    op: &'static str,
+    op: Op,
 ) -> ClientSide {
     let mut cs = ClientSide::begin(client, req, resp, kind, stored, w, op).await;
     if cs.wants_body() {

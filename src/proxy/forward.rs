@@ -5,7 +5,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::head::answer_expect;
 use super::relay::relay_and_release;
-use super::{Outcome, Worker};
+use super::{Op, Outcome, Worker};
 use crate::http::uri::Uri;
 use crate::http::{RequestHead, ResponseHead};
 use crate::stream::{BodyReader, BufConn};
@@ -26,7 +26,7 @@ pub async fn forward<C: AsyncReadRent + AsyncWriteRent>(
             return Outcome::Failed {
                 error: e.into(),
                 close: true,
-                op: "reject",
+                op: Op::Reject,
             }
         }
     };
@@ -35,7 +35,7 @@ pub async fn forward<C: AsyncReadRent + AsyncWriteRent>(
         return Outcome::Aborted {
             status: 100,
             bytes: 0,
-            op: "pass",
+            op: Op::Pass,
             reason: e.to_string(),
         };
     }
@@ -48,10 +48,10 @@ pub async fn forward<C: AsyncReadRent + AsyncWriteRent>(
                 return Outcome::Failed {
                     error: f.error.into(),
                     close: f.close_client,
-                    op: "pass",
+                    op: Op::Pass,
                 }
             }
         };
     let status = cache_status(&resp);
-    relay_and_release(client, &req, &mut up, resp, w, "pass", status).await
+    relay_and_release(client, &req, &mut up, resp, w, Op::Pass, status).await
 }

@@ -28,7 +28,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::head::{answer_expect, build_response_head};
 use super::serve::{drop_unreadable, open_fill_file, send_file_range, stream_fill, wait_for_head};
-use super::{write_simple, Exchange, Outcome, Worker};
+use super::{write_simple, Exchange, Op, Outcome, Worker};
 use crate::cache::fill::{Fill, Phase, Role, StreamInfo};
 use crate::cache::key::key_hash;
 use crate::cache::open::OpenEntry;
@@ -49,9 +49,9 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     cluster: &Cluster,
 ) -> Outcome {
     let op = match head.method.as_str() {
-        "GET" => "kv-get",
-        "PUT" => "kv-put",
-        _ => "kv-delete",
+        "GET" => Op::KvGet,
+        "PUT" => Op::KvPut,
+        _ => Op::KvDelete,
     };
     // A body we do not read closes the connection.
     let unread_body = !matches!(
@@ -92,7 +92,7 @@ async fn reply<S: AsyncWriteRent>(
     status: u16,
     msg: &str,
     close: bool,
-    op: &'static str,
+    op: Op,
     extra: &[(&str, &str)],
 ) -> Outcome {
     let keep_alive = !close && head.keep_alive() && !w.shutdown.is_triggered();
@@ -119,7 +119,7 @@ async fn get<S: AsyncWriteRent>(
     cluster: &Cluster,
     store: &std::sync::Arc<Store>,
     key: String,
-    op: &'static str,
+    op: Op,
 ) -> Outcome {
     let hash = key_hash(&key);
     let claim = head
@@ -180,7 +180,7 @@ async fn send_entry<S: AsyncWriteRent>(
     head: &RequestHead,
     open: Rc<OpenEntry>,
     w: &Worker,
-    op: &'static str,
+    op: Op,
 ) -> Outcome {
     let entry = &open.entry;
     open.touch();
@@ -236,7 +236,7 @@ async fn send_fill<S: AsyncWriteRent>(
     fill: &Fill,
     info: &StreamInfo,
     w: &Worker,
-    op: &'static str,
+    op: Op,
 ) -> Outcome {
     let Some(file) = open_fill_file(fill, info).await else {
         let msg = "the fill of this key failed";
@@ -291,7 +291,7 @@ async fn put<S: AsyncReadRent + AsyncWriteRent>(
     cluster: &Cluster,
     store: &std::sync::Arc<Store>,
     key: String,
-    op: &'static str,
+    op: Op,
 ) -> Outcome {
     let kind = match head.body_kind() {
         Ok(k) => k,
@@ -406,7 +406,7 @@ async fn delete<S: AsyncWriteRent>(
     cluster: &Cluster,
     store: &std::sync::Arc<Store>,
     key: String,
-    op: &'static str,
+    op: Op,
 ) -> Outcome {
     let hash = key_hash(&key);
     let released = cluster.claims.release(hash, &key);

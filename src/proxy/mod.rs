@@ -81,12 +81,63 @@ impl crate::upstream::Client for Worker {
     }
 }
 
+/// What one request did, as its log line names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Served from this node's disk after a 304.
+    Hit,
+    /// Served from another request's fill in progress after a 304.
+    Collapsed,
+    /// Nothing reached the client: the conditional request (or the head) failed.
+    Miss,
+    /// Stored while served.
+    Fill,
+    /// Relayed, not stored.
+    Pass,
+    /// Refused before reaching an origin.
+    Reject,
+    /// One of chacha's own endpoints.
+    Internal,
+    KvGet,
+    KvPut,
+    KvDelete,
+    /// Served from the owner node after a 304.
+    PeerHit,
+    /// Stored on the owner node while served.
+    PeerFill,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Hit => "hit",
+            Op::Collapsed => "collapsed",
+            Op::Miss => "miss",
+            Op::Fill => "fill",
+            Op::Pass => "pass",
+            Op::Reject => "reject",
+            Op::Internal => "internal",
+            Op::KvGet => "kv-get",
+            Op::KvPut => "kv-put",
+            Op::KvDelete => "kv-delete",
+            Op::PeerHit => "peer-hit",
+            Op::PeerFill => "peer-fill",
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What one request did, for its log line.
 #[derive(Debug)]
 pub struct Exchange {
     pub status: u16,
     pub bytes: u64,
-    pub op: &'static str,
+    pub op: Op,
     pub keep_alive: bool,
 }
 
@@ -98,14 +149,14 @@ pub enum Outcome {
     Failed {
         error: ProxyError,
         close: bool,
-        op: &'static str,
+        op: Op,
     },
     /// The response was under way: the client connection must be cut so that the
     /// client sees an incomplete message, never a truncated one that looks complete.
     Aborted {
         status: u16,
         bytes: u64,
-        op: &'static str,
+        op: Op,
         reason: String,
     },
 }
@@ -273,7 +324,7 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                 Err(error) => Outcome::Failed {
                     error,
                     close: true,
-                    op: "reject",
+                    op: Op::Reject,
                 },
             },
             _ => dispatch(conn, head, w, channel).await,
@@ -333,14 +384,14 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
         return Outcome::Failed {
             error: ProxyError::MethodNotAllowed("CONNECT".into()),
             close: true,
-            op: "reject",
+            op: Op::Reject,
         };
     }
     if crate::upstream::request::is_loop(&head) {
         return Outcome::Failed {
             error: ProxyError::LoopDetected,
             close: true,
-            op: "reject",
+            op: Op::Reject,
         };
     }
     let uri = match channel {
@@ -374,7 +425,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
         Err(error) => Outcome::Failed {
             error,
             close: true,
-            op: "reject",
+            op: Op::Reject,
         },
     }
 }

@@ -4,7 +4,7 @@
 use monoio::io::AsyncWriteRent;
 
 use super::head::write_response_head;
-use super::{Exchange, Outcome, Worker};
+use super::{Exchange, Op, Outcome, Worker};
 use crate::http::{RequestHead, ResponseHead};
 use crate::stream::fair::Budget;
 use crate::stream::{BodyReader, BufConn};
@@ -18,7 +18,7 @@ pub async fn relay_and_release<C: AsyncWriteRent>(
     up: &mut UpstreamConn,
     resp: ResponseHead,
     w: &Worker,
-    op: &'static str,
+    op: Op,
     cache_status: Option<String>,
 ) -> Outcome {
     // Never pool after HEAD: origins commonly send a body on HEAD responses anyway, and
@@ -40,7 +40,7 @@ async fn relay_response<C: AsyncWriteRent>(
     up: &mut UpstreamConn,
     resp: ResponseHead,
     w: &Worker,
-    op: &'static str,
+    op: Op,
     cache_status: Option<String>,
 ) -> Outcome {
     let resp_kind = match resp.body_kind(&req.method) {

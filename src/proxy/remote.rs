@@ -24,7 +24,7 @@ use super::validate::{
     answer_client_conditional, not_stored, release_bodyless, revalidate, validated_headers,
     validators_of,
 };
-use super::{Exchange, Outcome, ProxyError, Worker};
+use super::{Exchange, Op, Outcome, ProxyError, Worker};
 use crate::cache::digest::{expected_sha256, Verifier};
 use crate::cache::key::key_is_exact;
 use crate::cache::meta::EntryMeta;
@@ -94,7 +94,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
             return Outcome::Failed {
                 error: f.error.into(),
                 close: f.close_client,
-                op: "miss",
+                op: Op::Miss,
             };
         }
     };
@@ -145,7 +145,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         release(w, cluster, node, &key).await;
     }
     let cs = not_stored(had_entry, NotStorable::Status)(&resp);
-    relay_and_release(client, &req, &mut up, resp, w, "pass", cs).await
+    relay_and_release(client, &req, &mut up, resp, w, Op::Pass, cs).await
 }
 
 /// Ends our claim on `key` (nothing will be PUT) and drops the owner's entry, so that
@@ -169,7 +169,7 @@ async fn serve_from_owner<C: AsyncWriteRent>(
     not_modified: &ResponseHead,
     w: &Worker,
 ) -> Outcome {
-    let op = "peer-hit";
+    let op = Op::PeerHit;
     let Found {
         mut conn,
         meta,
@@ -288,7 +288,7 @@ async fn fill_through<C: AsyncWriteRent>(
     target: Target<'_>,
     w: &Worker,
 ) -> Outcome {
-    let op = "peer-fill";
+    let op = Op::PeerFill;
     let kind = match resp.body_kind(&req.method) {
         Ok(k) => k,
         Err(e) => {
@@ -464,7 +464,7 @@ async fn client_behind<C: AsyncWriteRent>(
     target: &Target<'_>,
     lag: &Handoff,
     w: &Worker,
-    op: &'static str,
+    op: Op,
 ) -> ClientSide {
     let mut cs = ClientSide::begin(client, req, resp, kind, stored, w, op).await;
     let mut next = 0u64; // the next body byte the client side needs

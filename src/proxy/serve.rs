@@ -12,7 +12,7 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use super::handoff::Handoff;
 use super::head::{cached_head, range_of, stored_head};
 use super::validate::{answer_client_conditional, validated_headers};
-use super::{Exchange, Outcome, ProxyError, Worker};
+use super::{Exchange, Op, Outcome, ProxyError, Worker};
 use crate::cache::fill::{Fill, Phase, StreamInfo};
 use crate::cache::key::key_hash;
 use crate::cache::open::OpenEntry;
@@ -51,7 +51,7 @@ pub(crate) async fn serve_entry<C: AsyncWriteRent>(
     not_modified: &ResponseHead,
     w: &Worker,
 ) -> Outcome {
-    let op = "hit";
+    let op = Op::Hit;
     let entry = &open.entry;
     let headers = validated_headers(&entry.meta, not_modified, CacheOutcome::Revalidated);
     open.touch();
@@ -224,7 +224,7 @@ pub(crate) async fn serve_fill<C: AsyncWriteRent>(
     not_modified: &ResponseHead,
     w: &Worker,
 ) -> Outcome {
-    let op = "collapsed";
+    let op = Op::Collapsed;
     let headers = validated_headers(&info.meta, not_modified, CacheOutcome::Collapsed);
     if let Some(o) = answer_client_conditional(client, req, &headers, w, op).await {
         return o;

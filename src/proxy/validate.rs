@@ -5,7 +5,7 @@
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::head::write_response_head;
-use super::{Exchange, Outcome, Worker};
+use super::{Exchange, Op, Outcome, Worker};
 use crate::cache::meta::EntryMeta;
 use crate::cache::policy::{
     client_conditional_matches, conditional_headers, served_after_304, NotStorable, Validators,
@@ -113,7 +113,7 @@ pub(crate) async fn answer_client_conditional<C: AsyncWriteRent>(
     req: &RequestHead,
     headers: &Headers,
     w: &Worker,
-    op: &'static str,
+    op: Op,
 ) -> Option<Outcome> {
     if !client_conditional_matches(&req.headers, &Validators::from_headers(headers)) {
         return None;
