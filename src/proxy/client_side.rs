@@ -62,7 +62,7 @@ pub(crate) async fn relay_ranged<C: AsyncWriteRent>(
     }
     let (start, end) = (win.start, win.start + win.count);
     let mut reader = BodyReader::new(BodyKind::Length(len));
-    let mut buf = w.bufs.get();
+    let mut buf = w.bufs.lend();
     let (mut pos, mut sent) = (0u64, 0u64);
     // Read only up to the end of the window; the origin connection is then dropped
     // rather than drained (it is not reused).
@@ -77,9 +77,9 @@ pub(crate) async fn relay_ranged<C: AsyncWriteRent>(
         };
         let (lo, hi) = (pos.max(start), (pos + n).min(end));
         if lo < hi {
-            let slice = buf.slice((lo - pos) as usize..(hi - pos) as usize);
+            let slice = buf.take().slice((lo - pos) as usize..(hi - pos) as usize);
             let (res, s) = client.io.write_all(slice).await;
-            buf = s.into_inner();
+            buf.put_back(s.into_inner());
             if let Err(e) = res {
                 break Err(format!("client write failed: {e}"));
             }
@@ -87,7 +87,6 @@ pub(crate) async fn relay_ranged<C: AsyncWriteRent>(
         }
         pos += n;
     };
-    w.bufs.put(buf);
     if reader.is_done() && resp.keep_alive() {
         w.upstream.release_ref(up);
     }

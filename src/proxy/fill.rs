@@ -99,7 +99,7 @@ async fn fill_from_origin(
     let mut verifier = target.digest.map(Verifier::new);
     let mut resumes = 0;
     let mut reader = BodyReader::new(kind);
-    let mut buf = w.bufs.get();
+    let mut buf = w.bufs.lend();
     let mut pos = 0u64; // body bytes received from the origin
     let mut budget = Budget::default();
     // A resume sends no request body: it needs no client.
@@ -136,8 +136,8 @@ async fn fill_from_origin(
             break Err("digest mismatch".into());
         }
         if let Some(fw) = writer.as_mut() {
-            let (res, b) = fw.write(buf).await;
-            buf = b;
+            let (res, b) = fw.write(buf.take()).await;
+            buf.put_back(b);
             if let Err(e) = res {
                 log::warn!("cache: fill of {} stopped: {e}", req.target);
                 // Fails the fill (its readers abort, the temp file goes); the leader's
@@ -147,11 +147,10 @@ async fn fill_from_origin(
             }
         }
         if writer.is_none() {
-            if !handoff.push(pos, buf).await {
-                buf = Vec::new();
+            if !handoff.push(pos, buf.take()).await {
                 break Err("the client went away".into());
             }
-            buf = w.bufs.get();
+            buf.put_back(w.bufs.get());
         }
         pos += n;
         budget.spend(n).await;
@@ -159,7 +158,6 @@ async fn fill_from_origin(
             break Ok(());
         }
     };
-    w.bufs.put(buf);
     // A chunked or close-delimited body ends with an empty read (RFC 9112 §6.3, §7.1):
     // its digest is checked here, before the commit and before the client's last chunk.
     let result = result.and_then(|()| match digest_ok(&verifier, req) {

@@ -185,7 +185,7 @@ async fn send_entry<S: AsyncWriteRent>(
     let entry = &open.entry;
     open.touch();
     let len = entry.meta.body_len;
-    let mut buf = w.bufs.get();
+    let mut buf = w.bufs.lend();
     let headers = metadata_headers(&entry.meta);
     let (_, keep_alive) = build_response_head(
         head,
@@ -199,8 +199,8 @@ async fn send_entry<S: AsyncWriteRent>(
     let result = match &open.body {
         Some(body) => {
             buf.extend_from_slice(body);
-            let (res, b) = conn.io.write_all(buf).await;
-            w.bufs.put(b);
+            let (res, b) = conn.io.write_all(buf.take()).await;
+            buf.put_back(b);
             res.map(|_| ())
                 .map_err(|e| (0, format!("write failed: {e}")))
         }
@@ -350,7 +350,7 @@ async fn put<S: AsyncReadRent + AsyncWriteRent>(
     }
     // A sender that stalls this long is gone (its fill fails, readers abort).
     let stall = w.timeouts.idle;
-    let mut buf = w.bufs.get();
+    let mut buf = w.bufs.lend();
     let failure = loop {
         let n = match monoio::time::timeout(stall, body.read(conn, &mut buf)).await {
             Ok(Ok(0)) => break None,
@@ -358,14 +358,13 @@ async fn put<S: AsyncReadRent + AsyncWriteRent>(
             Ok(Err(e)) => break Some((400, format!("reading the body failed: {e}"))),
             Err(_) => break Some((408, format!("no body bytes for {stall:?}"))),
         };
-        let (res, b) = writer.write(buf).await;
-        buf = b;
+        let (res, b) = writer.write(buf.take()).await;
+        buf.put_back(b);
         if let Err(e) = res {
             break Some((500, format!("unable to put cache entry: {e}")));
         }
         debug_assert!(n > 0);
     };
-    w.bufs.put(buf);
     if let Some((status, msg)) = failure {
         drop(writer); // fails the fill: readers abort, the temp file goes
         return reply(conn, head, w, status, &msg, true, op, &[]).await;

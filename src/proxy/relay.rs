@@ -82,7 +82,7 @@ async fn relay_response<C: AsyncWriteRent>(
     let mut reader = BodyReader::new(resp_kind);
     let mut bytes = 0u64;
     let mut budget = Budget::default();
-    let mut buf = w.bufs.get();
+    let mut buf = w.bufs.lend();
     while !reader.is_done() {
         match reader.read(&mut up.conn, &mut buf).await {
             Ok(0) => break,
@@ -91,7 +91,6 @@ async fn relay_response<C: AsyncWriteRent>(
                 budget.spend(n as u64).await;
             }
             Err(e) => {
-                w.bufs.put(buf);
                 return Outcome::Aborted {
                     status: resp.status,
                     bytes,
@@ -100,10 +99,9 @@ async fn relay_response<C: AsyncWriteRent>(
                 };
             }
         }
-        let (res, b) = writer.write(&mut client.io, buf).await;
-        buf = b;
+        let (res, b) = writer.write(&mut client.io, buf.take()).await;
+        buf.put_back(b);
         if let Err(e) = res {
-            w.bufs.put(buf);
             return Outcome::Aborted {
                 status: resp.status,
                 bytes,
@@ -112,7 +110,6 @@ async fn relay_response<C: AsyncWriteRent>(
             };
         }
     }
-    w.bufs.put(buf);
     if let Err(e) = writer.finish(&mut client.io).await {
         return Outcome::Aborted {
             status: resp.status,

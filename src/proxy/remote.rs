@@ -206,7 +206,7 @@ async fn serve_from_owner<C: AsyncWriteRent>(
     let (start, end) = (win.start, win.start.saturating_add(win.count));
     let stall = owner_stall(w);
     let mut reader = BodyReader::new(kind);
-    let mut buf = w.bufs.get();
+    let mut buf = w.bufs.lend();
     let (mut pos, mut sent) = (0u64, 0u64);
     let result = loop {
         if pos >= end {
@@ -220,13 +220,13 @@ async fn serve_from_owner<C: AsyncWriteRent>(
         let (lo, hi) = (pos.max(start), (pos + n).min(end));
         if lo < hi {
             let res = if lo == pos && hi == pos + n {
-                let (res, b) = writer.write(&mut client.io, buf).await;
-                buf = b;
+                let (res, b) = writer.write(&mut client.io, buf.take()).await;
+                buf.put_back(b);
                 res
             } else {
-                let slice = buf.slice((lo - pos) as usize..(hi - pos) as usize);
+                let slice = buf.take().slice((lo - pos) as usize..(hi - pos) as usize);
                 let (res, s) = client.io.write_all(slice).await;
-                buf = s.into_inner();
+                buf.put_back(s.into_inner());
                 res.map(|_| ())
             };
             if let Err(e) = res {
@@ -236,7 +236,6 @@ async fn serve_from_owner<C: AsyncWriteRent>(
         }
         pos += n;
     };
-    w.bufs.put(buf);
     if reader.is_done() && owner_keep_alive {
         w.upstream.release(conn);
     }
@@ -356,7 +355,7 @@ async fn origin_to_owner(
     let node = target.node;
     let mut verifier = target.digest.map(Verifier::new);
     let mut reader = BodyReader::new(kind);
-    let mut buf = w.bufs.get();
+    let mut buf = w.bufs.lend();
     let mut pos = 0u64; // body bytes received from the origin
     let mut budget = Budget::default();
     let result = loop {
@@ -372,8 +371,8 @@ async fn origin_to_owner(
             break Err("digest mismatch".into());
         }
         if let Some((conn, writer)) = put.as_mut() {
-            let (res, b) = writer.write(&mut conn.conn.io, buf).await;
-            buf = b;
+            let (res, b) = writer.write(&mut conn.conn.io, buf.take()).await;
+            buf.put_back(b);
             if let Err(e) = res {
                 log::info!("cluster: PUT to {} stopped: {e}", node.name);
                 put = None;
@@ -386,8 +385,8 @@ async fn origin_to_owner(
             finish_put(w, node, put.take(), req).await;
         }
         if !lag.is_gone() && lag.from().is_none() {
-            match lag.try_push(pos, buf) {
-                Ok(()) => buf = w.bufs.get(),
+            match lag.try_push(pos, buf.take()) {
+                Ok(()) => buf.put_back(w.bufs.get()),
                 Err(b) if feeds_others => {
                     // The client fell behind: it continues from the owner's fill.
                     log::info!(
@@ -395,17 +394,16 @@ async fn origin_to_owner(
                         req.target,
                         node.name
                     );
-                    buf = b;
+                    buf.put_back(b);
                     lag.start(pos);
                 }
                 Err(b) => {
                     if !lag.push(pos, b).await {
-                        buf = Vec::new();
                         if put.is_none() {
                             break Err("the client went away".into());
                         }
                     } else {
-                        buf = w.bufs.get();
+                        buf.put_back(w.bufs.get());
                     }
                 }
             }
@@ -420,7 +418,6 @@ async fn origin_to_owner(
             break Ok(());
         }
     };
-    w.bufs.put(buf);
     // A chunked or close-delimited body ends with an empty read (RFC 9112 §6.3, §7.1):
     // its digest is checked here, before the PUT completes and the client's last chunk.
     let result = result.and_then(|()| match digest_matches(&verifier, req) {
@@ -472,8 +469,7 @@ async fn client_behind<C: AsyncWriteRent>(
         let version = lag.version();
         if let Some((pos, buf)) = lag.pop() {
             next = pos + buf.len() as u64;
-            let buf = cs.write_piece(client, buf, pos).await;
-            w.bufs.put(buf);
+            w.bufs.put(cs.write_piece(client, buf, pos).await);
             continue;
         }
         match (lag.ended(), lag.from()) {
@@ -536,7 +532,7 @@ async fn rest_from_owner<C: AsyncWriteRent>(
     } = found;
     let stall = owner_stall(w);
     let mut reader = BodyReader::new(kind);
-    let mut buf = w.bufs.get();
+    let mut buf = w.bufs.lend();
     let mut pos = 0u64; // position in the owner's body
     let result = loop {
         if pos >= cs.end {
@@ -553,14 +549,14 @@ async fn rest_from_owner<C: AsyncWriteRent>(
             if skip > 0 {
                 buf.drain(..skip);
             }
-            buf = cs.write_piece(client, buf, pos + skip as u64).await;
+            let piece = cs.write_piece(client, buf.take(), pos + skip as u64).await;
+            buf.put_back(piece);
             if cs.error.is_some() {
                 break Ok(());
             }
         }
         pos += n;
     };
-    w.bufs.put(buf);
     if reader.is_done() && keep_alive {
         w.upstream.release(conn);
     }

@@ -18,6 +18,7 @@ use crate::cache::key::key_hash;
 use crate::cache::open::OpenEntry;
 use crate::cache::status::Outcome as CacheOutcome;
 use crate::http::{RequestHead, ResponseHead};
+use crate::stream::bufpool::Lent;
 use crate::stream::fair::Budget;
 use crate::stream::{BodyWriter, BufConn};
 
@@ -60,7 +61,7 @@ pub(crate) async fn serve_entry<C: AsyncWriteRent>(
     }
     let len = entry.meta.body_len;
     let answer = range_of(req, &headers, Some(len));
-    let mut buf = w.bufs.get();
+    let mut buf = w.bufs.lend();
     let win = cached_head(
         req,
         entry.meta.status,
@@ -74,8 +75,8 @@ pub(crate) async fn serve_entry<C: AsyncWriteRent>(
     if let Some(body) = &open.body {
         // A tiny entry: head and body in one write, no file read.
         buf.extend_from_slice(&body[win.start as usize..(win.start + win.count) as usize]);
-        let (res, b) = client.io.write_all(buf).await;
-        w.bufs.put(b);
+        let (res, b) = client.io.write_all(buf.take()).await;
+        buf.put_back(b);
         return match res {
             Ok(_) => Outcome::Done(Exchange {
                 status,
@@ -151,7 +152,7 @@ pub(crate) async fn send_file_range<C: AsyncWriteRent>(
     file: &File,
     pos: u64,
     count: u64,
-    mut buf: Vec<u8>,
+    mut buf: Lent<'_>,
     w: &Worker,
 ) -> Result<(), SendFileError> {
     let fail = |sent, reason, file_failed| SendFileError {
@@ -163,26 +164,25 @@ pub(crate) async fn send_file_range<C: AsyncWriteRent>(
     let first = count.min((buf.capacity() - head_len) as u64) as usize;
     if first > 0 {
         let (res, slice) = file
-            .read_exact_at(buf.slice_mut(head_len..head_len + first), pos)
+            .read_exact_at(buf.take().slice_mut(head_len..head_len + first), pos)
             .await;
-        buf = slice.into_inner();
+        buf.put_back(slice.into_inner());
         if let Err(e) = res {
-            w.bufs.put(buf);
             return Err(fail(0, format!("cache file read failed: {e}"), true));
         }
     }
     let mut off = first as u64; // bytes read so far
     let mut spare = if off < count {
-        w.bufs.get()
+        w.bufs.lend()
     } else {
-        Vec::new()
+        w.bufs.lend_none()
     };
     let mut result = Ok(());
     let mut budget = Budget::default();
     loop {
         if off >= count {
-            let (res, b) = client.io.write_all(buf).await;
-            buf = b;
+            let (res, b) = client.io.write_all(buf.take()).await;
+            buf.put_back(b);
             if let Err(e) = res {
                 result = Err(fail(off, format!("client write failed: {e}"), false));
             }
@@ -191,11 +191,11 @@ pub(crate) async fn send_file_range<C: AsyncWriteRent>(
         let want = (count - off).min(spare.capacity() as u64) as usize;
         spare.clear();
         let ((wres, b), (rres, slice)) = monoio::join!(
-            client.io.write_all(buf),
-            file.read_exact_at(spare.slice_mut(0..want), pos + off)
+            client.io.write_all(buf.take()),
+            file.read_exact_at(spare.take().slice_mut(0..want), pos + off)
         );
-        buf = b;
-        spare = slice.into_inner();
+        buf.put_back(b);
+        spare.put_back(slice.into_inner());
         if let Err(e) = wres {
             result = Err(fail(off, format!("client write failed: {e}"), false));
             break;
@@ -209,8 +209,6 @@ pub(crate) async fn send_file_range<C: AsyncWriteRent>(
         budget.spend(want as u64).await;
         std::mem::swap(&mut buf, &mut spare);
     }
-    w.bufs.put(buf);
-    w.bufs.put(spare);
     result
 }
 
@@ -323,7 +321,7 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
     w: &Worker,
 ) -> (u64, Result<(), String>) {
     let stall = w.timeouts.upstream_head;
-    let mut buf = w.bufs.get();
+    let mut buf = w.bufs.lend();
     let mut off = start;
     let mut budget = Budget::default();
     let result = loop {
@@ -351,9 +349,9 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
             let want = (avail - off).min(buf.capacity() as u64) as usize;
             buf.clear();
             let (res, slice) = file
-                .read_at(buf.slice_mut(0..want), info.body_offset + off)
+                .read_at(buf.take().slice_mut(0..want), info.body_offset + off)
                 .await;
-            buf = slice.into_inner();
+            buf.put_back(slice.into_inner());
             match res {
                 Ok(n) if n > 0 => {
                     off += n as u64;
@@ -361,8 +359,8 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
                 }
                 other => break Err(format!("reading the fill failed at {off}: {other:?}")),
             }
-            let (res, b) = write_within(writer, &mut client.io, buf, w).await;
-            buf = b;
+            let (res, b) = write_within(writer, &mut client.io, buf.take(), w).await;
+            buf.put_back(b);
             if let Err(e) = res {
                 break Err(format!("client write failed: {e}"));
             }
@@ -444,7 +442,6 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
             }
         }
     };
-    w.bufs.put(buf);
     (off - start, result)
 }
 

@@ -97,7 +97,7 @@ async fn send_request<C: AsyncReadRent>(
         return Err(stale(UpstreamError::Closed(e.to_string()), up.reused));
     }
     if has_body {
-        let mut buf = x.bufs().get();
+        let mut buf = x.bufs().lend();
         loop {
             // An idle bound on the client's body, so that a client that stops sending
             // does not hold its connection and the origin's forever. On expiry the
@@ -107,22 +107,18 @@ async fn send_request<C: AsyncReadRent>(
                 Ok(Ok(0)) => break,
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
-                    x.bufs().put(buf);
                     return Err(SendError::Client(e));
                 }
                 Err(_) => {
-                    x.bufs().put(buf); // emptied by the dropped read: the pool skips it
                     return Err(SendError::ClientTimeout);
                 }
             }
-            let (res, b) = body_writer.write(&mut up.conn.io, buf).await;
-            buf = b;
+            let (res, b) = body_writer.write(&mut up.conn.io, buf.take()).await;
+            buf.put_back(b);
             if let Err(e) = res {
-                x.bufs().put(buf);
                 return Err(SendError::Upstream(UpstreamError::Closed(e.to_string())));
             }
         }
-        x.bufs().put(buf);
         if let Err(e) = body_writer.finish(&mut up.conn.io).await {
             return Err(SendError::Upstream(UpstreamError::Closed(e.to_string())));
         }
