@@ -196,11 +196,7 @@ async fn fill_or_relay<C: AsyncReadRent + AsyncWriteRent>(
                 }
             }
         };
-        let body_len = match kind {
-            BodyKind::Length(n) => Some(n),
-            BodyKind::None => Some(0),
-            _ => None,
-        };
+        let body_len = kind.known_len();
         return match store.start_fill(handle, meta, body_len).await {
             Ok(writer) => {
                 let digest = expected_sha256(&uri.path_and_query);

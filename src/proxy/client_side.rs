@@ -53,12 +53,7 @@ pub(crate) async fn relay_ranged<C: AsyncWriteRent>(
     );
     let (status, keep_alive) = (win.status, win.keep_alive);
     if let Err(e) = client.io.write_all(head).await.0 {
-        return Outcome::Aborted {
-            status,
-            bytes: 0,
-            op,
-            reason: e.to_string(),
-        };
+        return Outcome::aborted(status, 0, op, e.to_string());
     }
     let (start, end) = (win.start, win.start + win.count);
     let mut reader = BodyReader::new(BodyKind::Length(len));
@@ -97,12 +92,7 @@ pub(crate) async fn relay_ranged<C: AsyncWriteRent>(
             op,
             keep_alive,
         }),
-        Err(reason) => Outcome::Aborted {
-            status,
-            bytes: sent,
-            op,
-            reason,
-        },
+        Err(reason) => Outcome::aborted(status, sent, op, reason),
     }
 }
 
@@ -250,12 +240,7 @@ impl ClientSide {
 
     pub(crate) fn outcome(&mut self, op: Op) -> Outcome {
         match self.error.take() {
-            Some(reason) => Outcome::Aborted {
-                status: self.status,
-                bytes: self.sent,
-                op,
-                reason,
-            },
+            Some(reason) => Outcome::aborted(self.status, self.sent, op, reason),
             None => Outcome::Done(Exchange {
                 status: self.status,
                 bytes: self.sent,

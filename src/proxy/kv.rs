@@ -103,12 +103,7 @@ async fn reply<S: AsyncWriteRent>(
             op,
             keep_alive,
         }),
-        Err(e) => Outcome::Aborted {
-            status,
-            bytes: 0,
-            op,
-            reason: e.to_string(),
-        },
+        Err(e) => Outcome::aborted(status, 0, op, e.to_string()),
     }
 }
 
@@ -221,12 +216,7 @@ async fn send_entry<S: AsyncWriteRent>(
             op,
             keep_alive,
         }),
-        Err((bytes, reason)) => Outcome::Aborted {
-            status: 200,
-            bytes,
-            op,
-            reason,
-        },
+        Err((bytes, reason)) => Outcome::aborted(200, bytes, op, reason),
     }
 }
 
@@ -255,12 +245,7 @@ async fn send_fill<S: AsyncWriteRent>(
         &mut out,
     );
     if let Err(e) = conn.io.write_all(out).await.0 {
-        return Outcome::Aborted {
-            status: 200,
-            bytes: 0,
-            op,
-            reason: e.to_string(),
-        };
+        return Outcome::aborted(200, 0, op, e.to_string());
     }
     let end = info.body_len.unwrap_or(u64::MAX);
     let (bytes, result) = stream_fill(conn, fill, info, Some(&file), 0, end, writer, None, w).await;
@@ -275,12 +260,7 @@ async fn send_fill<S: AsyncWriteRent>(
             op,
             keep_alive,
         }),
-        Err(reason) => Outcome::Aborted {
-            status: 200,
-            bytes,
-            op,
-            reason,
-        },
+        Err(reason) => Outcome::aborted(200, bytes, op, reason),
     }
 }
 
@@ -320,11 +300,7 @@ async fn put<S: AsyncReadRent + AsyncWriteRent>(
             }
         },
     };
-    let body_len = match kind {
-        BodyKind::Length(n) => Some(n),
-        BodyKind::None => Some(0),
-        _ => None,
-    };
+    let body_len = kind.known_len();
     let mut body = BodyReader::new(kind);
     let mut writer = match store
         .start_fill(handle, metadata.to_entry(key), body_len)
@@ -341,12 +317,7 @@ async fn put<S: AsyncReadRent + AsyncWriteRent>(
         }
     };
     if let Err(e) = answer_expect(conn, head, &body).await {
-        return Outcome::Aborted {
-            status: 100,
-            bytes: 0,
-            op,
-            reason: e.to_string(),
-        };
+        return Outcome::aborted(100, 0, op, e.to_string());
     }
     // A sender that stalls this long is gone (its fill fails, readers abort).
     let stall = w.timeouts.idle;

@@ -161,6 +161,18 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The response was under way when `reason` stopped it after `bytes` body bytes.
+    pub fn aborted(status: u16, bytes: u64, op: Op, reason: impl Into<String>) -> Outcome {
+        Outcome::Aborted {
+            status,
+            bytes,
+            op,
+            reason: reason.into(),
+        }
+    }
+}
+
 enum HeadRead {
     Head(RequestHead),
     /// Closed by the client, idle timeout or shutdown between requests: no answer.

@@ -70,14 +70,7 @@ async fn relay_response<C: AsyncWriteRent>(
     .await;
     let keep_alive = match keep_alive {
         Ok(k) => k,
-        Err(e) => {
-            return Outcome::Aborted {
-                status: resp.status,
-                bytes: 0,
-                op,
-                reason: e.to_string(),
-            }
-        }
+        Err(e) => return Outcome::aborted(resp.status, 0, op, e.to_string()),
     };
     let mut reader = BodyReader::new(resp_kind);
     let mut bytes = 0u64;
@@ -91,32 +84,22 @@ async fn relay_response<C: AsyncWriteRent>(
                 budget.spend(n as u64).await;
             }
             Err(e) => {
-                return Outcome::Aborted {
-                    status: resp.status,
+                return Outcome::aborted(
+                    resp.status,
                     bytes,
                     op,
-                    reason: format!("origin body failed: {e}"),
-                };
+                    format!("origin body failed: {e}"),
+                );
             }
         }
         let (res, b) = writer.write(&mut client.io, buf.take()).await;
         buf.put_back(b);
         if let Err(e) = res {
-            return Outcome::Aborted {
-                status: resp.status,
-                bytes,
-                op,
-                reason: format!("client write failed: {e}"),
-            };
+            return Outcome::aborted(resp.status, bytes, op, format!("client write failed: {e}"));
         }
     }
     if let Err(e) = writer.finish(&mut client.io).await {
-        return Outcome::Aborted {
-            status: resp.status,
-            bytes,
-            op,
-            reason: format!("client write failed: {e}"),
-        };
+        return Outcome::aborted(resp.status, bytes, op, format!("client write failed: {e}"));
     }
     Outcome::Done(Exchange {
         status: resp.status,

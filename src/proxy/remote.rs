@@ -181,11 +181,7 @@ async fn serve_from_owner<C: AsyncWriteRent>(
         return o; // the owner's connection closes unread
     }
     let mut head = Vec::with_capacity(1024);
-    let body_len = match kind {
-        BodyKind::Length(len) => Some(len),
-        BodyKind::None => Some(0),
-        _ => None,
-    };
+    let body_len = kind.known_len();
     let (writer, win) = stored_head(
         req,
         meta.status,
@@ -196,12 +192,7 @@ async fn serve_from_owner<C: AsyncWriteRent>(
     );
     let (status, keep_alive) = (win.status, win.keep_alive);
     if let Err(e) = client.io.write_all(head).await.0 {
-        return Outcome::Aborted {
-            status,
-            bytes: 0,
-            op,
-            reason: e.to_string(),
-        };
+        return Outcome::aborted(status, 0, op, e.to_string());
     }
     let (start, end) = (win.start, win.start.saturating_add(win.count));
     let stall = owner_stall(w);
@@ -253,12 +244,7 @@ async fn serve_from_owner<C: AsyncWriteRent>(
             op,
             keep_alive,
         }),
-        Err(reason) => Outcome::Aborted {
-            status,
-            bytes: sent,
-            op,
-            reason,
-        },
+        Err(reason) => Outcome::aborted(status, sent, op, reason),
     }
 }
 
@@ -298,11 +284,7 @@ async fn fill_through<C: AsyncWriteRent>(
             }
         }
     };
-    let body_len = match kind {
-        BodyKind::Length(n) => Some(n),
-        BodyKind::None => Some(0),
-        _ => None,
-    };
+    let body_len = kind.known_len();
     let meta = EntryMeta {
         key: target.key.clone(),
         status: 200,

@@ -84,12 +84,7 @@ pub(crate) async fn serve_entry<C: AsyncWriteRent>(
                 op,
                 keep_alive,
             }),
-            Err(e) => Outcome::Aborted {
-                status,
-                bytes: 0,
-                op,
-                reason: format!("client write failed: {e}"),
-            },
+            Err(e) => Outcome::aborted(status, 0, op, format!("client write failed: {e}")),
         };
     }
     match send_file_range(
@@ -112,12 +107,7 @@ pub(crate) async fn serve_entry<C: AsyncWriteRent>(
             if e.file_failed {
                 drop_unreadable(w, &open, &e.reason).await;
             }
-            Outcome::Aborted {
-                status,
-                bytes: e.sent,
-                op,
-                reason: e.reason,
-            }
+            Outcome::aborted(status, e.sent, op, e.reason)
         }
     }
 }
@@ -247,12 +237,7 @@ pub(crate) async fn serve_fill<C: AsyncWriteRent>(
     );
     let (status, keep_alive) = (win.status, win.keep_alive);
     if let Err(e) = client.io.write_all(head).await.0 {
-        return Outcome::Aborted {
-            status,
-            bytes: 0,
-            op,
-            reason: e.to_string(),
-        };
+        return Outcome::aborted(status, 0, op, e.to_string());
     }
     let end = win.start.saturating_add(win.count);
     let (bytes, result) = stream_fill(
@@ -268,20 +253,10 @@ pub(crate) async fn serve_fill<C: AsyncWriteRent>(
     )
     .await;
     if let Err(reason) = result {
-        return Outcome::Aborted {
-            status,
-            bytes,
-            op,
-            reason,
-        };
+        return Outcome::aborted(status, bytes, op, reason);
     }
     if let Err(e) = writer.finish(&mut client.io).await {
-        return Outcome::Aborted {
-            status,
-            bytes,
-            op,
-            reason: e.to_string(),
-        };
+        return Outcome::aborted(status, bytes, op, e.to_string());
     }
     Outcome::Done(Exchange {
         status,

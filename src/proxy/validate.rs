@@ -137,11 +137,6 @@ pub(crate) async fn answer_client_conditional<C: AsyncWriteRent>(
             op,
             keep_alive,
         }),
-        Err(e) => Outcome::Aborted {
-            status: 304,
-            bytes: 0,
-            op,
-            reason: e.to_string(),
-        },
+        Err(e) => Outcome::aborted(304, 0, op, e.to_string()),
     })
 }
