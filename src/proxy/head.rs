@@ -185,3 +185,116 @@ pub async fn answer_expect<C: AsyncWriteRent>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{parse_request, Parsed};
+
+    fn request(fields: &str) -> RequestHead {
+        let raw = format!("GET http://o/x HTTP/1.1\r\nHost: o\r\n{fields}\r\n");
+        match parse_request(raw.as_bytes()) {
+            Ok(Parsed::Complete(h, _)) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn stored(fields: &[(&str, &str)]) -> Headers {
+        let mut h = Headers::default();
+        for (n, v) in fields {
+            h.set(n, v.to_string());
+        }
+        h
+    }
+
+    /// One row per rule: (request fields, stored validators, length) → range answer.
+    #[test]
+    fn range_choice() {
+        use RangeAnswer::{Full, Partial, Unsatisfiable};
+        let etag = [
+            ("ETag", "\"v1\""),
+            ("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+        ];
+        #[rustfmt::skip]
+        let rows: &[(&str, Option<u64>, RangeAnswer, &str)] = &[
+            ("", Some(10), Full, "no Range: the whole body"),
+            ("Range: bytes=2-4\r\n", Some(10), Partial { start: 2, end: 4 }, "RFC 9110 §14.2: a satisfiable range"),
+            ("Range: bytes=5-\r\n", Some(10), Partial { start: 5, end: 9 }, "RFC 9110 §14.1.2: open-ended"),
+            ("Range: bytes=-3\r\n", Some(10), Partial { start: 7, end: 9 }, "RFC 9110 §14.1.2: suffix"),
+            ("Range: bytes=20-\r\n", Some(10), Unsatisfiable, "RFC 9110 §15.5.17: past the end"),
+            ("Range: bytes=2-4\r\n", None, Full, "unknown length: the whole body"),
+            ("Range: items=2-4\r\n", Some(10), Full, "RFC 9110 §14.2: an unknown unit is ignored"),
+            ("Range: bytes=2-4\r\nIf-Range: \"v1\"\r\n", Some(10), Partial { start: 2, end: 4 }, "RFC 9110 §13.1.5: matching strong ETag"),
+            ("Range: bytes=2-4\r\nIf-Range: \"v0\"\r\n", Some(10), Full, "RFC 9110 §13.1.5: another ETag: the whole body"),
+            ("Range: bytes=2-4\r\nIf-Range: W/\"v1\"\r\n", Some(10), Full, "RFC 9110 §13.1.5: a weak tag never matches"),
+            ("Range: bytes=2-4\r\nIf-Range: Mon, 01 Jan 2024 00:00:00 GMT\r\n", Some(10), Partial { start: 2, end: 4 }, "RFC 9110 §13.1.5: the exact Last-Modified"),
+        ];
+        for (fields, len, want, rule) in rows {
+            assert_eq!(
+                range_of(&request(fields), &stored(&etag), *len),
+                *want,
+                "{rule}"
+            );
+        }
+    }
+
+    fn head_of(
+        version: &str,
+        fields: &str,
+        kind: BodyKind,
+        keep: bool,
+    ) -> (BodyWriter, bool, String) {
+        let raw = format!("GET http://o/x HTTP/{version}\r\nHost: o\r\n{fields}\r\n");
+        let req = match parse_request(raw.as_bytes()) {
+            Ok(Parsed::Complete(h, _)) => h,
+            other => panic!("{other:?}"),
+        };
+        let mut out = Vec::new();
+        let keep = keep && req.keep_alive();
+        let (writer, keep_alive) =
+            build_response_head(&req, 200, "OK", Headers::default(), kind, keep, &mut out);
+        (
+            writer,
+            keep_alive,
+            String::from_utf8(out).unwrap().to_ascii_lowercase(),
+        )
+    }
+
+    /// (client version, its fields, body framing, may keep alive) → (body writer,
+    /// keep-alive, a line the head has, a line it must not have), and the rule.
+    type HeadRow = (
+        &'static str,
+        &'static str,
+        BodyKind,
+        bool,
+        BodyWriter,
+        bool,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+
+    /// One row per rule.
+    #[test]
+    fn response_head_assembly() {
+        use BodyKind::{Chunked, Length, UntilClose};
+        use BodyWriter::{Chunked as ChunkedW, Empty, Raw};
+        #[rustfmt::skip]
+        let rows: &[HeadRow] = &[
+            ("1.1", "", Length(5), true, Raw, true, "content-length: 5\r\n", "connection:", "RFC 9112 §6.3: a known length"),
+            ("1.1", "", Chunked, true, ChunkedW, true, "transfer-encoding: chunked\r\n", "content-length", "RFC 9112 §7.1: chunked to a 1.1 client"),
+            ("1.1", "", UntilClose, true, ChunkedW, true, "transfer-encoding: chunked\r\n", "connection:", "a close-delimited origin body goes out chunked to 1.1"),
+            ("1.0", "", Chunked, true, Raw, false, "connection: close\r\n", "transfer-encoding", "RFC 9112 §6.3: a 1.0 client: the body ends at close"),
+            ("1.0", "Connection: keep-alive\r\n", Length(5), true, Raw, true, "connection: keep-alive\r\n", "transfer-encoding", "RFC 9112 §9.3: a 1.0 keep-alive is answered in kind"),
+            ("1.1", "Connection: close\r\n", Length(5), true, Raw, false, "connection: close\r\n", "keep-alive", "RFC 9112 §9.6: the client closes"),
+            ("1.1", "", Length(5), false, Raw, false, "connection: close\r\n", "keep-alive", "shutting down: close after this response"),
+            ("1.1", "", BodyKind::None, true, Empty, true, "http/1.1 200 ok\r\n", "content-length", "no body: no framing"),
+        ];
+        for (version, fields, kind, keep, writer, keep_alive, has, lacks, rule) in rows {
+            let (w, k, head) = head_of(version, fields, *kind, *keep);
+            assert_eq!((w, k), (*writer, *keep_alive), "{rule}");
+            assert!(head.contains(has), "{rule}: {head:?} lacks {has:?}");
+            assert!(!head.contains(lacks), "{rule}: {head:?} has {lacks:?}");
+        }
+    }
+}
