@@ -185,10 +185,11 @@ async fn fill_from_origin(
 }
 
 /// Whether a blob's body matched its digest (true when it has none); logs a mismatch.
-fn digest_ok(verifier: &Option<Verifier>, req: &RequestHead) -> bool {
+/// Checked at every end of a body, whatever the sink (this node's disk or the owner).
+pub(crate) fn digest_ok(verifier: &Option<Verifier>, req: &RequestHead) -> bool {
     if verifier.as_ref().is_some_and(|v| !v.matches()) {
         log::error!(
-            "cache: {} does not match its sha256 digest; discarded, client aborted",
+            "cache: {} does not match its sha256 digest; not stored, client aborted",
             req.target
         );
         return false;

@@ -16,6 +16,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::client_side::{relay_ranged, ClientSide};
 use super::decide::{decide, Action, Held};
+use super::fill::digest_ok;
 use super::forward::forward;
 use super::handoff::Handoff;
 use super::head::stored_head;
@@ -349,7 +350,7 @@ async fn origin_to_owner(
         if let Some(v) = verifier.as_mut() {
             v.update(&buf);
         }
-        if reader.is_done() && !digest_matches(&verifier, req) {
+        if reader.is_done() && !digest_ok(&verifier, req) {
             break Err("digest mismatch".into());
         }
         if let Some((conn, writer)) = put.as_mut() {
@@ -402,7 +403,7 @@ async fn origin_to_owner(
     };
     // A chunked or close-delimited body ends with an empty read (RFC 9112 §6.3, §7.1):
     // its digest is checked here, before the PUT completes and the client's last chunk.
-    let result = result.and_then(|()| match digest_matches(&verifier, req) {
+    let result = result.and_then(|()| match digest_ok(&verifier, req) {
         true => Ok(()),
         false => Err("digest mismatch".to_string()),
     });
@@ -417,18 +418,6 @@ async fn origin_to_owner(
         w.upstream.release(up);
     }
     Ok(())
-}
-
-/// Whether a blob's body matched its digest (true when it has none); logs a mismatch.
-fn digest_matches(verifier: &Option<Verifier>, req: &RequestHead) -> bool {
-    if verifier.as_ref().is_some_and(|v| !v.matches()) {
-        log::error!(
-            "cache: {} does not match its sha256 digest; not stored, client aborted",
-            req.target
-        );
-        return false;
-    }
-    true
 }
 
 /// The client side of [`fill_through`]: the head, then the pieces from the lag queue;
