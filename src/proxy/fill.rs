@@ -7,20 +7,17 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::client_side::ClientSide;
 use super::handoff::Handoff;
+use super::origin_body::OriginBody;
 use super::serve::stream_fill;
-use super::validate::CLIENT_CONDITIONALS;
 use super::{Op, Outcome, Worker};
-use crate::cache::digest::Verifier;
 use crate::cache::fill::{Fill, StreamInfo};
 use crate::cache::status::Outcome as CacheOutcome;
 use crate::cache::store::FillWriter;
-use crate::http::range::{self};
 use crate::http::uri::Uri;
 use crate::http::{BodyKind, RequestHead, ResponseHead};
 use crate::stream::fair::Budget;
-use crate::stream::{BodyReader, BufConn};
+use crate::stream::BufConn;
 use crate::upstream::UpstreamConn;
-use crate::upstream::{pool_key, send_upstream, write_upstream_head};
 
 /// Streams a storable 200 into the cache and to the client. The fill belongs to the
 /// cache and never waits on any one client: the origin → file loop ([`fill_from_origin`])
@@ -88,7 +85,7 @@ pub(crate) async fn fill<C: AsyncReadRent + AsyncWriteRent>(
 #[allow(clippy::too_many_arguments)]
 async fn fill_from_origin(
     req: &RequestHead,
-    mut up: UpstreamConn,
+    up: UpstreamConn,
     resp: &ResponseHead,
     kind: BodyKind,
     mut writer: Option<FillWriter>,
@@ -96,45 +93,16 @@ async fn fill_from_origin(
     handoff: &Handoff,
     w: &Worker,
 ) -> Result<(), String> {
-    let mut verifier = target.digest.map(Verifier::new);
-    let mut resumes = 0;
-    let mut reader = BodyReader::new(kind);
+    let mut body = OriginBody::new(req, target.uri, resp, kind, up, target.digest);
     let mut buf = w.bufs.lend();
-    let mut pos = 0u64; // body bytes received from the origin
     let mut budget = Budget::default();
-    // A resume sends no request body: it needs no client.
-    let mut no_client = BufConn::new(&[][..]);
     let result = loop {
-        let n = match reader.read(&mut up.conn, &mut buf).await {
-            Ok(0) => break Ok(()),
-            Ok(n) => n as u64,
-            Err(e) if resumes < MAX_FILL_RESUMES && writer.is_some() => {
-                // The origin cut the body: resume it where it stopped, so the bytes already
-                // in the cache (and sent) are not fetched again.
-                resumes += 1;
-                match resume_fill(&mut no_client, req, target, resp, kind, pos, w).await {
-                    Some((conn, rest)) => {
-                        log::info!(
-                            "cache: origin cut {} at byte {pos} ({e}); resumed",
-                            req.target
-                        );
-                        up = conn;
-                        reader = BodyReader::new(rest);
-                        continue;
-                    }
-                    None => break Err(format!("origin body failed: {e}; resuming failed")),
-                }
-            }
-            Err(e) => break Err(format!("origin body failed: {e}")),
+        // A cut body is resumed while it is being stored.
+        let (pos, n) = match body.next(&mut buf, writer.is_some(), w).await {
+            Ok(Some(piece)) => piece,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
         };
-        if let Some(v) = verifier.as_mut() {
-            v.update(&buf);
-        }
-        // The end of a body of known length: checked before its last piece is written,
-        // so that no reader can have it before the verdict.
-        if reader.is_done() && !digest_ok(&verifier, req) {
-            break Err("digest mismatch".into());
-        }
         if let Some(fw) = writer.as_mut() {
             let (res, b) = fw.write(buf.take()).await;
             buf.put_back(b);
@@ -152,18 +120,11 @@ async fn fill_from_origin(
             }
             buf.put_back(w.bufs.get());
         }
-        pos += n;
         budget.spend(n).await;
-        if reader.is_done() {
+        if body.is_done() {
             break Ok(());
         }
     };
-    // A chunked or close-delimited body ends with an empty read (RFC 9112 §6.3, §7.1):
-    // its digest is checked here, before the commit and before the client's last chunk.
-    let result = result.and_then(|()| match digest_ok(&verifier, req) {
-        true => Ok(()),
-        false => Err("digest mismatch".to_string()),
-    });
     if let Err(e) = result {
         drop(writer); // fails the fill: readers abort, the temp file goes
         handoff.end(Err(e.clone()));
@@ -178,23 +139,8 @@ async fn fill_from_origin(
         }
     }
     handoff.end(Ok(()));
-    if resp.keep_alive() && reader.is_done() {
-        w.upstream.release(up);
-    }
+    body.release(w);
     Ok(())
-}
-
-/// Whether a blob's body matched its digest (true when it has none); logs a mismatch.
-/// Checked at every end of a body, whatever the sink (this node's disk or the owner).
-pub(crate) fn digest_ok(verifier: &Option<Verifier>, req: &RequestHead) -> bool {
-    if verifier.as_ref().is_some_and(|v| !v.matches()) {
-        log::error!(
-            "cache: {} does not match its sha256 digest; not stored, client aborted",
-            req.target
-        );
-        return false;
-    }
-    true
 }
 
 /// The leader's client side of a fill: the head, then the body read back from the
@@ -238,68 +184,10 @@ async fn serve_leader<C: AsyncWriteRent>(
     cs
 }
 
-/// How often one fill may resume a body the origin cut.
-const MAX_FILL_RESUMES: u32 = 3;
-
 /// What a fill is for: its URL (to resume it), whether it replaces an entry, and the
 /// digest a blob URL promises.
 pub(crate) struct FillTarget<'a> {
     pub(crate) uri: &'a Uri,
     pub(crate) replaced: bool,
     pub(crate) digest: Option<[u8; 32]>,
-}
-
-/// Asks the origin for the rest of a cut body: `Range: bytes=pos-` with `If-Range` on the
-/// response's strong ETag (RFC 9110 §13.1.5: only then is a 206 guaranteed to continue the
-/// same representation). Returns the connection and the rest's framing when the origin
-/// answered with exactly that range.
-async fn resume_fill<C: AsyncReadRent>(
-    client: &mut BufConn<C>,
-    req: &RequestHead,
-    target: &FillTarget<'_>,
-    resp: &ResponseHead,
-    kind: BodyKind,
-    pos: u64,
-    w: &Worker,
-) -> Option<(UpstreamConn, BodyKind)> {
-    let BodyKind::Length(len) = kind else {
-        return None;
-    };
-    let etag = resp
-        .headers
-        .get_str("etag")
-        .filter(|e| e.starts_with('"'))?;
-    let range = format!("bytes={pos}-");
-    let extra = [("Range", range.as_str()), ("If-Range", etag)];
-    let mut head = Vec::with_capacity(512);
-    write_upstream_head(
-        req,
-        target.uri,
-        BodyKind::None,
-        CLIENT_CONDITIONALS,
-        &extra,
-        &mut head,
-    );
-    let mut no_body = BodyReader::new(BodyKind::None);
-    let (up, part) = send_upstream(client, &head, &pool_key(target.uri), &mut no_body, w)
-        .await
-        .ok()?;
-    let expected = range::content_range(pos, len - 1, len);
-    let same = part.headers.get_str("etag") == Some(etag);
-    if part.status != 206
-        || part.headers.get_str("content-range") != Some(expected.as_str())
-        || !same
-    {
-        log::info!(
-            "cache: cannot resume {} at byte {pos}: origin answered {} {:?}",
-            req.target,
-            part.status,
-            part.headers.get_str("content-range")
-        );
-        return None;
-    }
-    match part.body_kind(&req.method) {
-        Ok(BodyKind::Length(n)) if n == len - pos => Some((up, BodyKind::Length(n))),
-        _ => None,
-    }
 }

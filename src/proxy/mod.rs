@@ -13,6 +13,7 @@ pub mod handoff;
 pub mod head;
 pub mod internal;
 pub mod kv;
+pub mod origin_body;
 pub mod relay;
 pub mod remote;
 pub mod serve;

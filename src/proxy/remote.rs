@@ -16,17 +16,17 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::client_side::{relay_ranged, ClientSide};
 use super::decide::{decide, Action, Held};
-use super::fill::digest_ok;
 use super::forward::forward;
 use super::handoff::Handoff;
 use super::head::stored_head;
+use super::origin_body::OriginBody;
 use super::relay::relay_and_release;
 use super::validate::{
     answer_client_conditional, not_stored, release_bodyless, revalidate, validated_headers,
     validators_of,
 };
 use super::{Exchange, Op, Outcome, ProxyError, Worker};
-use crate::cache::digest::{expected_sha256, Verifier};
+use crate::cache::digest::expected_sha256;
 use crate::cache::key::key_is_exact;
 use crate::cache::meta::EntryMeta;
 use crate::cache::policy::{response_storable, stored_headers, NotStorable, Validators};
@@ -129,6 +129,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
             drop(found);
             let digest = expected_sha256(&uri.path_and_query);
             let target = Target {
+                uri: &uri,
                 cluster,
                 node,
                 key,
@@ -251,6 +252,8 @@ async fn serve_from_owner<C: AsyncWriteRent>(
 
 /// Where a fill through this node goes.
 struct Target<'a> {
+    /// The URL, to resume a body the origin cuts.
+    uri: &'a Uri,
     cluster: &'a Cluster,
     node: &'a Node,
     key: String,
@@ -327,7 +330,7 @@ async fn fill_through<C: AsyncWriteRent>(
 #[allow(clippy::too_many_arguments)]
 async fn origin_to_owner(
     req: &RequestHead,
-    mut up: UpstreamConn,
+    up: UpstreamConn,
     resp: &ResponseHead,
     kind: BodyKind,
     mut put: Option<(UpstreamConn, BodyWriter)>,
@@ -336,23 +339,16 @@ async fn origin_to_owner(
     w: &Worker,
 ) -> Result<(), String> {
     let node = target.node;
-    let mut verifier = target.digest.map(Verifier::new);
-    let mut reader = BodyReader::new(kind);
+    let mut body = OriginBody::new(req, target.uri, resp, kind, up, target.digest);
     let mut buf = w.bufs.lend();
-    let mut pos = 0u64; // body bytes received from the origin
     let mut budget = Budget::default();
     let result = loop {
-        let n = match reader.read(&mut up.conn, &mut buf).await {
-            Ok(0) => break Ok(()),
-            Ok(n) => n as u64,
-            Err(e) => break Err(format!("origin body failed: {e}")),
+        // A cut body is resumed while the owner stores it, as a local fill does.
+        let (pos, n) = match body.next(&mut buf, put.is_some(), w).await {
+            Ok(Some(piece)) => piece,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
         };
-        if let Some(v) = verifier.as_mut() {
-            v.update(&buf);
-        }
-        if reader.is_done() && !digest_ok(&verifier, req) {
-            break Err("digest mismatch".into());
-        }
         if let Some((conn, writer)) = put.as_mut() {
             let (res, b) = writer.write(&mut conn.conn.io, buf.take()).await;
             buf.put_back(b);
@@ -362,7 +358,7 @@ async fn origin_to_owner(
             }
         }
         let feeds_others = put.is_some();
-        if reader.is_done() {
+        if body.is_done() {
             // Committed on the owner before the client sees its last byte, so that a
             // request it sends right after finds the entry.
             finish_put(w, node, put.take(), req).await;
@@ -390,23 +386,16 @@ async fn origin_to_owner(
                     }
                 }
             }
-        } else if lag.is_gone() && put.is_none() && !reader.is_done() {
+        } else if lag.is_gone() && put.is_none() && !body.is_done() {
             // Nobody wants the rest of this body.
             break Err("the client went away".into());
         }
         buf.clear();
-        pos += n;
         budget.spend(n).await;
-        if reader.is_done() {
+        if body.is_done() {
             break Ok(());
         }
     };
-    // A chunked or close-delimited body ends with an empty read (RFC 9112 §6.3, §7.1):
-    // its digest is checked here, before the PUT completes and the client's last chunk.
-    let result = result.and_then(|()| match digest_ok(&verifier, req) {
-        true => Ok(()),
-        false => Err("digest mismatch".to_string()),
-    });
     if let Err(e) = result {
         abort_put(put).await; // the owner drops its fill
         lag.end(Err(e.clone()));
@@ -414,9 +403,7 @@ async fn origin_to_owner(
     }
     finish_put(w, node, put.take(), req).await;
     lag.end(Ok(()));
-    if resp.keep_alive() && reader.is_done() {
-        w.upstream.release(up);
-    }
+    body.release(w);
     Ok(())
 }
 
