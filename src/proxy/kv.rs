@@ -36,6 +36,7 @@ use crate::cache::store::{FillStartError, Store};
 use crate::cluster::kv::{self, claim_ttl, FILL_CLAIM, FILL_CLAIMED, FILL_HEADER, METADATA_HEADER};
 use crate::cluster::metadata::Metadata;
 use crate::cluster::Cluster;
+use crate::http::range::{self, RangeAnswer};
 use crate::http::{BodyKind, Headers, RequestHead};
 use crate::stream::{BodyReader, BufConn};
 
@@ -179,13 +180,23 @@ async fn send_entry<S: AsyncWriteRent>(
 ) -> Outcome {
     let entry = &open.entry;
     open.touch();
-    let len = entry.meta.body_len;
+    let mut headers = metadata_headers(&entry.meta);
+    // Ours: a non-owner asks for just the range its client wants (RFC 9110 §14.2); any
+    // other answer than one satisfiable range is the whole body, as the original sends.
+    let (status, reason, start, len) =
+        match range::evaluate(head.headers.get_str("range"), entry.meta.body_len) {
+            RangeAnswer::Partial { start, end } => {
+                let total = entry.meta.body_len;
+                headers.set("Content-Range", range::content_range(start, end, total));
+                (206, "Partial Content", start, end - start + 1)
+            }
+            _ => (200, "OK", 0, entry.meta.body_len),
+        };
     let mut buf = w.bufs.lend();
-    let headers = metadata_headers(&entry.meta);
     let (_, keep_alive) = build_response_head(
         head,
-        200,
-        "OK",
+        status,
+        reason,
         headers,
         BodyKind::Length(len),
         w.may_keep_alive(head),
@@ -193,30 +204,32 @@ async fn send_entry<S: AsyncWriteRent>(
     );
     let result = match &open.body {
         Some(body) => {
-            buf.extend_from_slice(body);
+            buf.extend_from_slice(&body[start as usize..(start + len) as usize]);
             let (res, b) = conn.io.write_all(buf.take()).await;
             buf.put_back(b);
             res.map(|_| ())
                 .map_err(|e| (0, format!("write failed: {e}")))
         }
-        None => match send_file_range(conn, &entry.file, entry.body_offset, len, buf, w).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                if e.file_failed {
-                    drop_unreadable(w, &open, &e.reason).await;
+        None => {
+            match send_file_range(conn, &entry.file, entry.body_offset + start, len, buf, w).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    if e.file_failed {
+                        drop_unreadable(w, &open, &e.reason).await;
+                    }
+                    Err((e.sent, e.reason))
                 }
-                Err((e.sent, e.reason))
             }
-        },
+        }
     };
     match result {
         Ok(()) => Outcome::Done(Exchange {
-            status: 200,
+            status,
             bytes: len,
             op,
             keep_alive,
         }),
-        Err((bytes, reason)) => Outcome::aborted(200, bytes, op, reason),
+        Err((bytes, reason)) => Outcome::aborted(status, bytes, op, reason),
     }
 }
 

@@ -67,7 +67,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     if node.is_down() {
         return forward(client, req, uri, w, owner_down).await;
     }
-    let (found, claimed) = match peer::get(w, cluster, node, &key, true).await {
+    let (found, claimed) = match peer::get(w, cluster, node, &key, true, owner_range(&req)).await {
         Ok(Lookup::Found(f)) => (Some(*f), false),
         Ok(Lookup::Miss { claimed }) => (None, claimed),
         Err(PeerError::Unreachable(e)) => {
@@ -150,6 +150,16 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     relay_and_release(client, &req, &mut up, resp, w, Op::Pass, cs).await
 }
 
+/// The range to ask the owner for: the client's own, unless `If-Range` makes it depend
+/// on validators only the validated entry has (RFC 9110 §13.1.5); the owner answers a
+/// range it cannot satisfy with the whole body, and the window is cut here as before.
+fn owner_range(req: &RequestHead) -> Option<&str> {
+    match req.headers.contains("if-range") {
+        true => None,
+        false => req.headers.get_str("range"),
+    }
+}
+
 /// Ends our claim on `key` (nothing will be PUT) and drops the owner's entry, so that
 /// requests waiting on the owner go on at once.
 async fn release(w: &Worker, cluster: &Cluster, node: &Node, key: &str) {
@@ -176,6 +186,8 @@ async fn serve_from_owner<C: AsyncWriteRent>(
         mut conn,
         meta,
         kind,
+        first,
+        body_len,
         keep_alive: owner_keep_alive,
     } = found;
     let headers = validated_headers(&meta, not_modified, CacheOutcome::Revalidated);
@@ -183,7 +195,6 @@ async fn serve_from_owner<C: AsyncWriteRent>(
         return o; // the owner's connection closes unread
     }
     let mut head = Vec::with_capacity(1024);
-    let body_len = kind.known_len();
     let (writer, win) = stored_head(
         req,
         meta.status,
@@ -193,6 +204,18 @@ async fn serve_from_owner<C: AsyncWriteRent>(
         &mut head,
     );
     let (status, keep_alive) = (win.status, win.keep_alive);
+    if first > win.start {
+        // Both sides evaluate the same Range on the same length: never expected.
+        let e = format!(
+            "the owner sent the body from byte {first}, not {}",
+            win.start
+        );
+        return Outcome::Failed {
+            error: ProxyError::Upstream(UpstreamError::Protocol(e)),
+            close: false,
+            op,
+        };
+    }
     if let Err(e) = client.io.write_all(head).await.0 {
         return Outcome::aborted(status, 0, op, e.to_string());
     }
@@ -200,7 +223,8 @@ async fn serve_from_owner<C: AsyncWriteRent>(
     let stall = owner_stall(w);
     let mut reader = BodyReader::new(kind);
     let mut buf = w.bufs.lend();
-    let (mut pos, mut sent) = (0u64, 0u64);
+    // The owner sends the body from `first` (the range asked for, or 0).
+    let (mut pos, mut sent) = (first, 0u64);
     let result = loop {
         if pos >= end {
             break Ok(());
@@ -462,7 +486,7 @@ async fn rest_from_owner<C: AsyncWriteRent>(
     target: &Target<'_>,
     w: &Worker,
 ) {
-    let found = match peer::get(w, target.cluster, target.node, &target.key, false).await {
+    let found = match peer::get(w, target.cluster, target.node, &target.key, false, None).await {
         Ok(Lookup::Found(f)) => *f,
         Ok(Lookup::Miss { .. }) => {
             cs.error = Some("fell behind the fill, and the owner has no entry".into());

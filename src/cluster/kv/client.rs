@@ -37,7 +37,12 @@ const DRAIN_BUF: usize = 4096;
 pub struct Found {
     pub conn: UpstreamConn,
     pub meta: EntryMeta,
+    /// The framing of what the owner sends: the whole body, or the range asked for.
     pub kind: BodyKind,
+    /// The body offset of the first byte the owner sends (0 unless it answered a range).
+    pub first: u64,
+    /// The length of the whole body, when known.
+    pub body_len: Option<u64>,
     /// Whether the owner keeps the connection after this response.
     pub keep_alive: bool,
 }
@@ -77,6 +82,15 @@ pub enum Lookup {
     Miss {
         claimed: bool,
     },
+}
+
+/// `bytes first-last/len` (RFC 9110 §14.4) with `first <= last < len`.
+fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (span, len) = rest.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let (first, last, len) = (first.parse().ok()?, last.parse().ok()?, len.parse().ok()?);
+    (first <= last && last < len).then_some((first, last, len))
 }
 
 /// Logs the state change once, however many requests see the failure.
@@ -162,19 +176,25 @@ pub async fn get(
     node: &Node,
     key: &str,
     claim: bool,
+    range: Option<&str>,
 ) -> Result<Lookup, PeerError> {
-    let extra: &[(&str, &str)] = if claim {
-        &[(FILL_HEADER, FILL_CLAIM)]
-    } else {
-        &[]
-    };
-    let head = request_head("GET", node, cluster, key, extra, None);
+    let mut extra: [(&str, &str); 2] = [("", ""); 2];
+    let mut n = 0;
+    if claim {
+        extra[n] = (FILL_HEADER, FILL_CLAIM);
+        n += 1;
+    }
+    if let Some(r) = range {
+        extra[n] = ("Range", r);
+        n += 1;
+    }
+    let head = request_head("GET", node, cluster, key, &extra[..n], None);
     let deadline = Instant::now() + claim_ttl(w.timeouts());
     let (up, resp) = exchange_bodiless(w.pool(), &node.pool_key, &head, deadline)
         .await
         .map_err(unreachable)?;
     match resp.status {
-        200 => {
+        200 | 206 => {
             let field = resp
                 .headers
                 .get(METADATA_HEADER)
@@ -185,10 +205,25 @@ pub async fn get(
             let kind = resp
                 .body_kind("GET")
                 .map_err(|e| PeerError::Refused(format!("KV GET answer: {e}")))?;
+            let (first, body_len) = match resp.status {
+                // RFC 9110 §14.4: `Content-Range: bytes first-last/complete-length`.
+                206 => resp
+                    .headers
+                    .get_str("content-range")
+                    .and_then(parse_content_range)
+                    .filter(|&(first, last, _)| kind == BodyKind::Length(last - first + 1))
+                    .map(|(first, _, len)| (first, Some(len)))
+                    .ok_or_else(|| {
+                        PeerError::Refused("a KV 206 without a matching Content-Range".into())
+                    })?,
+                _ => (0, kind.known_len()),
+            };
             Ok(Lookup::Found(Box::new(Found {
                 conn: up,
                 meta,
                 kind,
+                first,
+                body_len,
                 keep_alive: resp.keep_alive(),
             })))
         }
