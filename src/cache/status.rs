@@ -32,6 +32,20 @@ pub enum Outcome {
     UpstreamError { had_entry: bool },
     /// Served from another request's in-flight fill of the same key (read-while-write).
     Collapsed,
+    /// A storable 200 relayed without storing it, for a reason of the cache's own.
+    NotFilled(NotFilled),
+    /// Cluster mode: relayed uncached because the key's owner is unreachable; `status`
+    /// is the origin's.
+    OwnerUnreachable { status: u16 },
+}
+
+/// Why a storable 200 was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotFilled {
+    /// Another request was already filling the key.
+    FillInProgress,
+    /// The fill file could not be created.
+    DiskError,
 }
 
 /// RFC 9211 §2.2 `fwd` values chacha uses.
@@ -80,6 +94,16 @@ impl Outcome {
             // §2.5: `collapsed` is only meaningful with `fwd`; `miss` because the waiter
             // cannot tell whether the filler had a stale entry.
             Outcome::Collapsed => format!("{CACHE_NAME}; hit; collapsed"),
+            Outcome::NotFilled(why) => {
+                let detail = match why {
+                    NotFilled::FillInProgress => "fill-in-progress",
+                    NotFilled::DiskError => "disk-error",
+                };
+                format!("{CACHE_NAME}; fwd=miss; fwd-status=200; detail={detail}")
+            }
+            Outcome::OwnerUnreachable { status } => {
+                format!("{CACHE_NAME}; fwd=uri-miss; fwd-status={status}; detail=owner-unreachable")
+            }
         }
     }
 }
@@ -141,6 +165,18 @@ mod tests {
                 "chacha; fwd=stale; detail=upstream-error",
             ),
             (Outcome::Collapsed, "chacha; hit; collapsed"),
+            (
+                Outcome::NotFilled(NotFilled::FillInProgress),
+                "chacha; fwd=miss; fwd-status=200; detail=fill-in-progress",
+            ),
+            (
+                Outcome::NotFilled(NotFilled::DiskError),
+                "chacha; fwd=miss; fwd-status=200; detail=disk-error",
+            ),
+            (
+                Outcome::OwnerUnreachable { status: 404 },
+                "chacha; fwd=uri-miss; fwd-status=404; detail=owner-unreachable",
+            ),
         ];
         for (outcome, want) in cases {
             assert_eq!(outcome.header_value(), *want, "{outcome:?}");

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod base64;
 pub mod claims;
+pub mod kv;
 pub mod metadata;
 
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 use super::*;
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 fn ok(text: &str) -> Config {
     parse(text).unwrap_or_else(|err| panic!("config should parse:\n{text}\n--- errors:\n{err}"))

@@ -55,6 +55,18 @@ pub enum BodyKind {
     UntilClose,
 }
 
+impl BodyKind {
+    /// The body's length when the framing states it before the body (RFC 9112 §6.3):
+    /// `Content-Length`, or no body at all; `None` for chunked and close-delimited bodies.
+    pub fn known_len(self) -> Option<u64> {
+        match self {
+            BodyKind::Length(n) => Some(n),
+            BodyKind::None => Some(0),
+            BodyKind::Chunked | BodyKind::UntilClose => None,
+        }
+    }
+}
+
 /// Result of a parse attempt on the bytes read so far.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed<T> {

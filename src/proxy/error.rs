@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::http::HeadError;
-use crate::upstream::UpstreamError;
+use crate::upstream::{ExchangeError, UpstreamError};
 
 #[derive(Debug)]
 pub enum ProxyError {
@@ -77,5 +77,15 @@ impl From<UpstreamError> for ProxyError {
 impl From<HeadError> for ProxyError {
     fn from(e: HeadError) -> Self {
         ProxyError::BadRequest(e)
+    }
+}
+
+impl From<ExchangeError> for ProxyError {
+    fn from(e: ExchangeError) -> Self {
+        match e {
+            ExchangeError::Upstream(e) => ProxyError::Upstream(e),
+            ExchangeError::Client(e) => ProxyError::ClientIo(e),
+            ExchangeError::ClientBodyTimeout(d) => ProxyError::ClientBodyTimeout(d),
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
-use super::{write_simple, Exchange, Outcome, ProxyError, Worker};
+use super::{write_simple, Exchange, Op, Outcome, ProxyError, Worker};
 use crate::http::{BodyKind, RequestHead};
 use crate::stream::BufConn;
 
@@ -14,7 +14,7 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     w: &Worker,
 ) -> Outcome {
     if let Some(cluster) = &w.cluster {
-        if super::kv::is_kv_request(&head) {
+        if crate::cluster::kv::is_kv_request(&head) {
             return super::kv::handle(conn, head, w, cluster).await;
         }
     }
@@ -30,20 +30,20 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
             Ok(bytes) => Outcome::Done(Exchange {
                 status: 200,
                 bytes,
-                op: "internal",
+                op: Op::Internal,
                 keep_alive,
             }),
             Err(e) => Outcome::Aborted {
                 status: 200,
                 bytes: 0,
-                op: "internal",
+                op: Op::Internal,
                 reason: e.to_string(),
             },
         },
         _ => Outcome::Failed {
             error: ProxyError::NotFound,
             close: !keep_alive,
-            op: "internal",
+            op: Op::Internal,
         },
     }
 }

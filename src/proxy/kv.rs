@@ -1,5 +1,5 @@
 //! The KV protocol, server side: how other nodes read and write the entries this node
-//! owns. Wire-compatible with the original's (`internal/server/handle_kv.go`,
+//! owns (the protocol itself: [`crate::cluster::kv`]). Wire-compatible with the original's (`internal/server/handle_kv.go`,
 //! `internal/cache/kv`): origin-form requests to the node's own address,
 //!
 //! - `GET /` with `X-Chacha-Key: base64(key)` → `200` with
@@ -22,49 +22,26 @@
 //!   connection closes): the entry being written is the same object.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use super::cached::{drop_unreadable, open_fill_file, send_file_range, stream_fill, wait_for_head};
-use super::forward::{answer_expect, build_response_head};
-use super::{write_simple, Exchange, Outcome, Worker};
+use super::head::{answer_expect, build_response_head};
+use super::serve::{drop_unreadable, open_fill_file, send_file_range, stream_fill, wait_for_head};
+use super::{write_simple, Exchange, Op, Outcome, Worker};
 use crate::cache::fill::{Fill, Phase, Role, StreamInfo};
 use crate::cache::key::key_hash;
 use crate::cache::open::OpenEntry;
 use crate::cache::store::{FillStartError, Store};
+use crate::cluster::kv::{self, claim_ttl, FILL_CLAIM, FILL_CLAIMED, FILL_HEADER, METADATA_HEADER};
 use crate::cluster::metadata::Metadata;
-use crate::cluster::{base64, Cluster};
+use crate::cluster::Cluster;
+use crate::http::range::{self, RangeAnswer};
 use crate::http::{BodyKind, Headers, RequestHead};
 use crate::stream::{BodyReader, BufConn};
 
-pub const KEY_HEADER: &str = "X-Chacha-Key";
-pub const METADATA_HEADER: &str = "X-Chacha-Metadata";
-/// Ours: fill coordination between nodes (`claim` in a GET, `claimed` in its 404).
-pub const FILL_HEADER: &str = "X-Chacha-Fill";
-pub const FILL_CLAIM: &str = "claim";
-pub const FILL_CLAIMED: &str = "claimed";
-/// How long a claim outlives the longest origin exchange a claimant may wait for
-/// (connect + upstream-head): past that the claimant is presumed dead.
-pub const CLAIM_MARGIN: Duration = Duration::from_secs(5);
 /// Lookup/join rounds a KV GET makes (a fill it waited for may complete or fail).
 const MAX_ROUNDS: usize = 3;
-
-/// Whether an origin-form request is for the KV protocol (in cluster mode). Like the
-/// original, any GET other than `/health` is a KV GET, any PUT a KV PUT.
-pub fn is_kv_request(head: &RequestHead) -> bool {
-    let path = head.target.split('?').next().unwrap_or("");
-    match head.method.as_str() {
-        "GET" => path != "/health",
-        "PUT" | "DELETE" => true,
-        _ => false,
-    }
-}
-
-/// How long a claim stays valid.
-pub fn claim_ttl(w: &Worker) -> Duration {
-    w.timeouts.connect + w.timeouts.upstream_head + CLAIM_MARGIN
-}
 
 pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     conn: &mut BufConn<S>,
@@ -73,9 +50,9 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     cluster: &Cluster,
 ) -> Outcome {
     let op = match head.method.as_str() {
-        "GET" => "kv-get",
-        "PUT" => "kv-put",
-        _ => "kv-delete",
+        "GET" => Op::KvGet,
+        "PUT" => Op::KvPut,
+        _ => Op::KvDelete,
     };
     // A body we do not read closes the connection.
     let unread_body = !matches!(
@@ -92,7 +69,7 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
         let extra = [("WWW-Authenticate", "Basic realm=\"chacha\"")];
         return reply(conn, &head, w, 401, msg, unread_body, op, &extra).await;
     }
-    let key = match key_of(&head) {
+    let key = match kv::key_of(&head) {
         Ok(k) => k,
         Err(msg) => return reply(conn, &head, w, 400, &msg, unread_body, op, &[]).await,
     };
@@ -107,22 +84,6 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     }
 }
 
-fn key_of(head: &RequestHead) -> Result<String, String> {
-    let Some(field) = head.headers.get(KEY_HEADER) else {
-        return Err(format!(
-            "failed to determine the key: no {KEY_HEADER} header"
-        ));
-    };
-    let bytes = base64::decode(field.trim_ascii())
-        .map_err(|e| format!("failed to determine the key: {KEY_HEADER}: {e}"))?;
-    match String::from_utf8(bytes) {
-        Ok(k) if !k.is_empty() => Ok(k),
-        _ => Err(format!(
-            "failed to determine the key: {KEY_HEADER} is empty or not UTF-8"
-        )),
-    }
-}
-
 /// A short text answer; `close` when the request's body was not read.
 #[allow(clippy::too_many_arguments)]
 async fn reply<S: AsyncWriteRent>(
@@ -132,7 +93,7 @@ async fn reply<S: AsyncWriteRent>(
     status: u16,
     msg: &str,
     close: bool,
-    op: &'static str,
+    op: Op,
     extra: &[(&str, &str)],
 ) -> Outcome {
     let keep_alive = !close && head.keep_alive() && !w.shutdown.is_triggered();
@@ -143,12 +104,7 @@ async fn reply<S: AsyncWriteRent>(
             op,
             keep_alive,
         }),
-        Err(e) => Outcome::Aborted {
-            status,
-            bytes: 0,
-            op,
-            reason: e.to_string(),
-        },
+        Err(e) => Outcome::aborted(status, 0, op, e.to_string()),
     }
 }
 
@@ -159,7 +115,7 @@ async fn get<S: AsyncWriteRent>(
     cluster: &Cluster,
     store: &std::sync::Arc<Store>,
     key: String,
-    op: &'static str,
+    op: Op,
 ) -> Outcome {
     let hash = key_hash(&key);
     let claim = head
@@ -178,7 +134,7 @@ async fn get<S: AsyncWriteRent>(
                         drop(handle);
                         return send_entry(conn, head, open, w, op).await;
                     }
-                    let deadline = Instant::now() + claim_ttl(w);
+                    let deadline = Instant::now() + claim_ttl(&w.timeouts);
                     cluster.claims.insert(hash, key, handle, deadline);
                     let extra = [(FILL_HEADER, FILL_CLAIMED)];
                     let msg = "no cache entry found; the fill is yours";
@@ -220,46 +176,60 @@ async fn send_entry<S: AsyncWriteRent>(
     head: &RequestHead,
     open: Rc<OpenEntry>,
     w: &Worker,
-    op: &'static str,
+    op: Op,
 ) -> Outcome {
     let entry = &open.entry;
     open.touch();
-    let len = entry.meta.body_len;
-    let mut buf = w.bufs.get();
-    let headers = metadata_headers(&entry.meta);
-    let (_, keep_alive) =
-        build_response_head(head, 200, "OK", headers, BodyKind::Length(len), w, &mut buf);
+    let mut headers = metadata_headers(&entry.meta);
+    // Ours: a non-owner asks for just the range its client wants (RFC 9110 §14.2); any
+    // other answer than one satisfiable range is the whole body, as the original sends.
+    let (status, reason, start, len) =
+        match range::evaluate(head.headers.get_str("range"), entry.meta.body_len) {
+            RangeAnswer::Partial { start, end } => {
+                let total = entry.meta.body_len;
+                headers.set("Content-Range", range::content_range(start, end, total));
+                (206, "Partial Content", start, end - start + 1)
+            }
+            _ => (200, "OK", 0, entry.meta.body_len),
+        };
+    let mut buf = w.bufs.lend();
+    let (_, keep_alive) = build_response_head(
+        head,
+        status,
+        reason,
+        headers,
+        BodyKind::Length(len),
+        w.may_keep_alive(head),
+        &mut buf,
+    );
     let result = match &open.body {
         Some(body) => {
-            buf.extend_from_slice(body);
-            let (res, b) = conn.io.write_all(buf).await;
-            w.bufs.put(b);
+            buf.extend_from_slice(&body[start as usize..(start + len) as usize]);
+            let (res, b) = conn.io.write_all(buf.take()).await;
+            buf.put_back(b);
             res.map(|_| ())
                 .map_err(|e| (0, format!("write failed: {e}")))
         }
-        None => match send_file_range(conn, &entry.file, entry.body_offset, len, buf, w).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                if e.file_failed {
-                    drop_unreadable(w, &open, &e.reason).await;
+        None => {
+            match send_file_range(conn, &entry.file, entry.body_offset + start, len, buf, w).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    if e.file_failed {
+                        drop_unreadable(w, &open, &e.reason).await;
+                    }
+                    Err((e.sent, e.reason))
                 }
-                Err((e.sent, e.reason))
             }
-        },
+        }
     };
     match result {
         Ok(()) => Outcome::Done(Exchange {
-            status: 200,
+            status,
             bytes: len,
             op,
             keep_alive,
         }),
-        Err((bytes, reason)) => Outcome::Aborted {
-            status: 200,
-            bytes,
-            op,
-            reason,
-        },
+        Err((bytes, reason)) => Outcome::aborted(status, bytes, op, reason),
     }
 }
 
@@ -269,7 +239,7 @@ async fn send_fill<S: AsyncWriteRent>(
     fill: &Fill,
     info: &StreamInfo,
     w: &Worker,
-    op: &'static str,
+    op: Op,
 ) -> Outcome {
     let Some(file) = open_fill_file(fill, info).await else {
         let msg = "the fill of this key failed";
@@ -278,14 +248,17 @@ async fn send_fill<S: AsyncWriteRent>(
     let kind = info.body_len.map_or(BodyKind::Chunked, BodyKind::Length);
     let mut out = Vec::with_capacity(1024);
     let headers = metadata_headers(&info.meta);
-    let (writer, keep_alive) = build_response_head(head, 200, "OK", headers, kind, w, &mut out);
+    let (writer, keep_alive) = build_response_head(
+        head,
+        200,
+        "OK",
+        headers,
+        kind,
+        w.may_keep_alive(head),
+        &mut out,
+    );
     if let Err(e) = conn.io.write_all(out).await.0 {
-        return Outcome::Aborted {
-            status: 200,
-            bytes: 0,
-            op,
-            reason: e.to_string(),
-        };
+        return Outcome::aborted(200, 0, op, e.to_string());
     }
     let end = info.body_len.unwrap_or(u64::MAX);
     let (bytes, result) = stream_fill(conn, fill, info, Some(&file), 0, end, writer, None, w).await;
@@ -300,12 +273,7 @@ async fn send_fill<S: AsyncWriteRent>(
             op,
             keep_alive,
         }),
-        Err(reason) => Outcome::Aborted {
-            status: 200,
-            bytes,
-            op,
-            reason,
-        },
+        Err(reason) => Outcome::aborted(200, bytes, op, reason),
     }
 }
 
@@ -316,7 +284,7 @@ async fn put<S: AsyncReadRent + AsyncWriteRent>(
     cluster: &Cluster,
     store: &std::sync::Arc<Store>,
     key: String,
-    op: &'static str,
+    op: Op,
 ) -> Outcome {
     let kind = match head.body_kind() {
         Ok(k) => k,
@@ -345,11 +313,7 @@ async fn put<S: AsyncReadRent + AsyncWriteRent>(
             }
         },
     };
-    let body_len = match kind {
-        BodyKind::Length(n) => Some(n),
-        BodyKind::None => Some(0),
-        _ => None,
-    };
+    let body_len = kind.known_len();
     let mut body = BodyReader::new(kind);
     let mut writer = match store
         .start_fill(handle, metadata.to_entry(key), body_len)
@@ -366,16 +330,11 @@ async fn put<S: AsyncReadRent + AsyncWriteRent>(
         }
     };
     if let Err(e) = answer_expect(conn, head, &body).await {
-        return Outcome::Aborted {
-            status: 100,
-            bytes: 0,
-            op,
-            reason: e.to_string(),
-        };
+        return Outcome::aborted(100, 0, op, e.to_string());
     }
     // A sender that stalls this long is gone (its fill fails, readers abort).
     let stall = w.timeouts.idle;
-    let mut buf = w.bufs.get();
+    let mut buf = w.bufs.lend();
     let failure = loop {
         let n = match monoio::time::timeout(stall, body.read(conn, &mut buf)).await {
             Ok(Ok(0)) => break None,
@@ -383,14 +342,13 @@ async fn put<S: AsyncReadRent + AsyncWriteRent>(
             Ok(Err(e)) => break Some((400, format!("reading the body failed: {e}"))),
             Err(_) => break Some((408, format!("no body bytes for {stall:?}"))),
         };
-        let (res, b) = writer.write(buf).await;
-        buf = b;
+        let (res, b) = writer.write(buf.take()).await;
+        buf.put_back(b);
         if let Err(e) = res {
             break Some((500, format!("unable to put cache entry: {e}")));
         }
         debug_assert!(n > 0);
     };
-    w.bufs.put(buf);
     if let Some((status, msg)) = failure {
         drop(writer); // fails the fill: readers abort, the temp file goes
         return reply(conn, head, w, status, &msg, true, op, &[]).await;
@@ -431,7 +389,7 @@ async fn delete<S: AsyncWriteRent>(
     cluster: &Cluster,
     store: &std::sync::Arc<Store>,
     key: String,
-    op: &'static str,
+    op: Op,
 ) -> Outcome {
     let hash = key_hash(&key);
     let released = cluster.claims.release(hash, &key);
@@ -448,44 +406,5 @@ async fn delete<S: AsyncWriteRent>(
     } else {
         let msg = format!("no cache entry found for key {key}");
         reply(conn, head, w, 404, &msg, false, op, &[]).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::http::{parse_request, Parsed};
-
-    fn head(raw: &str) -> RequestHead {
-        match parse_request(raw.as_bytes()) {
-            Ok(Parsed::Complete(h, _)) => h,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn kv_requests_are_told_apart_from_health() {
-        assert!(is_kv_request(&head("GET / HTTP/1.1\r\nHost: n\r\n\r\n")));
-        assert!(is_kv_request(&head("PUT / HTTP/1.1\r\nHost: n\r\n\r\n")));
-        assert!(is_kv_request(&head("DELETE / HTTP/1.1\r\nHost: n\r\n\r\n")));
-        assert!(!is_kv_request(&head(
-            "GET /health HTTP/1.1\r\nHost: n\r\n\r\n"
-        )));
-        assert!(!is_kv_request(&head("POST / HTTP/1.1\r\nHost: n\r\n\r\n")));
-    }
-
-    #[test]
-    fn keys_must_be_base64_utf8_and_present() {
-        let ok = head("GET / HTTP/1.1\r\nX-Chacha-Key: aHR0cDovL28veA==\r\n\r\n");
-        assert_eq!(key_of(&ok).unwrap(), "http://o/x");
-        for bad in [
-            "",
-            "X-Chacha-Key: \r\n",
-            "X-Chacha-Key: !!\r\n",
-            "X-Chacha-Key: /w==\r\n",
-        ] {
-            let h = head(&format!("GET / HTTP/1.1\r\n{bad}\r\n"));
-            assert!(key_of(&h).is_err(), "{bad:?}");
-        }
     }
 }

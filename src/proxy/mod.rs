@@ -3,15 +3,23 @@
 //! inside an intercepted CONNECT tunnel ([`connect`]).
 
 pub mod cached;
+pub mod client_side;
 pub mod connect;
+pub mod decide;
 pub mod error;
+pub mod fill;
 pub mod forward;
+pub mod handoff;
+pub mod head;
 pub mod internal;
 pub mod kv;
-pub mod peer;
+pub mod origin_body;
+pub mod relay;
 pub mod remote;
+pub mod serve;
+pub mod validate;
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -30,36 +38,8 @@ use crate::server::shutdown::Shutdown;
 use crate::stream::BufConn;
 use crate::upstream::Upstream;
 
-/// Size of the buffers bodies are moved through.
-pub const TRANSFER_BUF: usize = 256 * 1024;
-/// Transfer buffers kept for reuse per core.
-pub const MAX_POOLED_BUFS: usize = 16;
-
 pub use crate::config::Timeouts;
-
-/// Reusable transfer buffers of one core (large buffers would otherwise be mmapped and
-/// unmapped by the allocator on every request).
-#[derive(Default)]
-pub struct BufPool {
-    free: RefCell<Vec<Vec<u8>>>,
-}
-
-impl BufPool {
-    pub fn get(&self) -> Vec<u8> {
-        self.free
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(TRANSFER_BUF))
-    }
-
-    pub fn put(&self, mut buf: Vec<u8>) {
-        let mut free = self.free.borrow_mut();
-        if buf.capacity() == TRANSFER_BUF && free.len() < MAX_POOLED_BUFS {
-            buf.clear();
-            free.push(buf);
-        }
-    }
-}
+pub use crate::stream::bufpool::{BufPool, MAX_POOLED_BUFS, TRANSFER_BUF};
 
 /// Everything one worker (core) needs to serve its connections.
 pub struct Worker {
@@ -82,12 +62,83 @@ pub struct Worker {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
+impl Worker {
+    /// Whether the client's connection may stay open after this response: the client
+    /// wants it (RFC 9112 §9.3) and the server is not shutting down.
+    pub fn may_keep_alive(&self, req: &RequestHead) -> bool {
+        req.keep_alive() && !self.shutdown.is_triggered()
+    }
+}
+
+impl crate::upstream::Client for Worker {
+    fn pool(&self) -> &Upstream {
+        &self.upstream
+    }
+    fn bufs(&self) -> &BufPool {
+        &self.bufs
+    }
+    fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+}
+
+/// What one request did, as its log line names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Served from this node's disk after a 304.
+    Hit,
+    /// Served from another request's fill in progress after a 304.
+    Collapsed,
+    /// Nothing reached the client: the conditional request (or the head) failed.
+    Miss,
+    /// Stored while served.
+    Fill,
+    /// Relayed, not stored.
+    Pass,
+    /// Refused before reaching an origin.
+    Reject,
+    /// One of chacha's own endpoints.
+    Internal,
+    KvGet,
+    KvPut,
+    KvDelete,
+    /// Served from the owner node after a 304.
+    PeerHit,
+    /// Stored on the owner node while served.
+    PeerFill,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Hit => "hit",
+            Op::Collapsed => "collapsed",
+            Op::Miss => "miss",
+            Op::Fill => "fill",
+            Op::Pass => "pass",
+            Op::Reject => "reject",
+            Op::Internal => "internal",
+            Op::KvGet => "kv-get",
+            Op::KvPut => "kv-put",
+            Op::KvDelete => "kv-delete",
+            Op::PeerHit => "peer-hit",
+            Op::PeerFill => "peer-fill",
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What one request did, for its log line.
 #[derive(Debug)]
 pub struct Exchange {
     pub status: u16,
     pub bytes: u64,
-    pub op: &'static str,
+    pub op: Op,
     pub keep_alive: bool,
 }
 
@@ -99,16 +150,28 @@ pub enum Outcome {
     Failed {
         error: ProxyError,
         close: bool,
-        op: &'static str,
+        op: Op,
     },
     /// The response was under way: the client connection must be cut so that the
     /// client sees an incomplete message, never a truncated one that looks complete.
     Aborted {
         status: u16,
         bytes: u64,
-        op: &'static str,
+        op: Op,
         reason: String,
     },
+}
+
+impl Outcome {
+    /// The response was under way when `reason` stopped it after `bytes` body bytes.
+    pub fn aborted(status: u16, bytes: u64, op: Op, reason: impl Into<String>) -> Outcome {
+        Outcome::Aborted {
+            status,
+            bytes,
+            op,
+            reason: reason.into(),
+        }
+    }
 }
 
 enum HeadRead {
@@ -274,7 +337,7 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                 Err(error) => Outcome::Failed {
                     error,
                     close: true,
-                    op: "reject",
+                    op: Op::Reject,
                 },
             },
             _ => dispatch(conn, head, w, channel).await,
@@ -334,14 +397,14 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
         return Outcome::Failed {
             error: ProxyError::MethodNotAllowed("CONNECT".into()),
             close: true,
-            op: "reject",
+            op: Op::Reject,
         };
     }
-    if forward::is_loop(&head) {
+    if crate::upstream::request::is_loop(&head) {
         return Outcome::Failed {
             error: ProxyError::LoopDetected,
             close: true,
-            op: "reject",
+            op: Op::Reject,
         };
     }
     let uri = match channel {
@@ -375,7 +438,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
         Err(error) => Outcome::Failed {
             error,
             close: true,
-            op: "reject",
+            op: Op::Reject,
         },
     }
 }

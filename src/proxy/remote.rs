@@ -14,20 +14,24 @@
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use super::cached::{
-    answer_client_conditional, not_stored, relay_ranged, release_bodyless, revalidate, stored_head,
-    validated_headers, validators_of, ClientSide, Handoff,
+use super::client_side::{relay_ranged, ClientSide};
+use super::decide::{decide, Action, Held};
+use super::forward::forward;
+use super::handoff::Handoff;
+use super::head::stored_head;
+use super::origin_body::OriginBody;
+use super::relay::relay_and_release;
+use super::validate::{
+    answer_client_conditional, not_stored, release_bodyless, revalidate, validated_headers,
+    validators_of,
 };
-use super::forward::{forward, relay_and_release};
-use super::peer::{self, Found, Lookup, PeerError};
-use super::{Exchange, Outcome, ProxyError, Worker};
-use crate::cache::digest::{expected_sha256, Verifier};
+use super::{Exchange, Op, Outcome, ProxyError, Worker};
+use crate::cache::digest::expected_sha256;
 use crate::cache::key::key_is_exact;
 use crate::cache::meta::EntryMeta;
-use crate::cache::policy::{
-    response_storable, should_drop_on_status, stored_headers, NotStorable, Validators,
-};
-use crate::cache::status::{Outcome as CacheOutcome, CACHE_NAME};
+use crate::cache::policy::{response_storable, stored_headers, NotStorable, Validators};
+use crate::cache::status::Outcome as CacheOutcome;
+use crate::cluster::kv::client::{self as peer, Found, Lookup, PeerError};
 use crate::cluster::metadata::Metadata;
 use crate::cluster::{Cluster, Node};
 use crate::config::Rule;
@@ -39,10 +43,12 @@ use crate::upstream::{UpstreamConn, UpstreamError};
 
 /// `Cache-Status` of a request relayed uncached because its owner is unreachable.
 fn owner_down(resp: &ResponseHead) -> Option<String> {
-    Some(format!(
-        "{CACHE_NAME}; fwd=uri-miss; fwd-status={}; detail=owner-unreachable",
-        resp.status
-    ))
+    Some(
+        CacheOutcome::OwnerUnreachable {
+            status: resp.status,
+        }
+        .header_value(),
+    )
 }
 
 pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
@@ -61,7 +67,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     if node.is_down() {
         return forward(client, req, uri, w, owner_down).await;
     }
-    let (found, claimed) = match peer::get(w, cluster, node, &key, true).await {
+    let (found, claimed) = match peer::get(w, cluster, node, &key, true, owner_range(&req)).await {
         Ok(Lookup::Found(f)) => (Some(*f), false),
         Ok(Lookup::Miss { claimed }) => (None, claimed),
         Err(PeerError::Unreachable(e)) => {
@@ -81,51 +87,77 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     let sent = revalidate(client, &req, &uri, validators.as_ref(), w).await;
     let (mut up, resp) = match sent {
         Ok(x) => x,
-        Err((error, close)) => {
+        Err(f) => {
             drop(found);
             if claimed {
                 release(w, cluster, node, &key).await;
             }
             return Outcome::Failed {
-                error,
-                close,
-                op: "miss",
+                error: f.error.into(),
+                close: f.close_client,
+                op: Op::Miss,
             };
         }
     };
-    if resp.status == 304 {
-        if let Some(found) = found {
+    let held = if found.is_some() {
+        Held::Entry
+    } else {
+        Held::Nothing
+    };
+    let action = decide(
+        resp.status,
+        held,
+        || response_storable(&req, &resp, rule),
+        || key_is_exact(&uri, &key, rule, &req.headers),
+    );
+    let drop_entry = match action {
+        Action::ServeEntry => {
+            let found = found.expect("held");
             release_bodyless(&mut up, &resp, w);
             return serve_from_owner(client, &req, found, &resp, w).await;
         }
-    } else if resp.status == 200 {
         // The owner's copy is outdated (or absent): its connection closes unread.
-        drop(found);
-        if let Err(reason) = response_storable(&req, &resp, rule) {
+        Action::RelayUnstored(reason) => {
+            drop(found);
             if claimed {
                 release(w, cluster, node, &key).await;
             }
             let cs = not_stored(had_entry, reason)(&resp);
             return relay_ranged(client, &req, &mut up, resp, w, cs).await;
         }
-        let digest = expected_sha256(&uri.path_and_query);
-        let target = Target {
-            cluster,
-            node,
-            key,
-            replaced: had_entry,
-            digest,
-        };
-        return fill_through(client, &req, up, resp, target, w).await;
-    }
-    let found_entry = found.is_some();
+        Action::Fill => {
+            drop(found);
+            let digest = expected_sha256(&uri.path_and_query);
+            let target = Target {
+                uri: &uri,
+                cluster,
+                node,
+                key,
+                replaced: had_entry,
+                digest,
+            };
+            return fill_through(client, &req, up, resp, target, w).await;
+        }
+        // Never decided here: the owner streams a fill as an entry (`Held::Entry`).
+        Action::ServeFill => false,
+        Action::Relay { drop_entry } => drop_entry,
+    };
     drop(found);
-    let exact = key_is_exact(&uri, &key, rule, &req.headers);
-    if claimed || (found_entry && should_drop_on_status(resp.status, exact)) {
+    if claimed || drop_entry {
         release(w, cluster, node, &key).await;
     }
     let cs = not_stored(had_entry, NotStorable::Status)(&resp);
-    relay_and_release(client, &req, &mut up, resp, w, "pass", cs).await
+    relay_and_release(client, &req, &mut up, resp, w, Op::Pass, cs).await
+}
+
+/// The range to ask the owner for: the client's own, unless `If-Range` makes it depend
+/// on validators only the validated entry has (RFC 9110 §13.1.5); the owner answers a
+/// range it cannot satisfy with the whole body, and the window is cut here as before.
+fn owner_range(req: &RequestHead) -> Option<&str> {
+    match req.headers.contains("if-range") {
+        true => None,
+        false => req.headers.get_str("range"),
+    }
 }
 
 /// Ends our claim on `key` (nothing will be PUT) and drops the owner's entry, so that
@@ -138,7 +170,7 @@ async fn release(w: &Worker, cluster: &Cluster, node: &Node, key: &str) {
 
 /// How long the owner's body may stall (it may itself be streaming a fill).
 fn owner_stall(w: &Worker) -> std::time::Duration {
-    w.timeouts.upstream_head + super::kv::CLAIM_MARGIN
+    w.timeouts.upstream_head + crate::cluster::kv::CLAIM_MARGIN
 }
 
 /// Serves a validated entry from the owner's KV response.
@@ -149,11 +181,13 @@ async fn serve_from_owner<C: AsyncWriteRent>(
     not_modified: &ResponseHead,
     w: &Worker,
 ) -> Outcome {
-    let op = "peer-hit";
+    let op = Op::PeerHit;
     let Found {
         mut conn,
         meta,
         kind,
+        first,
+        body_len,
         keep_alive: owner_keep_alive,
     } = found;
     let headers = validated_headers(&meta, not_modified, CacheOutcome::Revalidated);
@@ -161,26 +195,36 @@ async fn serve_from_owner<C: AsyncWriteRent>(
         return o; // the owner's connection closes unread
     }
     let mut head = Vec::with_capacity(1024);
-    let body_len = match kind {
-        BodyKind::Length(len) => Some(len),
-        BodyKind::None => Some(0),
-        _ => None,
-    };
-    let (writer, win) = stored_head(req, meta.status, headers, body_len, w, &mut head);
+    let (writer, win) = stored_head(
+        req,
+        meta.status,
+        headers,
+        body_len,
+        w.may_keep_alive(req),
+        &mut head,
+    );
     let (status, keep_alive) = (win.status, win.keep_alive);
-    if let Err(e) = client.io.write_all(head).await.0 {
-        return Outcome::Aborted {
-            status,
-            bytes: 0,
+    if first > win.start {
+        // Both sides evaluate the same Range on the same length: never expected.
+        let e = format!(
+            "the owner sent the body from byte {first}, not {}",
+            win.start
+        );
+        return Outcome::Failed {
+            error: ProxyError::Upstream(UpstreamError::Protocol(e)),
+            close: false,
             op,
-            reason: e.to_string(),
         };
+    }
+    if let Err(e) = client.io.write_all(head).await.0 {
+        return Outcome::aborted(status, 0, op, e.to_string());
     }
     let (start, end) = (win.start, win.start.saturating_add(win.count));
     let stall = owner_stall(w);
     let mut reader = BodyReader::new(kind);
-    let mut buf = w.bufs.get();
-    let (mut pos, mut sent) = (0u64, 0u64);
+    let mut buf = w.bufs.lend();
+    // The owner sends the body from `first` (the range asked for, or 0).
+    let (mut pos, mut sent) = (first, 0u64);
     let result = loop {
         if pos >= end {
             break Ok(());
@@ -193,13 +237,13 @@ async fn serve_from_owner<C: AsyncWriteRent>(
         let (lo, hi) = (pos.max(start), (pos + n).min(end));
         if lo < hi {
             let res = if lo == pos && hi == pos + n {
-                let (res, b) = writer.write(&mut client.io, buf).await;
-                buf = b;
+                let (res, b) = writer.write(&mut client.io, buf.take()).await;
+                buf.put_back(b);
                 res
             } else {
-                let slice = buf.slice((lo - pos) as usize..(hi - pos) as usize);
+                let slice = buf.take().slice((lo - pos) as usize..(hi - pos) as usize);
                 let (res, s) = client.io.write_all(slice).await;
-                buf = s.into_inner();
+                buf.put_back(s.into_inner());
                 res.map(|_| ())
             };
             if let Err(e) = res {
@@ -209,7 +253,6 @@ async fn serve_from_owner<C: AsyncWriteRent>(
         }
         pos += n;
     };
-    w.bufs.put(buf);
     if reader.is_done() && owner_keep_alive {
         w.upstream.release(conn);
     }
@@ -227,17 +270,14 @@ async fn serve_from_owner<C: AsyncWriteRent>(
             op,
             keep_alive,
         }),
-        Err(reason) => Outcome::Aborted {
-            status,
-            bytes: sent,
-            op,
-            reason,
-        },
+        Err(reason) => Outcome::aborted(status, sent, op, reason),
     }
 }
 
 /// Where a fill through this node goes.
 struct Target<'a> {
+    /// The URL, to resume a body the origin cuts.
+    uri: &'a Uri,
     cluster: &'a Cluster,
     node: &'a Node,
     key: String,
@@ -261,7 +301,7 @@ async fn fill_through<C: AsyncWriteRent>(
     target: Target<'_>,
     w: &Worker,
 ) -> Outcome {
-    let op = "peer-fill";
+    let op = Op::PeerFill;
     let kind = match resp.body_kind(&req.method) {
         Ok(k) => k,
         Err(e) => {
@@ -272,11 +312,7 @@ async fn fill_through<C: AsyncWriteRent>(
             }
         }
     };
-    let body_len = match kind {
-        BodyKind::Length(n) => Some(n),
-        BodyKind::None => Some(0),
-        _ => None,
-    };
+    let body_len = kind.known_len();
     let meta = EntryMeta {
         key: target.key.clone(),
         status: 200,
@@ -318,7 +354,7 @@ async fn fill_through<C: AsyncWriteRent>(
 #[allow(clippy::too_many_arguments)]
 async fn origin_to_owner(
     req: &RequestHead,
-    mut up: UpstreamConn,
+    up: UpstreamConn,
     resp: &ResponseHead,
     kind: BodyKind,
     mut put: Option<(UpstreamConn, BodyWriter)>,
@@ -327,40 +363,33 @@ async fn origin_to_owner(
     w: &Worker,
 ) -> Result<(), String> {
     let node = target.node;
-    let mut verifier = target.digest.map(Verifier::new);
-    let mut reader = BodyReader::new(kind);
-    let mut buf = w.bufs.get();
-    let mut pos = 0u64; // body bytes received from the origin
+    let mut body = OriginBody::new(req, target.uri, resp, kind, up, target.digest);
+    let mut buf = w.bufs.lend();
     let mut budget = Budget::default();
     let result = loop {
-        let n = match reader.read(&mut up.conn, &mut buf).await {
-            Ok(0) => break Ok(()),
-            Ok(n) => n as u64,
-            Err(e) => break Err(format!("origin body failed: {e}")),
+        // A cut body is resumed while the owner stores it, as a local fill does.
+        let (pos, n) = match body.next(&mut buf, put.is_some(), w).await {
+            Ok(Some(piece)) => piece,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
         };
-        if let Some(v) = verifier.as_mut() {
-            v.update(&buf);
-        }
-        if reader.is_done() && !digest_matches(&verifier, req) {
-            break Err("digest mismatch".into());
-        }
         if let Some((conn, writer)) = put.as_mut() {
-            let (res, b) = writer.write(&mut conn.conn.io, buf).await;
-            buf = b;
+            let (res, b) = writer.write(&mut conn.conn.io, buf.take()).await;
+            buf.put_back(b);
             if let Err(e) = res {
                 log::info!("cluster: PUT to {} stopped: {e}", node.name);
                 put = None;
             }
         }
         let feeds_others = put.is_some();
-        if reader.is_done() {
+        if body.is_done() {
             // Committed on the owner before the client sees its last byte, so that a
             // request it sends right after finds the entry.
             finish_put(w, node, put.take(), req).await;
         }
         if !lag.is_gone() && lag.from().is_none() {
-            match lag.try_push(pos, buf) {
-                Ok(()) => buf = w.bufs.get(),
+            match lag.try_push(pos, buf.take()) {
+                Ok(()) => buf.put_back(w.bufs.get()),
                 Err(b) if feeds_others => {
                     // The client fell behind: it continues from the owner's fill.
                     log::info!(
@@ -368,38 +397,29 @@ async fn origin_to_owner(
                         req.target,
                         node.name
                     );
-                    buf = b;
+                    buf.put_back(b);
                     lag.start(pos);
                 }
                 Err(b) => {
                     if !lag.push(pos, b).await {
-                        buf = Vec::new();
                         if put.is_none() {
                             break Err("the client went away".into());
                         }
                     } else {
-                        buf = w.bufs.get();
+                        buf.put_back(w.bufs.get());
                     }
                 }
             }
-        } else if lag.is_gone() && put.is_none() && !reader.is_done() {
+        } else if lag.is_gone() && put.is_none() && !body.is_done() {
             // Nobody wants the rest of this body.
             break Err("the client went away".into());
         }
         buf.clear();
-        pos += n;
         budget.spend(n).await;
-        if reader.is_done() {
+        if body.is_done() {
             break Ok(());
         }
     };
-    w.bufs.put(buf);
-    // A chunked or close-delimited body ends with an empty read (RFC 9112 §6.3, §7.1):
-    // its digest is checked here, before the PUT completes and the client's last chunk.
-    let result = result.and_then(|()| match digest_matches(&verifier, req) {
-        true => Ok(()),
-        false => Err("digest mismatch".to_string()),
-    });
     if let Err(e) = result {
         abort_put(put).await; // the owner drops its fill
         lag.end(Err(e.clone()));
@@ -407,22 +427,8 @@ async fn origin_to_owner(
     }
     finish_put(w, node, put.take(), req).await;
     lag.end(Ok(()));
-    if resp.keep_alive() && reader.is_done() {
-        w.upstream.release(up);
-    }
+    body.release(w);
     Ok(())
-}
-
-/// Whether a blob's body matched its digest (true when it has none); logs a mismatch.
-fn digest_matches(verifier: &Option<Verifier>, req: &RequestHead) -> bool {
-    if verifier.as_ref().is_some_and(|v| !v.matches()) {
-        log::error!(
-            "cache: {} does not match its sha256 digest; not stored, client aborted",
-            req.target
-        );
-        return false;
-    }
-    true
 }
 
 /// The client side of [`fill_through`]: the head, then the pieces from the lag queue;
@@ -437,7 +443,7 @@ async fn client_behind<C: AsyncWriteRent>(
     target: &Target<'_>,
     lag: &Handoff,
     w: &Worker,
-    op: &'static str,
+    op: Op,
 ) -> ClientSide {
     let mut cs = ClientSide::begin(client, req, resp, kind, stored, w, op).await;
     let mut next = 0u64; // the next body byte the client side needs
@@ -445,8 +451,7 @@ async fn client_behind<C: AsyncWriteRent>(
         let version = lag.version();
         if let Some((pos, buf)) = lag.pop() {
             next = pos + buf.len() as u64;
-            let buf = cs.write_piece(client, buf, pos).await;
-            w.bufs.put(buf);
+            w.bufs.put(cs.write_piece(client, buf, pos).await);
             continue;
         }
         match (lag.ended(), lag.from()) {
@@ -481,7 +486,7 @@ async fn rest_from_owner<C: AsyncWriteRent>(
     target: &Target<'_>,
     w: &Worker,
 ) {
-    let found = match peer::get(w, target.cluster, target.node, &target.key, false).await {
+    let found = match peer::get(w, target.cluster, target.node, &target.key, false, None).await {
         Ok(Lookup::Found(f)) => *f,
         Ok(Lookup::Miss { .. }) => {
             cs.error = Some("fell behind the fill, and the owner has no entry".into());
@@ -509,7 +514,7 @@ async fn rest_from_owner<C: AsyncWriteRent>(
     } = found;
     let stall = owner_stall(w);
     let mut reader = BodyReader::new(kind);
-    let mut buf = w.bufs.get();
+    let mut buf = w.bufs.lend();
     let mut pos = 0u64; // position in the owner's body
     let result = loop {
         if pos >= cs.end {
@@ -526,14 +531,14 @@ async fn rest_from_owner<C: AsyncWriteRent>(
             if skip > 0 {
                 buf.drain(..skip);
             }
-            buf = cs.write_piece(client, buf, pos + skip as u64).await;
+            let piece = cs.write_piece(client, buf.take(), pos + skip as u64).await;
+            buf.put_back(piece);
             if cs.error.is_some() {
                 break Ok(());
             }
         }
         pos += n;
     };
-    w.bufs.put(buf);
     if reader.is_done() && keep_alive {
         w.upstream.release(conn);
     }

@@ -376,7 +376,10 @@ async fn worker_body(
     if id == 0 {
         if let Some(cluster) = &settings.cluster {
             // One place probes down peers and expires claims, for the whole process.
-            monoio::spawn(crate::proxy::peer::watch(worker.clone(), cluster.clone()));
+            monoio::spawn(crate::cluster::kv::client::watch(
+                worker.shutdown.clone(),
+                cluster.clone(),
+            ));
         }
     }
     let mut backoff = AcceptBackoff::default();

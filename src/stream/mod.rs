@@ -3,9 +3,11 @@
 
 pub mod body;
 pub mod buffered;
+pub mod bufpool;
 pub mod fair;
 pub mod prefixed;
 
 pub use body::{BodyReader, BodyWriter};
 pub use buffered::BufConn;
+pub use bufpool::BufPool;
 pub use prefixed::Prefixed;

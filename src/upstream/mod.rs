@@ -1,16 +1,22 @@
-//! The HTTP/1.1 client toward origins: DNS off the core thread, a per-core pool of
-//! idle keep-alive connections, connect timeouts.
+//! The HTTP/1.1 client toward origins and peers: request heads ([`request`]), the
+//! exchange with retry on a stale pooled connection ([`exchange`]), one response-head
+//! reader with a deadline and one set of 1xx rules ([`head`]), DNS off the core thread,
+//! a per-core pool of idle keep-alive connections, connect timeouts.
 
 pub mod dns;
+pub mod exchange;
 pub mod head;
 pub mod pool;
+pub mod request;
 pub mod stream;
 
 use std::fmt;
 use std::time::Duration;
 
+pub use exchange::{send_upstream, Client, ExchangeError, SendFailure};
 pub use head::read_final_head;
 pub use pool::{PoolKey, Upstream, UpstreamConn};
+pub use request::{pool_key, write_upstream_head};
 pub use stream::UpStream;
 
 /// Why talking to an origin failed; mapped to a status in `proxy::error`.

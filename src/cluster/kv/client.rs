@@ -4,21 +4,22 @@
 //! peers marked down with `GET /health` (backing off) until they answer, and expires
 //! claims that other nodes never completed.
 
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use super::kv::{claim_ttl, FILL_CLAIM, FILL_CLAIMED, FILL_HEADER, KEY_HEADER, METADATA_HEADER};
-use super::Worker;
+use super::{claim_ttl, FILL_CLAIM, FILL_CLAIMED, FILL_HEADER, KEY_HEADER, METADATA_HEADER};
 use crate::cache::meta::EntryMeta;
 use crate::cluster::metadata::Metadata;
 use crate::cluster::{base64, Cluster, Node};
 use crate::http::{BodyKind, ResponseHead};
+use crate::server::shutdown::Shutdown;
 use crate::stream::{BodyReader, BodyWriter, BufConn};
-use crate::upstream::{read_final_head, UpStream, UpstreamConn, UpstreamError};
+use crate::upstream::exchange::{exchange_bodiless, read_head_by};
+use crate::upstream::Client;
+use crate::upstream::{UpStream, UpstreamConn, UpstreamError};
 
 /// How often the watch task wakes (probes are due by their own backoff).
 pub const WATCH_TICK: Duration = Duration::from_millis(200);
@@ -36,7 +37,12 @@ const DRAIN_BUF: usize = 4096;
 pub struct Found {
     pub conn: UpstreamConn,
     pub meta: EntryMeta,
+    /// The framing of what the owner sends: the whole body, or the range asked for.
     pub kind: BodyKind,
+    /// The body offset of the first byte the owner sends (0 unless it answered a range).
+    pub first: u64,
+    /// The length of the whole body, when known.
+    pub body_len: Option<u64>,
     /// Whether the owner keeps the connection after this response.
     pub keep_alive: bool,
 }
@@ -76,6 +82,15 @@ pub enum Lookup {
     Miss {
         claimed: bool,
     },
+}
+
+/// `bytes first-last/len` (RFC 9110 §14.4) with `first <= last < len`.
+fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (span, len) = rest.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let (first, last, len) = (first.parse().ok()?, last.parse().ok()?, len.parse().ok()?);
+    (first <= last && last < len).then_some((first, last, len))
 }
 
 /// Logs the state change once, however many requests see the failure.
@@ -122,49 +137,14 @@ fn request_head(
     out
 }
 
-/// Reads a final response head before `deadline`, with the same interim-response rules
-/// as toward origins ([`crate::upstream::head::check_interim`]).
-async fn read_head_by(
-    up: &mut BufConn<UpStream>,
-    deadline: Instant,
-    received: &mut bool,
-) -> Result<ResponseHead, UpstreamError> {
-    let limit = deadline.saturating_duration_since(Instant::now());
-    read_final_head(up, deadline, limit, received).await
-}
-
-/// Sends a bodiless request to `node` on a pooled connection (retrying once per stale
-/// pooled connection) and reads the response head.
-async fn exchange(
-    w: &Worker,
-    node: &Node,
-    head: &[u8],
-    deadline: Instant,
-) -> Result<(UpstreamConn, ResponseHead), UpstreamError> {
-    loop {
-        let mut up = match w.upstream.take_idle(&node.pool_key) {
-            Some(c) => c,
-            None => w.upstream.connect_new(&node.pool_key).await?,
-        };
-        let reused = up.reused;
-        if let Err(e) = up.conn.io.write_all(head.to_vec()).await.0 {
-            if reused {
-                continue;
-            }
-            return Err(UpstreamError::Closed(e.to_string()));
-        }
-        let mut received = false;
-        match read_head_by(&mut up.conn, deadline, &mut received).await {
-            Ok(resp) => return Ok((up, resp)),
-            Err(UpstreamError::Closed(_)) if reused && !received => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Reads the rest of a short response and pools its connection when it can carry
 /// another request; a long or broken one is dropped (closed).
-async fn drain_and_release(w: &Worker, mut up: UpstreamConn, resp: &ResponseHead, method: &str) {
+async fn drain_and_release(
+    w: &impl Client,
+    mut up: UpstreamConn,
+    resp: &ResponseHead,
+    method: &str,
+) {
     let Ok(kind) = resp.body_kind(method) else {
         return;
     };
@@ -183,32 +163,38 @@ async fn drain_and_release(w: &Worker, mut up: UpstreamConn, resp: &ResponseHead
         }
     }
     if reader.is_done() && resp.keep_alive() {
-        w.upstream.release(up);
+        w.pool().release(up);
     }
 }
 
 /// KV GET of `key` on its owner. With `claim`, a miss makes this node the key's filler
-/// (see [`super::kv`]). The owner may hold the answer while a fill it knows of starts,
+/// (see [`super`]). The owner may hold the answer while a fill it knows of starts,
 /// up to the claim time-to-live.
 pub async fn get(
-    w: &Worker,
+    w: &impl Client,
     cluster: &Cluster,
     node: &Node,
     key: &str,
     claim: bool,
+    range: Option<&str>,
 ) -> Result<Lookup, PeerError> {
-    let extra: &[(&str, &str)] = if claim {
-        &[(FILL_HEADER, FILL_CLAIM)]
-    } else {
-        &[]
-    };
-    let head = request_head("GET", node, cluster, key, extra, None);
-    let deadline = Instant::now() + claim_ttl(w);
-    let (up, resp) = exchange(w, node, &head, deadline)
+    let mut extra: [(&str, &str); 2] = [("", ""); 2];
+    let mut n = 0;
+    if claim {
+        extra[n] = (FILL_HEADER, FILL_CLAIM);
+        n += 1;
+    }
+    if let Some(r) = range {
+        extra[n] = ("Range", r);
+        n += 1;
+    }
+    let head = request_head("GET", node, cluster, key, &extra[..n], None);
+    let deadline = Instant::now() + claim_ttl(w.timeouts());
+    let (up, resp) = exchange_bodiless(w.pool(), &node.pool_key, &head, deadline)
         .await
         .map_err(unreachable)?;
     match resp.status {
-        200 => {
+        200 | 206 => {
             let field = resp
                 .headers
                 .get(METADATA_HEADER)
@@ -219,10 +205,25 @@ pub async fn get(
             let kind = resp
                 .body_kind("GET")
                 .map_err(|e| PeerError::Refused(format!("KV GET answer: {e}")))?;
+            let (first, body_len) = match resp.status {
+                // RFC 9110 §14.4: `Content-Range: bytes first-last/complete-length`.
+                206 => resp
+                    .headers
+                    .get_str("content-range")
+                    .and_then(parse_content_range)
+                    .filter(|&(first, last, _)| kind == BodyKind::Length(last - first + 1))
+                    .map(|(first, _, len)| (first, Some(len)))
+                    .ok_or_else(|| {
+                        PeerError::Refused("a KV 206 without a matching Content-Range".into())
+                    })?,
+                _ => (0, kind.known_len()),
+            };
             Ok(Lookup::Found(Box::new(Found {
                 conn: up,
                 meta,
                 kind,
+                first,
+                body_len,
                 keep_alive: resp.keep_alive(),
             })))
         }
@@ -244,7 +245,7 @@ pub async fn get(
 /// Starts a KV PUT of `key` to its owner: sends the head; the caller streams the body
 /// through the returned writer and ends with [`put_finish`].
 pub async fn put_start(
-    w: &Worker,
+    w: &impl Client,
     cluster: &Cluster,
     node: &Node,
     key: &str,
@@ -262,10 +263,10 @@ pub async fn put_start(
     );
     // take_idle never hands out a connection the peer closed or wrote to while it sat
     // idle, which matters here: a PUT cannot be retried once its body streamed.
-    let mut up = match w.upstream.take_idle(&node.pool_key) {
+    let mut up = match w.pool().take_idle(&node.pool_key) {
         Some(c) => c,
         None => w
-            .upstream
+            .pool()
             .connect_new(&node.pool_key)
             .await
             .map_err(unreachable)?,
@@ -282,7 +283,7 @@ pub async fn put_start(
 
 /// Ends a KV PUT's body and waits for the owner to commit it (its 200).
 pub async fn put_finish(
-    w: &Worker,
+    w: &impl Client,
     mut up: UpstreamConn,
     writer: BodyWriter,
 ) -> Result<(), String> {
@@ -290,7 +291,7 @@ pub async fn put_finish(
         .finish(&mut up.conn.io)
         .await
         .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + w.timeouts.upstream_head;
+    let deadline = Instant::now() + w.timeouts().upstream_head;
     let mut received = false;
     let resp = read_head_by(&mut up.conn, deadline, &mut received)
         .await
@@ -304,10 +305,15 @@ pub async fn put_finish(
 }
 
 /// KV DELETE of `key`: drops the owner's entry and any claim on the key.
-pub async fn delete(w: &Worker, cluster: &Cluster, node: &Node, key: &str) -> Result<(), String> {
+pub async fn delete(
+    w: &impl Client,
+    cluster: &Cluster,
+    node: &Node,
+    key: &str,
+) -> Result<(), String> {
     let head = request_head("DELETE", node, cluster, key, &[], None);
-    let deadline = Instant::now() + w.timeouts.upstream_head;
-    let (up, resp) = exchange(w, node, &head, deadline)
+    let deadline = Instant::now() + w.timeouts().upstream_head;
+    let (up, resp) = exchange_bodiless(w.pool(), &node.pool_key, &head, deadline)
         .await
         .map_err(|e| unreachable(e).to_string())?;
     let status = resp.status;
@@ -348,14 +354,14 @@ async fn probe(node: &Node) -> Result<(), String> {
 /// Runs on one core for the whole process (worker 0): probes down peers until they
 /// answer (backing off from [`PROBE_BACKOFF_MIN`] to [`PROBE_BACKOFF_MAX`]) and expires
 /// claims whose claimant never came back.
-pub async fn watch(w: Rc<Worker>, cluster: Arc<Cluster>) {
+pub async fn watch(shutdown: Arc<Shutdown>, cluster: Arc<Cluster>) {
     let n = cluster.nodes.len();
     let mut backoff = vec![PROBE_BACKOFF_MIN; n];
     let mut next = vec![Instant::now(); n];
     loop {
         monoio::select! {
             _ = monoio::time::sleep(WATCH_TICK) => {}
-            _ = w.shutdown.wait() => return,
+            _ = shutdown.wait() => return,
         }
         let now = Instant::now();
         let expired = cluster.claims.sweep(now);

@@ -1,0 +1,252 @@
+//! The client's side of a response whose body streams from the origin: the ranged relay
+//! of an uncached 200, and the windowed copy of a body being stored (fill or PUT).
+
+use monoio::buf::IoBuf;
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+
+use super::head::build_response_head;
+use super::head::{cached_head, range_of};
+use super::relay::relay_and_release;
+use super::validate::answer_client_conditional;
+use super::{Exchange, Op, Outcome, Worker};
+use crate::cache::status::Outcome as CacheOutcome;
+use crate::http::{BodyKind, RequestHead, ResponseHead};
+use crate::stream::{BodyReader, BodyWriter, BufConn};
+use crate::upstream::UpstreamConn;
+
+/// Relays an uncached 200 to the client. We did not forward the client's Range (to be
+/// able to fill), so a client that asked for one gets its window cut out of the stream
+/// as a 206 (RFC 9110 §14.2 lets a cache answer a range from a full representation):
+/// a client like Tart that resumes with `Range: bytes=N-` accepts only a 206.
+pub(crate) async fn relay_ranged<C: AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    up: &mut UpstreamConn,
+    resp: ResponseHead,
+    w: &Worker,
+    cache_status: Option<String>,
+) -> Outcome {
+    let op = Op::Pass;
+    let mut headers = resp.headers.clone();
+    headers.strip_hop_by_hop();
+    let answer = match resp.body_kind(&req.method) {
+        Ok(BodyKind::Length(len)) if req.headers.contains("range") => {
+            range_of(req, &headers, Some(len)).then_len(len)
+        }
+        _ => None,
+    };
+    let Some((answer, len)) = answer else {
+        return relay_and_release(client, req, up, resp, w, op, cache_status).await;
+    };
+    if let Some(cs) = cache_status {
+        headers.set("Cache-Status", cs);
+    }
+    let mut head = Vec::with_capacity(512);
+    let win = cached_head(
+        req,
+        200,
+        headers,
+        len,
+        answer,
+        w.may_keep_alive(req),
+        &mut head,
+    );
+    let (status, keep_alive) = (win.status, win.keep_alive);
+    if let Err(e) = client.io.write_all(head).await.0 {
+        return Outcome::aborted(status, 0, op, e.to_string());
+    }
+    let (start, end) = (win.start, win.start + win.count);
+    let mut reader = BodyReader::new(BodyKind::Length(len));
+    let mut buf = w.bufs.lend();
+    let (mut pos, mut sent) = (0u64, 0u64);
+    // Read only up to the end of the window; the origin connection is then dropped
+    // rather than drained (it is not reused).
+    let result = loop {
+        if pos >= end {
+            break Ok(());
+        }
+        let n = match reader.read(&mut up.conn, &mut buf).await {
+            Ok(0) => break Err("origin body ended early".to_string()),
+            Ok(n) => n as u64,
+            Err(e) => break Err(format!("origin body failed: {e}")),
+        };
+        let (lo, hi) = (pos.max(start), (pos + n).min(end));
+        if lo < hi {
+            let slice = buf.take().slice((lo - pos) as usize..(hi - pos) as usize);
+            let (res, s) = client.io.write_all(slice).await;
+            buf.put_back(s.into_inner());
+            if let Err(e) = res {
+                break Err(format!("client write failed: {e}"));
+            }
+            sent += hi - lo;
+        }
+        pos += n;
+    };
+    if reader.is_done() && resp.keep_alive() {
+        w.upstream.release_ref(up);
+    }
+    match result {
+        Ok(()) => Outcome::Done(Exchange {
+            status,
+            bytes: sent,
+            op,
+            keep_alive,
+        }),
+        Err(reason) => Outcome::aborted(status, sent, op, reason),
+    }
+}
+
+/// The client's side of a response whose body streams from the origin while it is
+/// stored (a fill here, or a PUT to the owning node): its head is sent first, then the
+/// part of each body piece inside the client's window.
+pub(crate) struct ClientSide {
+    pub status: u16,
+    keep_alive: bool,
+    pub(crate) writer: BodyWriter,
+    /// The window of body bytes the client gets: `[start, end)`.
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub sent: u64,
+    pub error: Option<String>,
+    /// A piece the client cannot take within this long cuts it (`timeouts.idle`).
+    idle: std::time::Duration,
+}
+
+impl ClientSide {
+    /// Sends the head: 304 when the client already holds this representation (the body
+    /// still streams into the cache), 206/416 for a range of a body of known length
+    /// (RFC 9110 §14), 200 otherwise.
+    pub(crate) async fn begin<C: AsyncWriteRent>(
+        client: &mut BufConn<C>,
+        req: &RequestHead,
+        resp: &ResponseHead,
+        kind: BodyKind,
+        cache_status: CacheOutcome,
+        w: &Worker,
+        op: Op,
+    ) -> ClientSide {
+        let mut headers = resp.headers.clone();
+        headers.strip_hop_by_hop();
+        headers.set("Cache-Status", cache_status.header_value());
+        let mut cs = ClientSide {
+            status: 200,
+            keep_alive: false,
+            writer: BodyWriter::Empty,
+            start: 0,
+            end: 0,
+            sent: 0,
+            error: None,
+            idle: w.timeouts.idle,
+        };
+        if let Some(o) = answer_client_conditional(client, req, &headers, w, op).await {
+            match o {
+                Outcome::Done(ex) => cs.keep_alive = ex.keep_alive,
+                _ => cs.error = Some("client write failed".into()),
+            }
+            cs.status = 304;
+            return cs;
+        }
+        let mut head = Vec::with_capacity(512);
+        match kind {
+            BodyKind::Length(len) => {
+                let answer = range_of(req, &headers, Some(len));
+                let win = cached_head(
+                    req,
+                    200,
+                    headers,
+                    len,
+                    answer,
+                    w.may_keep_alive(req),
+                    &mut head,
+                );
+                (cs.status, cs.keep_alive) = (win.status, win.keep_alive);
+                (cs.start, cs.end) = (win.start, win.start + win.count);
+                cs.writer = BodyWriter::Raw;
+            }
+            _ => {
+                let (bw, ka) = build_response_head(
+                    req,
+                    200,
+                    &resp.reason,
+                    headers,
+                    kind,
+                    w.may_keep_alive(req),
+                    &mut head,
+                );
+                (cs.writer, cs.keep_alive, cs.end) = (bw, ka, u64::MAX);
+            }
+        }
+        if let Err(e) = client.io.write_all(head).await.0 {
+            cs.error = Some(e.to_string());
+        }
+        cs
+    }
+
+    pub(crate) fn wants_body(&self) -> bool {
+        self.status != 304 && self.status != 416 && self.error.is_none()
+    }
+
+    /// Sends the part of `buf` (body bytes `pos..pos + buf.len()`) inside the window.
+    pub(crate) async fn write_piece<C: AsyncWriteRent>(
+        &mut self,
+        client: &mut BufConn<C>,
+        mut buf: Vec<u8>,
+        pos: u64,
+    ) -> Vec<u8> {
+        let n = buf.len() as u64;
+        let (lo, hi) = (pos.max(self.start), (pos + n).min(self.end));
+        if !self.wants_body() || lo >= hi {
+            return buf;
+        }
+        let whole = lo == pos && hi == pos + n;
+        let write = async {
+            if whole {
+                self.writer.write(&mut client.io, buf).await
+            } else {
+                let slice = buf.slice((lo - pos) as usize..(hi - pos) as usize);
+                let (res, s) = client.io.write_all(slice).await;
+                (res.map(|_| ()), s.into_inner())
+            }
+        };
+        let res = match monoio::time::timeout(self.idle, write).await {
+            Ok((res, b)) => {
+                buf = b;
+                res
+            }
+            Err(_) => {
+                // The buffer went with the cancelled write.
+                buf = Vec::new();
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the client did not take a piece within {:?}", self.idle),
+                ))
+            }
+        };
+        match res {
+            Ok(()) => self.sent += hi - lo,
+            Err(e) => self.error = Some(format!("client write failed: {e}")),
+        }
+        buf
+    }
+
+    /// Ends the body (the last chunk of a chunked one).
+    pub(crate) async fn finish<C: AsyncWriteRent>(&mut self, client: &mut BufConn<C>) {
+        if self.wants_body() {
+            if let Err(e) = self.writer.finish(&mut client.io).await {
+                self.error = Some(e.to_string());
+            }
+        }
+    }
+
+    pub(crate) fn outcome(&mut self, op: Op) -> Outcome {
+        match self.error.take() {
+            Some(reason) => Outcome::aborted(self.status, self.sent, op, reason),
+            None => Outcome::Done(Exchange {
+                status: self.status,
+                bytes: self.sent,
+                op,
+                keep_alive: self.keep_alive,
+            }),
+        }
+    }
+}
