@@ -373,26 +373,31 @@ fn a_dead_owner_never_fails_a_client_and_its_disk_serves_again_after_restart() {
         let load = {
             let (stop, served, o, paths) = (stop.clone(), served.clone(), o.clone(), paths.clone());
             thread::spawn(move || {
+                // Every key through every survivor, so that each survivor asks the dead
+                // owner for its keys (and so notices it).
                 while !stop.load(Ordering::SeqCst) {
-                    for (i, path) in paths.iter().enumerate() {
-                        let r = fetch(addrs[i % addrs.len()], &o, path);
-                        assert_eq!(r.status(), 200, "{path}");
-                        assert_eq!(r.body, origin::static_body(path), "{path}");
-                        served.fetch_add(1, Ordering::SeqCst);
+                    for path in &paths {
+                        for &addr in &addrs {
+                            let r = fetch(addr, &o, path);
+                            assert_eq!(r.status(), 200, "{path}");
+                            assert_eq!(r.body, origin::static_body(path), "{path}");
+                            served.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
                 }
             })
         };
-        // `n` more correct answers (a whole round over the keys) after `from`.
+        // A whole round of correct answers (every key through every survivor) after `from`.
+        let round = n * survivors.len() as u64;
         let round_after = |from: u64| {
             wait_until(Duration::from_secs(20), || {
-                served.load(Ordering::SeqCst) >= from + n || load.is_finished()
+                served.load(Ordering::SeqCst) >= from + round || load.is_finished()
             });
             let got = served.load(Ordering::SeqCst);
             assert!(
-                got >= from + n,
+                got >= from + round,
                 "the load got {got} answers, wanted {} (its thread ended: {})",
-                from + n,
+                from + round,
                 load.is_finished()
             );
             served.load(Ordering::SeqCst)
