@@ -17,7 +17,8 @@ use chacha::cluster::{base64, pick};
 use chacha::http::uri::parse_absolute;
 use common::cached::wait_until;
 use common::origin::{self, Response};
-use common::{get, with_deadline, Chacha, Conn, Origin};
+use common::raw_origin::{head_only, response, send, RawOrigin, Step};
+use common::{get, get_with, with_deadline, Chacha, Conn, Origin};
 
 const SECRET: &str = "cluster-test-secret";
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -45,12 +46,17 @@ fn reserve_addrs(n: usize) -> Vec<SocketAddr> {
 }
 
 fn node_config(addr: SocketAddr, nodes: &[SocketAddr], workers: usize) -> String {
+    node_config_with(addr, nodes, workers, "")
+}
+
+/// [`node_config`] with `extra` top-level YAML appended.
+fn node_config_with(addr: SocketAddr, nodes: &[SocketAddr], workers: usize, extra: &str) -> String {
     let mut list = String::new();
     for n in nodes {
         list.push_str(&format!("    - addr: {n}\n"));
     }
     format!(
-        "addr: {addr}\nworkers: {workers}\ndisk:\n  dir: \"{}\"\n  limit: 100MB\ncluster:\n  secret: {SECRET}\n  nodes:\n{list}",
+        "addr: {addr}\nworkers: {workers}\ndisk:\n  dir: \"{}\"\n  limit: 100MB\ncluster:\n  secret: {SECRET}\n  nodes:\n{list}{extra}",
         common::chacha::DIR_PLACEHOLDER
     )
 }
@@ -62,10 +68,15 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, "")
+    }
+
+    /// `n` nodes whose configs carry `extra` top-level YAML too.
+    fn start_with(n: usize, extra: &str) -> Cluster {
         let addrs = reserve_addrs(n);
         let nodes = addrs
             .iter()
-            .map(|&a| Chacha::start(&node_config(a, &addrs, 2)))
+            .map(|&a| Chacha::start(&node_config_with(a, &addrs, 2, extra)))
             .collect();
         let names = addrs.iter().map(|a| a.to_string()).collect();
         Cluster { nodes, names }
@@ -465,5 +476,89 @@ fn a_dead_owner_never_fails_a_client_and_its_disk_serves_again_after_restart() {
             assert_eq!(log.matches("is unreachable").count(), 1, "node {s}");
             assert_eq!(log.matches("answers /health again").count(), 1, "node {s}");
         }
+    });
+}
+
+/// A path whose key node `owner` of `c` owns (`url` makes the URL of a path).
+fn path_owned_by(c: &Cluster, owner: usize, prefix: &str, url: impl Fn(&str) -> String) -> String {
+    (0..1000)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|p| c.owner(&url(p)) == owner)
+        .expect("some key among 1000 belongs to each node")
+}
+
+#[test]
+fn a_non_owners_fill_that_the_origin_cuts_resumes() {
+    const LEN: usize = 1_000_000;
+    const SENT: usize = 400_000;
+    with_deadline(DEADLINE, || {
+        let etag = "ETag: \"blob-1\"";
+        // The first GET stalls after SENT bytes; a Range request from there is answered.
+        let origin = RawOrigin::start(move |req| {
+            if req.header("if-none-match") == Some("\"blob-1\"") {
+                return vec![send(head_only("304 Not Modified", &[etag]))];
+            }
+            match req.header("range") {
+                None => {
+                    let mut bytes =
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n{etag}\r\n\r\n")
+                            .into_bytes();
+                    bytes.extend_from_slice(&common::gen::body(LEN)[..SENT]);
+                    vec![send(bytes), Step::Hold]
+                }
+                Some(r) if r == format!("bytes={SENT}-") => {
+                    let range = format!("Content-Range: bytes {SENT}-{}/{LEN}", LEN - 1);
+                    let rest = &common::gen::body(LEN)[SENT..];
+                    vec![send(response(
+                        "206 Partial Content",
+                        &[etag, range.as_str()],
+                        rest,
+                    ))]
+                }
+                Some(_) => vec![send(response("416 Range Not Satisfiable", &[], b""))],
+            }
+        });
+        let c = Cluster::start_with(2, "timeouts:\n  upstream-body: 1s\n");
+        let a = origin.authority();
+        let url = |p: &str| format!("http://{a}{p}");
+        let path = path_owned_by(&c, 1, "/blob", url);
+        let r = common::request(c.nodes[0].addr(), get(&a, &path)).expect("a whole response");
+        assert_eq!(r.status(), 200);
+        assert!(r.body == common::gen::body(LEN), "resumed body differs");
+        assert!(c.nodes[0].wait_log(&format!("at byte {SENT}"), Duration::from_secs(5)));
+        assert!(c.nodes[0].wait_log("resumed", Duration::from_secs(5)));
+        let key = cache_key(&parse_absolute(&url(&path)).unwrap(), None);
+        let stored = entry_path(c.nodes[1].dir(), key_hash(&key));
+        assert!(
+            wait_until(Duration::from_secs(5), || stored.exists()),
+            "the owner did not commit the resumed body"
+        );
+    });
+}
+
+#[test]
+fn a_ranged_request_through_a_non_owner_asks_the_owner_for_that_range() {
+    with_deadline(DEADLINE, || {
+        let origin = Origin::standard();
+        let c = Cluster::start(2);
+        let a = origin.authority();
+        let path = path_owned_by(&c, 1, "/static/range-", |p| origin.url(p));
+        let body = origin::static_body(&path);
+        assert!(body.len() > 120, "{}", body.len());
+        let r = Conn::connect(c.nodes[0].addr())
+            .request(get(&a, &path))
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(c.nodes[1].wait_log(" 200 ", Duration::from_secs(5)));
+        let r = Conn::connect(c.nodes[0].addr())
+            .request(get_with(&a, &path, &["Range: bytes=100-119"]))
+            .unwrap();
+        assert_eq!(r.status(), 206);
+        assert_eq!(r.body, body[100..120]);
+        assert!(
+            c.nodes[1].wait_log("\"GET /\" 206 20 ", Duration::from_secs(5)),
+            "the owner did not answer just the range: {}",
+            c.nodes[1].log()
+        );
     });
 }
