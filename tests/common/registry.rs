@@ -313,6 +313,24 @@ pub fn pull_bin() -> PathBuf {
         if release {
             cmd.arg("--release");
         }
+        // The variables cargo sets for this test process (CARGO_MANIFEST_DIR, …) would
+        // differ from a plain build's and make build scripts (ring's) rerun every time.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_BIN_",
+                "CARGO_CRATE_",
+                "CARGO_PRIMARY_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+                || k == "CARGO_TARGET_TMPDIR"
+            {
+                cmd.env_remove(k.as_ref());
+            }
+        }
         let st = cmd.status().expect("running cargo build -p chacha-pull");
         assert!(st.success(), "cargo build -p chacha-pull failed");
         let bin = dir.join("chacha-pull");
