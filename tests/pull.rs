@@ -8,7 +8,7 @@
 mod common;
 
 use common::cached::{entry_files, wait_until};
-use common::registry::{run_pull, Behaviour, PullRun, Registry};
+use common::registry::{run_pull, run_pull_home, Behaviour, PullRun, Registry};
 use common::{with_deadline, Chacha, Origin};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
@@ -270,6 +270,45 @@ fn basic_credentials_from_flags() {
     });
 }
 
+#[test]
+fn basic_credentials_from_docker_config() {
+    with_deadline(DEADLINE, || {
+        let reg = Registry::start(
+            &LAYERS[..1],
+            Behaviour {
+                basic: Some(("ci".into(), "s3cret".into())),
+                ..Default::default()
+            },
+        );
+        let auths = |user: &str| {
+            // `auth` is base64("user:password"), as `docker login` writes it.
+            let auth = match user {
+                "ci" => "Y2k6czNjcmV0",
+                _ => "bm9ib2R5Om5vcGU=",
+            };
+            let host = reg.registry.authority();
+            move |home: &std::path::Path| {
+                std::fs::create_dir_all(home.join(".docker")).unwrap();
+                std::fs::write(
+                    home.join(".docker/config.json"),
+                    format!("{{\"auths\":{{\"{host}\":{{\"auth\":\"{auth}\"}}}}}}"),
+                )
+                .unwrap();
+            }
+        };
+        let wrong = run_pull_home(&[&reg.image()], auths("nobody"));
+        assert_eq!(
+            wrong.code,
+            Some(1),
+            "wrong credentials must fail: {}",
+            wrong.stdout
+        );
+        let run = run_pull_home(&[&reg.image()], auths("ci"));
+        assert_ok(&run);
+        assert_blobs(&run, &reg, 1);
+    });
+}
+
 /// `examples/oci-test.yaml` with the test's origins (the harness fills `@DIR@`).
 fn oci_config(reg: &Registry) -> String {
     let escape = |a: String| a.replace('.', "\\.");
@@ -332,5 +371,56 @@ fn through_chacha_cold_then_warm() {
         // Every blob GET, resumes included, starts at the registry (a new presigned URL).
         assert_eq!(statuses(&warm, 307), responses);
         assert_eq!(reg.tokens.load(Ordering::Relaxed), 5);
+    });
+}
+
+#[test]
+fn through_chacha_eight_cold_runners_share_one_fill_per_blob() {
+    with_deadline(DEADLINE, || {
+        let reg = Registry::start(&LAYERS, Behaviour::default());
+        let proxy = Chacha::start(&oci_config(&reg));
+        let via = format!("http://{}", proxy.addr());
+        let nblobs = reg.blobs.len() as u64;
+        let run = run_pull(&["--proxy", &via, "--runners", "8", &reg.image()]);
+        assert_ok(&run);
+        assert_blobs(&run, &reg, 8);
+        // Every blob response carried a Cache-Status; the storage origin sent each blob's
+        // body once (one miss per blob, the others hits or collapsed onto its fill).
+        let seen = cache(&run, "hit") + cache(&run, "collapsed") + cache(&run, "miss");
+        assert_eq!(seen, 8 * nblobs, "{}", run.stdout);
+        assert_eq!(reg.storage.full_bodies(), nblobs, "{}", run.stdout);
+        assert_eq!(cache(&run, "miss"), nblobs, "{}", run.stdout);
+        assert_eq!(n(&run.json["bytes"]), 8 * reg.total_len());
+        assert_eq!(reg.storage.body_bytes(), reg.total_len());
+    });
+}
+
+/// Not a regression test: the closing note's sample runs (direct, through chacha cold and
+/// warm, M = 1, 8, 32) with larger layers, printed. Run with
+/// `cargo test --release --test pull sample_runs -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn sample_runs() {
+    with_deadline(Duration::from_secs(600), || {
+        let layers = [64 << 20, 32 << 20, 16 << 20];
+        for m in ["1", "8", "32"] {
+            let reg = Registry::start(&layers, Behaviour::default());
+            let direct = run_pull(&["--runners", m, &reg.image()]);
+            println!("=== direct, M = {m}\n{}", direct.stdout);
+            let proxy = Chacha::start(&oci_config(&reg));
+            let via = format!("http://{}", proxy.addr());
+            let cold = run_pull(&["--proxy", &via, "--runners", m, &reg.image()]);
+            println!("=== through chacha, cold, M = {m}\n{}", cold.stdout);
+            assert!(wait_until(Duration::from_secs(10), || entry_files(
+                proxy.dir()
+            )
+            .len()
+                == reg.blobs.len()));
+            let warm = run_pull(&["--proxy", &via, "--runners", m, &reg.image()]);
+            println!("=== through chacha, warm, M = {m}\n{}", warm.stdout);
+            for r in [&direct, &cold, &warm] {
+                assert_ok(r);
+            }
+        }
     });
 }

@@ -340,9 +340,15 @@ pub fn pull_bin() -> PathBuf {
     .clone()
 }
 
-/// Runs `chacha-pull args… --json FILE` with a clean proxy environment.
+/// Runs `chacha-pull args… --json FILE` with a clean proxy environment and an empty HOME.
 pub fn run_pull(args: &[&str]) -> PullRun {
+    run_pull_home(args, |_| {})
+}
+
+/// Like [`run_pull`]; `home` prepares the HOME directory first (e.g. ~/.docker/config.json).
+pub fn run_pull_home(args: &[&str], home: impl FnOnce(&std::path::Path)) -> PullRun {
     let dir = super::TempDir::new("pull");
+    home(dir.path());
     let json_path = dir.path().join("summary.json");
     let out = Command::new(pull_bin())
         .args(args)
