@@ -397,12 +397,12 @@ fn through_chacha_eight_cold_runners_share_one_fill_per_blob() {
 
 /// Not a regression test: the closing note's sample runs (direct, through chacha cold and
 /// warm, M = 1, 8, 32) with larger layers, printed. Run with
-/// `cargo test --release --test pull sample_runs -- --ignored --nocapture`.
+/// `cargo test --test pull sample_runs -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn sample_runs() {
     with_deadline(Duration::from_secs(600), || {
-        let layers = [64 << 20, 32 << 20, 16 << 20];
+        let layers = [32 << 20, 16 << 20, 8 << 20];
         for m in ["1", "8", "32"] {
             let reg = Registry::start(&layers, Behaviour::default());
             let direct = run_pull(&["--runners", m, &reg.image()]);
