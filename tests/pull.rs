@@ -103,6 +103,8 @@ fn direct_pulls_follow_tarts_protocol_and_count_what_origins_served() {
             "summary:\n{}",
             run.stdout
         );
+        // No live progress when stdout is not a terminal.
+        assert!(!run.stdout.contains('\r'), "{:?}", run.stdout);
         let p = &run.json["pull_seconds"];
         let (p50, max) = (p["p50"].as_f64().unwrap(), p["max"].as_f64().unwrap());
         assert!(p50 > 0.0 && p50 <= max, "{p}");

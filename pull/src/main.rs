@@ -208,11 +208,11 @@ fn run(args: Args) -> Result<bool, String> {
     for h in handles {
         let _ = h.join();
     }
+    let wall = start.elapsed().as_secs_f64();
     finished.store(true, Relaxed);
     if let Some(p) = progress {
         let _ = p.join();
     }
-    let wall = start.elapsed().as_secs_f64();
     let summary = summary(&stats, wall, runners, args.pulls, &images);
     print!("{}", text(&summary));
     if let Some(path) = &args.json {
