@@ -9,7 +9,8 @@ mod common;
 
 use common::cached::{entry_files, wait_until};
 use common::registry::{run_pull, run_pull_home, Behaviour, PullRun, Registry};
-use common::{with_deadline, Chacha, Origin};
+use common::tls::TestCa;
+use common::{with_deadline, Chacha, Origin, TempDir};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -315,9 +316,10 @@ fn basic_credentials_from_docker_config() {
 fn oci_config(reg: &Registry) -> String {
     let escape = |a: String| a.replace('.', "\\.");
     include_str!("../examples/oci-test.yaml")
-        .replace("@REGISTRY@", &escape(reg.registry.authority()))
-        .replace("@STORAGE@", &escape(reg.storage.authority()))
+        .replace("@REGISTRY@", &escape(reg.registry_authority.clone()))
+        .replace("@STORAGE@", &escape(reg.storage_authority.clone()))
         .replace("@LIMIT@", "100MB")
+        .replace("'^http://", &format!("'^{}://", reg.scheme))
 }
 
 fn cache(run: &PullRun, kind: &str) -> u64 {
@@ -424,5 +426,88 @@ fn sample_runs() {
                 assert_ok(r);
             }
         }
+    });
+}
+
+/// An HTTPS registry and storage whose certificates come from `origin_ca`.
+fn https_registry(origin_ca: &TestCa) -> Registry {
+    Registry::start(
+        &LAYERS,
+        Behaviour {
+            https: Some(origin_ca.server_config(&["127.0.0.1"])),
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn https_registry_direct_needs_its_ca() {
+    with_deadline(DEADLINE, || {
+        let dir = TempDir::new("pull-tls");
+        let origin_ca = TestCa::new("registry test CA");
+        let (ca_file, _) = origin_ca.write(dir.path(), "registry-ca");
+        let reg = https_registry(&origin_ca);
+        assert!(reg.image().starts_with("127.0.0.1:"), "{}", reg.image());
+        let untrusted = run_pull(&[&reg.image()]);
+        assert_eq!(untrusted.code, Some(1), "{}", untrusted.stdout);
+        assert_eq!(n(&untrusted.json["pulls_failed"]), 1);
+        let run = run_pull(&["--ca", ca_file.to_str().unwrap(), &reg.image()]);
+        assert_ok(&run);
+        assert_blobs(&run, &reg, 1);
+        assert_eq!(reg.storage_auth_leaks.load(Ordering::Relaxed), 0);
+        assert_eq!(reg.storage.body_bytes(), reg.total_len());
+    });
+}
+
+#[test]
+fn https_registry_through_chacha_interception_cold_then_warm() {
+    with_deadline(DEADLINE, || {
+        let dir = TempDir::new("pull-tls");
+        let origin_ca = TestCa::new("registry test CA");
+        let chacha_ca = TestCa::new("chacha interception test CA");
+        let (origin_ca_file, _) = origin_ca.write(dir.path(), "registry-ca");
+        let (chacha_cert, chacha_key) = chacha_ca.write(dir.path(), "chacha-ca");
+        let reg = https_registry(&origin_ca);
+        let port = |a: &str| a.rsplit(':').next().unwrap().to_string();
+        let yaml = format!(
+            "{}\ntls-interceptor:\n  cert: \"{}\"\n  key: \"{}\"\n  ports: [{}, {}]\n",
+            oci_config(&reg),
+            chacha_cert.display(),
+            chacha_key.display(),
+            port(&reg.registry_authority),
+            port(&reg.storage_authority),
+        );
+        let proxy = Chacha::start_with_env(
+            &yaml,
+            "info",
+            &[("SSL_CERT_FILE", origin_ca_file.to_str().unwrap())],
+        );
+        let via = format!("http://{}", proxy.addr());
+        let ca = chacha_cert.to_str().unwrap().to_string();
+        let nblobs = reg.blobs.len() as u64;
+
+        let cold = run_pull(&["--proxy", &via, "--ca", &ca, "--runners", "2", &reg.image()]);
+        assert_ok(&cold);
+        assert_blobs(&cold, &reg, 2);
+        let seen = cache(&cold, "hit") + cache(&cold, "collapsed") + cache(&cold, "miss");
+        assert_eq!(seen, 2 * nblobs, "{}", cold.stdout);
+        assert_eq!(cache(&cold, "miss"), nblobs, "{}", cold.stdout);
+        assert_eq!(reg.storage.full_bodies(), nblobs);
+        assert!(
+            wait_until(Duration::from_secs(5), || entry_files(proxy.dir()).len()
+                == nblobs as usize),
+            "expected {nblobs} committed entries, found {:?}",
+            entry_files(proxy.dir())
+        );
+
+        let warm = run_pull(&["--proxy", &via, "--ca", &ca, "--runners", "2", &reg.image()]);
+        assert_ok(&warm);
+        assert_eq!(cache(&warm, "hit"), 2 * nblobs, "{}", warm.stdout);
+        assert_eq!(
+            reg.storage.full_bodies(),
+            nblobs,
+            "storage served each blob once"
+        );
+        assert_eq!(reg.storage_auth_leaks.load(Ordering::Relaxed), 0);
     });
 }

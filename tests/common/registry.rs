@@ -9,6 +9,7 @@
 
 use super::gen;
 use super::origin::{Fault, Origin, Request, Response};
+use super::tls::TlsFront;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Command;
@@ -32,6 +33,9 @@ pub struct Behaviour {
     pub expire_first_token: bool,
     /// Basic credentials the token endpoint requires (anonymous when `None`).
     pub basic: Option<(String, String)>,
+    /// Serve the registry and the storage over HTTPS (TLS fronts with this config, for the
+    /// name 127.0.0.1); URLs then say `https://`.
+    pub https: Option<Arc<rustls::ServerConfig>>,
 }
 
 pub struct Blob {
@@ -43,6 +47,13 @@ pub struct Blob {
 pub struct Registry {
     pub registry: Origin,
     pub storage: Origin,
+    /// The TLS fronts when [`Behaviour::https`] is set.
+    pub fronts: Vec<TlsFront>,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// host:port clients use for the registry and the storage (the TLS fronts with https).
+    pub registry_authority: String,
+    pub storage_authority: String,
     pub blobs: Arc<Vec<Blob>>,
     /// Tokens issued.
     pub tokens: Arc<AtomicU64>,
@@ -111,21 +122,32 @@ impl Registry {
             })
         };
 
+        let scheme = if how.https.is_some() { "https" } else { "http" };
+        let mut fronts = Vec::new();
+        let storage_authority = match &how.https {
+            Some(cfg) => {
+                let f = TlsFront::start(storage.addr(), cfg.clone());
+                let a = format!("127.0.0.1:{}", f.port());
+                fronts.push(f);
+                a
+            }
+            None => storage.authority(),
+        };
         let tokens = Arc::new(AtomicU64::new(0));
+        let self_addr: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
         let authorized = Arc::new(AtomicU64::new(0));
         let registry = {
             let blobs = blobs.clone();
             let tokens = tokens.clone();
             let authorized = authorized.clone();
-            let storage = storage.authority();
+            let storage = storage_authority.clone();
             let valid = Arc::new(Mutex::new(HashSet::<String>::new()));
             let redirects = AtomicU64::new(0);
-            let self_addr: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
             let addr_for_handler = self_addr.clone();
             let origin = Origin::start(move |req| {
                 let me = addr_for_handler.get().cloned().unwrap_or_default();
                 let challenge =
-                    format!("Bearer realm=\"http://{me}/token\",service=\"test-registry\"");
+                    format!("Bearer realm=\"{scheme}://{me}/token\",service=\"test-registry\"");
                 let path = req.path().to_string();
                 if path == "/token" {
                     if let Some((u, p)) = &how.basic {
@@ -182,7 +204,7 @@ impl Registry {
                     let n = redirects.fetch_add(1, Ordering::Relaxed);
                     // New signature and date on every redirect, as presigned URLs have.
                     let location = format!(
-                        "http://{storage}/blob/{i}?{PRESIGNED}&X-Amz-Date=2024{n:06}&X-Amz-Signature={:016x}",
+                        "{scheme}://{storage}/blob/{i}?{PRESIGNED}&X-Amz-Date=2024{n:06}&X-Amz-Signature={:016x}",
                         n.wrapping_mul(0x9e3779b97f4a7c15)
                     );
                     return Response::status(307)
@@ -191,12 +213,25 @@ impl Registry {
                 }
                 Response::status(404)
             });
-            self_addr.set(origin.authority()).unwrap();
             origin
         };
+        let registry_authority = match &how.https {
+            Some(cfg) => {
+                let f = TlsFront::start(registry.addr(), cfg.clone());
+                let a = format!("127.0.0.1:{}", f.port());
+                fronts.push(f);
+                a
+            }
+            None => registry.authority(),
+        };
+        self_addr.set(registry_authority.clone()).unwrap();
         Registry {
             registry,
             storage,
+            fronts,
+            scheme,
+            registry_authority,
+            storage_authority,
             blobs,
             tokens,
             authorized_blob_gets: authorized,
@@ -206,7 +241,8 @@ impl Registry {
 
     /// The image reference for `chacha-pull`.
     pub fn image(&self) -> String {
-        format!("http://{}/{REPO}:latest", self.registry.authority())
+        let prefix = if self.scheme == "http" { "http://" } else { "" };
+        format!("{prefix}{}/{REPO}:latest", self.registry_authority)
     }
 
     pub fn total_len(&self) -> u64 {
