@@ -511,3 +511,31 @@ fn https_registry_through_chacha_interception_cold_then_warm() {
         assert_eq!(reg.storage_auth_leaks.load(Ordering::Relaxed), 0);
     });
 }
+
+#[test]
+fn blobs_are_pulled_concurrency_at_a_time() {
+    with_deadline(DEADLINE, || {
+        // Eight small layers and the config: nine blobs per pull.
+        let layers = [10_007; 8];
+        for (args, want) in [(vec![], 4u64), (vec!["--concurrency", "2"], 2)] {
+            let reg = Registry::start(
+                &layers,
+                Behaviour {
+                    storage_stall: Some(Duration::from_millis(300)),
+                    ..Default::default()
+                },
+            );
+            let image = reg.image();
+            let mut argv: Vec<&str> = args.clone();
+            argv.push(&image);
+            let run = run_pull(&argv);
+            assert_ok(&run);
+            assert_blobs(&run, &reg, 1);
+            assert_eq!(
+                reg.storage_peak.load(Ordering::SeqCst),
+                want,
+                "blob requests in flight at once with {args:?}"
+            );
+        }
+    });
+}

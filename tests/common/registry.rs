@@ -36,6 +36,9 @@ pub struct Behaviour {
     /// Serve the registry and the storage over HTTPS (TLS fronts with this config, for the
     /// name 127.0.0.1); URLs then say `https://`.
     pub https: Option<Arc<rustls::ServerConfig>>,
+    /// Storage stalls this long before answering each blob request (a slow origin), so
+    /// that [`Registry::storage_peak`] shows how many requests a client keeps in flight.
+    pub storage_stall: Option<std::time::Duration>,
 }
 
 pub struct Blob {
@@ -61,6 +64,8 @@ pub struct Registry {
     pub authorized_blob_gets: Arc<AtomicU64>,
     /// Storage requests that carried an Authorization header (must stay 0).
     pub storage_auth_leaks: Arc<AtomicU64>,
+    /// Most storage requests stalled at once (with [`Behaviour::storage_stall`]).
+    pub storage_peak: Arc<AtomicU64>,
 }
 
 pub fn sha256(data: &[u8]) -> String {
@@ -109,14 +114,23 @@ impl Registry {
         let blobs = Arc::new(blobs);
 
         let storage_auth_leaks = Arc::new(AtomicU64::new(0));
+        let storage_peak = Arc::new(AtomicU64::new(0));
         let storage = {
             let blobs = blobs.clone();
             let leaks = storage_auth_leaks.clone();
+            let peak = storage_peak.clone();
+            let stalled = AtomicU64::new(0);
             let cut_done = Arc::new(Mutex::new(HashSet::<String>::new()));
             let how = how.clone();
             Origin::start(move |req| {
                 if req.header("authorization").is_some() {
                     leaks.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(stall) = how.storage_stall {
+                    let now = stalled.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(stall);
+                    stalled.fetch_sub(1, Ordering::SeqCst);
                 }
                 storage_answer(req, &blobs, &how, &cut_done)
             })
@@ -236,6 +250,7 @@ impl Registry {
             tokens,
             authorized_blob_gets: authorized,
             storage_auth_leaks,
+            storage_peak,
         }
     }
 
