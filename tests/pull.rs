@@ -539,3 +539,40 @@ fn blobs_are_pulled_concurrency_at_a_time() {
         }
     });
 }
+
+#[test]
+fn a_blob_cut_every_time_fails_after_five_retries() {
+    const AT: u64 = 100_000;
+    with_deadline(DEADLINE, || {
+        let reg = Registry::start(
+            &LAYERS[..1],
+            Behaviour {
+                cut_first_at: Some(AT),
+                cut_always: true,
+                ..Default::default()
+            },
+        );
+        let run = run_pull(&[&reg.image()]);
+        assert_eq!(run.code, Some(1), "stdout:\n{}", run.stdout);
+        assert_eq!(n(&run.json["pulls_failed"]), 1);
+        let failures = run.json["failures"].to_string();
+        assert!(failures.contains("gave up after 5 retries"), "{failures}");
+        assert_eq!(n(&run.json["retries"]), 5);
+        // Each retry resumed where the previous attempt was cut.
+        let want: Vec<u64> = (1..=5).map(|k| k * AT).collect();
+        assert_eq!(range_starts(&reg.storage), want);
+    });
+}
+
+#[test]
+fn ramp_staggers_runner_starts() {
+    with_deadline(DEADLINE, || {
+        let reg = Registry::start(&LAYERS[..1], Behaviour::default());
+        let run = run_pull(&["--runners", "2", "--ramp", "1s", &reg.image()]);
+        assert_ok(&run);
+        assert_blobs(&run, &reg, 2);
+        // The second runner starts half the ramp in: the run cannot be shorter.
+        let wall = run.json["wall_seconds"].as_f64().unwrap();
+        assert!(wall >= 0.5, "wall {wall} s");
+    });
+}

@@ -446,10 +446,10 @@ fn download(
             Err(AttemptError::Fatal(e)) => return Err(e),
             Err(AttemptError::Retry(e)) => {
                 failures += 1;
-                stats.add_retry();
                 if failures > MAX_RETRIES {
                     return Err(format!("gave up after {MAX_RETRIES} retries: {e}"));
                 }
+                stats.add_retry();
             }
         }
     }

@@ -25,6 +25,8 @@ pub const PRESIGNED: &str = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=300"
 pub struct Behaviour {
     /// Storage cuts the first full response of every blob after this many bytes.
     pub cut_first_at: Option<u64>,
+    /// With `cut_first_at`: cut every response (ranged ones too) after that many bytes.
+    pub cut_always: bool,
     /// Storage answers ranged requests with the whole blob (200), as a broken server does.
     pub ignore_range: bool,
     /// The manifest names a wrong digest for the first layer.
@@ -320,15 +322,25 @@ fn storage_answer(
         .and_then(|r| r.parse::<u64>().ok());
     let if_range_ok = req.header("if-range").is_none_or(|v| v == etag);
     let resp = match range {
-        Some(start) if !how.ignore_range && if_range_ok && start < len => Response::new(
-            206,
-            super::origin::Body::Full(blob.data[start as usize..].to_vec()),
-        )
-        .header("Content-Range", &format!("bytes {start}-{}/{len}", len - 1)),
+        Some(start) if !how.ignore_range && if_range_ok && start < len => {
+            let r = Response::new(
+                206,
+                super::origin::Body::Full(blob.data[start as usize..].to_vec()),
+            )
+            .header("Content-Range", &format!("bytes {start}-{}/{len}", len - 1));
+            match how.cut_first_at {
+                Some(at) if how.cut_always && at < len - start => {
+                    r.fault(Fault::AbortBodyAfter(at))
+                }
+                _ => r,
+            }
+        }
         _ => {
             let mut r = Response::ok(blob.data.as_ref().clone());
             if let Some(at) = how.cut_first_at {
-                if at < len && cut_done.lock().unwrap().insert(blob.digest.clone()) {
+                if at < len
+                    && (how.cut_always || cut_done.lock().unwrap().insert(blob.digest.clone()))
+                {
                     r = r.fault(Fault::AbortBodyAfter(at));
                 }
             }
