@@ -576,3 +576,23 @@ fn ramp_staggers_runner_starts() {
         assert!(wall >= 0.5, "wall {wall} s");
     });
 }
+
+#[test]
+fn basic_credentials_go_to_a_token_realm_on_another_host() {
+    with_deadline(DEADLINE, || {
+        let reg = Registry::start(
+            &LAYERS[..1],
+            Behaviour {
+                basic: Some(("ci".into(), "s3cret".into())),
+                realm_elsewhere: true,
+                ..Default::default()
+            },
+        );
+        let run = run_pull(&["--user", "ci", "--password", "s3cret", &reg.image()]);
+        assert_ok(&run);
+        assert_blobs(&run, &reg, 1);
+        let auth = reg.auth.as_ref().unwrap();
+        assert_eq!(auth.requests_for_path("/token"), 1);
+        assert_eq!(reg.registry.requests_for_path("/token"), 0);
+    });
+}

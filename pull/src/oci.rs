@@ -247,7 +247,9 @@ fn refresh_token(
     url.push_str(&format!("{sep}scope={}", enc(&scope)));
     let url = image.registry.join(&url)?;
     let headers: Vec<(&str, String)> = basic.into_iter().map(|b| ("Authorization", b)).collect();
-    let mut resp = follow(client, &url, &headers, &image.registry, stats)?;
+    // The credentials are for the realm's host (e.g. auth.docker.io for Docker Hub), and
+    // follow it no further.
+    let mut resp = follow(client, &url, &headers, &url, stats)?;
     let body = resp.drain().map_err(|e| format!("token: {e}"))?;
     let status = resp.status;
     client.recycle(resp);

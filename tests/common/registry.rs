@@ -41,6 +41,8 @@ pub struct Behaviour {
     /// Storage stalls this long before answering each blob request (a slow origin), so
     /// that [`Registry::storage_peak`] shows how many requests a client keeps in flight.
     pub storage_stall: Option<std::time::Duration>,
+    /// The token realm is another (plain HTTP) host, as Docker Hub's auth.docker.io is.
+    pub realm_elsewhere: bool,
 }
 
 pub struct Blob {
@@ -68,6 +70,8 @@ pub struct Registry {
     pub storage_auth_leaks: Arc<AtomicU64>,
     /// Most storage requests stalled at once (with [`Behaviour::storage_stall`]).
     pub storage_peak: Arc<AtomicU64>,
+    /// The token host when [`Behaviour::realm_elsewhere`] is set.
+    pub auth: Option<Origin>,
 }
 
 pub fn sha256(data: &[u8]) -> String {
@@ -150,7 +154,9 @@ impl Registry {
             None => storage.authority(),
         };
         let tokens = Arc::new(AtomicU64::new(0));
+        // The realm's scheme://host:port, set once the serving origin is up.
         let self_addr: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+        let realm_elsewhere = how.realm_elsewhere;
         let authorized = Arc::new(AtomicU64::new(0));
         let registry = {
             let blobs = blobs.clone();
@@ -160,10 +166,9 @@ impl Registry {
             let valid = Arc::new(Mutex::new(HashSet::<String>::new()));
             let redirects = AtomicU64::new(0);
             let addr_for_handler = self_addr.clone();
-            let origin = Origin::start(move |req| {
+            let handler = Arc::new(move |req: &Request| {
                 let me = addr_for_handler.get().cloned().unwrap_or_default();
-                let challenge =
-                    format!("Bearer realm=\"{scheme}://{me}/token\",service=\"test-registry\"");
+                let challenge = format!("Bearer realm=\"{me}/token\",service=\"test-registry\"");
                 let path = req.path().to_string();
                 if path == "/token" {
                     if let Some((u, p)) = &how.basic {
@@ -229,8 +234,11 @@ impl Registry {
                 }
                 Response::status(404)
             });
-            origin
+            let h = handler.clone();
+            let auth = realm_elsewhere.then(|| Origin::start(move |req| h(req)));
+            (Origin::start(move |req| handler(req)), auth)
         };
+        let (registry, auth) = registry;
         let registry_authority = match &how.https {
             Some(cfg) => {
                 let f = TlsFront::start(registry.addr(), cfg.clone());
@@ -240,7 +248,11 @@ impl Registry {
             }
             None => registry.authority(),
         };
-        self_addr.set(registry_authority.clone()).unwrap();
+        let realm = match &auth {
+            Some(a) => format!("http://{}", a.authority()),
+            None => format!("{scheme}://{registry_authority}"),
+        };
+        self_addr.set(realm).unwrap();
         Registry {
             registry,
             storage,
@@ -253,6 +265,7 @@ impl Registry {
             authorized_blob_gets: authorized,
             storage_auth_leaks,
             storage_peak,
+            auth,
         }
     }
 
