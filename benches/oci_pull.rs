@@ -1,7 +1,6 @@
 //! OCI-pull load test (issue 6): M concurrent Tart-like pulls of one VM image, directly
 //! from the origins, then through chacha cold (empty cache dir), then warm.
 //!
-//!   scripts/oci-pull.sh [options]        (builds chacha and this bench in release mode)
 //!   cargo bench --bench oci_pull -- [options]
 //!
 //! Options (each also read from the environment variable shown; arguments win):

@@ -12,6 +12,7 @@ pub mod gen;
 pub mod kv;
 pub mod origin;
 pub mod raw_origin;
+pub mod registry;
 pub mod tls;
 pub mod wire;
 
