@@ -16,6 +16,7 @@ use chacha::cache::meta::entry_path;
 use chacha::cluster::{base64, pick};
 use chacha::http::uri::parse_absolute;
 use common::cached::wait_until;
+use common::kv::go_kv_request as kv_request;
 use common::origin::{self, Response};
 use common::raw_origin::{head_only, response, send, RawOrigin, Step};
 use common::{get, get_with, with_deadline, Chacha, Conn, Origin};
@@ -203,53 +204,6 @@ fn concurrent_cold_requests_at_every_node_share_one_origin_fetch() {
             assert!(stored_in(c.nodes[owner].dir(), &url));
         }
     });
-}
-
-/// A KV request exactly as the original's Go client (`internal/cache/kv`) sends it.
-fn kv_request(
-    method: &str,
-    node: SocketAddr,
-    auth: Option<&str>,
-    key: &str,
-    metadata_json: Option<&str>,
-    body: Option<&[u8]>,
-    chunked: bool,
-) -> Vec<u8> {
-    let mut s =
-        format!("{method} / HTTP/1.1\r\nHost: {node}\r\nUser-Agent: Go-http-client/1.1\r\n");
-    if let Some(b) = body {
-        if chunked {
-            s.push_str("Transfer-Encoding: chunked\r\n");
-        } else {
-            s.push_str(&format!("Content-Length: {}\r\n", b.len()));
-        }
-    }
-    if let Some(secret) = auth {
-        let cred = base64::encode(format!(":{secret}").as_bytes());
-        s.push_str(&format!("Authorization: Basic {cred}\r\n"));
-    }
-    s.push_str(&format!(
-        "X-Chacha-Key: {}\r\n",
-        base64::encode(key.as_bytes())
-    ));
-    if let Some(json) = metadata_json {
-        s.push_str(&format!(
-            "X-Chacha-Metadata: {}\r\n",
-            base64::encode(json.as_bytes())
-        ));
-    }
-    s.push_str("Accept-Encoding: gzip\r\n\r\n");
-    let mut out = s.into_bytes();
-    if let Some(b) = body {
-        if chunked {
-            out.extend_from_slice(format!("{:x}\r\n", b.len()).as_bytes());
-            out.extend_from_slice(b);
-            out.extend_from_slice(b"\r\n0\r\n\r\n");
-        } else {
-            out.extend_from_slice(b);
-        }
-    }
-    out
 }
 
 fn metadata_of(r: &common::Response) -> serde_json::Value {

@@ -25,8 +25,9 @@ pub fn single_node_config(addr: SocketAddr, extra: &str) -> String {
     )
 }
 
-/// A KV request as the original's Go client sends it: `X-Chacha-Key: base64(key)`,
-/// `X-Chacha-Metadata: base64(metadata_json)` when given, the body with Content-Length.
+/// A KV request as the original's Go client sends it, authorised with [`SECRET`]:
+/// `X-Chacha-Key: base64(key)`, `X-Chacha-Metadata: base64(metadata_json)` when given,
+/// the body with Content-Length.
 pub fn kv_request(
     method: &str,
     node: SocketAddr,
@@ -34,12 +35,32 @@ pub fn kv_request(
     metadata_json: Option<&str>,
     body: Option<&[u8]>,
 ) -> Vec<u8> {
-    let mut s = format!("{method} / HTTP/1.1\r\nHost: {node}\r\n");
+    go_kv_request(method, node, Some(SECRET), key, metadata_json, body, false)
+}
+
+/// A KV request exactly as the original's Go client (`internal/cache/kv`) sends it.
+pub fn go_kv_request(
+    method: &str,
+    node: SocketAddr,
+    auth: Option<&str>,
+    key: &str,
+    metadata_json: Option<&str>,
+    body: Option<&[u8]>,
+    chunked: bool,
+) -> Vec<u8> {
+    let mut s =
+        format!("{method} / HTTP/1.1\r\nHost: {node}\r\nUser-Agent: Go-http-client/1.1\r\n");
     if let Some(b) = body {
-        s.push_str(&format!("Content-Length: {}\r\n", b.len()));
+        if chunked {
+            s.push_str("Transfer-Encoding: chunked\r\n");
+        } else {
+            s.push_str(&format!("Content-Length: {}\r\n", b.len()));
+        }
     }
-    let cred = base64::encode(format!(":{SECRET}").as_bytes());
-    s.push_str(&format!("Authorization: Basic {cred}\r\n"));
+    if let Some(secret) = auth {
+        let cred = base64::encode(format!(":{secret}").as_bytes());
+        s.push_str(&format!("Authorization: Basic {cred}\r\n"));
+    }
     s.push_str(&format!(
         "X-Chacha-Key: {}\r\n",
         base64::encode(key.as_bytes())
@@ -50,10 +71,16 @@ pub fn kv_request(
             base64::encode(json.as_bytes())
         ));
     }
-    s.push_str("\r\n");
+    s.push_str("Accept-Encoding: gzip\r\n\r\n");
     let mut out = s.into_bytes();
     if let Some(b) = body {
-        out.extend_from_slice(b);
+        if chunked {
+            out.extend_from_slice(format!("{:x}\r\n", b.len()).as_bytes());
+            out.extend_from_slice(b);
+            out.extend_from_slice(b"\r\n0\r\n\r\n");
+        } else {
+            out.extend_from_slice(b);
+        }
     }
     out
 }
