@@ -18,8 +18,14 @@ pub const EXIT_CONFIG: i32 = 2;
 pub fn load_interception(tls: &TlsConfig) -> Result<Interception, crate::tls::TlsError> {
     let ca = Ca::load(&tls.cert, &tls.key)?;
     Ok(Interception {
-        interceptor: Interceptor::new(Arc::new(CertCache::new(ca))),
+        interceptor: Interceptor::new(Arc::new(CertCache::new(ca)))
+            .allow_sni_mismatch(tls.allow_sni_mismatch),
         ports: tls.ports.clone(),
+        // Each pattern compiled when the config was checked.
+        intercept: tls.intercept.as_ref().map(|patterns| {
+            regex::RegexSet::new(patterns).expect("patterns checked by the config loader")
+        }),
+        passthrough_ports: tls.passthrough_ports.clone(),
     })
 }
 
@@ -77,9 +83,17 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         Some(tls) => match load_interception(tls) {
             Ok(i) => {
                 log::info!(
-                    "tls-interceptor: CA {} loaded; intercepting CONNECT to ports {:?}",
+                    "tls-interceptor: CA {} loaded; intercepting CONNECT to ports {:?} ({}){}",
                     tls.cert.display(),
-                    tls.ports
+                    tls.ports,
+                    match &tls.intercept {
+                        None => "every host".to_string(),
+                        Some(p) => format!("hosts matching {p:?}, others tunnelled blind"),
+                    },
+                    match tls.passthrough_ports.is_empty() {
+                        true => String::new(),
+                        false => format!("; ports {:?} tunnelled blind", tls.passthrough_ports),
+                    }
                 );
                 Some(Arc::new(i))
             }
@@ -137,6 +151,7 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         interception,
         tls_client,
         cluster,
+        destinations: Arc::new(crate::access::destinations::Destinations::default()),
     };
     let Some(user) = user else {
         return server::run(settings);

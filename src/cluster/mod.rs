@@ -7,6 +7,7 @@
 //! codec, the claims of remote fills, and per-node up/down flags shared by all cores.
 
 pub mod auth;
+pub mod auth_limit;
 pub mod base64;
 pub mod claims;
 pub mod kv;
@@ -64,6 +65,8 @@ impl Node {
                 tls: false,
                 host: addr.ip().to_string(),
                 port: addr.port(),
+                // A node from `cluster.nodes`: exempt from the destination policy.
+                peer: true,
             },
             down: AtomicBool::new(false),
         }
@@ -103,6 +106,8 @@ pub struct Cluster {
     pub authorization: String,
     /// Fills that other nodes claimed on this node.
     pub claims: Claims,
+    /// Failed KV authentications per source address (429 once too many).
+    pub auth_limit: auth_limit::AuthLimiter,
 }
 
 impl Cluster {
@@ -116,6 +121,7 @@ impl Cluster {
             local,
             authorization: auth::header_value(&config.secret),
             claims: Claims::default(),
+            auth_limit: Default::default(),
         }
     }
 

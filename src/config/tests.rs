@@ -105,6 +105,9 @@ cluster:
             cert: PathBuf::from("ca.pem"),
             key: PathBuf::from("ca-key.pem"),
             ports: vec![443, 8443],
+            intercept: None,
+            passthrough_ports: vec![],
+            allow_sni_mismatch: false,
         })
     );
     assert_eq!(config.rules.len(), 2);

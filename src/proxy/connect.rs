@@ -1,13 +1,15 @@
 //! CONNECT with TLS interception (RFC 9110 §9.3.6): answer 200, terminate the client's
 //! TLS with a leaf minted for the requested host, and run the decrypted requests through
-//! the same request loop as plain ones, with scheme `https`.
+//! the same request loop as plain ones, with scheme `https`. Hosts that
+//! `tls-interceptor.intercept` does not match, and ports in
+//! `tls-interceptor.passthrough-ports`, get a blind tunnel instead ([`super::tunnel`]).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
 
-use super::{request_loop, Channel, LoopEnd, ProxyError, Worker};
+use super::{request_loop, write_simple, Channel, LoopEnd, Op, ProxyError, Worker};
 use crate::http::uri::{parse_absolute, parse_authority, Scheme, Uri};
 use crate::http::RequestHead;
 use crate::stream::{BufConn, Prefixed};
@@ -23,6 +25,22 @@ pub const CLOSE_NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Interception {
     pub interceptor: Interceptor,
     pub ports: Vec<u16>,
+    /// `tls-interceptor.intercept`: hosts to intercept; `None` = every host.
+    pub intercept: Option<regex::RegexSet>,
+    /// `tls-interceptor.passthrough-ports`: always tunnelled blind.
+    pub passthrough_ports: Vec<u16>,
+}
+
+impl Interception {
+    /// Whether a CONNECT to `target` is tunnelled blind rather than intercepted: its
+    /// port is a passthrough port, or `intercept` is given and matches no host.
+    pub fn is_blind(&self, target: &Target) -> bool {
+        self.passthrough_ports.contains(&target.port)
+            || self
+                .intercept
+                .as_ref()
+                .is_some_and(|set| !set.is_match(&target.host))
+    }
 }
 
 /// The origin a tunnel leads to: the CONNECT target.
@@ -71,16 +89,17 @@ impl Target {
     }
 }
 
-/// Decides whether a CONNECT may open an intercepted tunnel: 405 without
-/// `tls-interceptor`, 406 for a port not in `tls-interceptor.ports` (as the original
-/// does), 400 for a malformed authority (RFC 9112 §3.2.3).
+/// Decides whether a CONNECT may open a tunnel: 405 without `tls-interceptor`, 406
+/// for a port neither in `tls-interceptor.ports` (as the original does) nor in
+/// `passthrough-ports`, 400 for a malformed authority (RFC 9112 §3.2.3; every spelling
+/// of an IPv4 address is normalised by the parser, see [`parse_authority`]).
 pub fn check(head: &RequestHead, w: &Worker) -> Result<Target, ProxyError> {
     let Some(icpt) = &w.interception else {
         return Err(ProxyError::MethodNotAllowed("CONNECT".into()));
     };
     let (host, port) =
         parse_authority(&head.target).map_err(|_| ProxyError::BadTarget(head.target.clone()))?;
-    if !icpt.ports.contains(&port) {
+    if !icpt.ports.contains(&port) && !icpt.passthrough_ports.contains(&port) {
         return Err(ProxyError::PortNotAllowed(port));
     }
     Ok(Target { host, port })
@@ -89,7 +108,7 @@ pub fn check(head: &RequestHead, w: &Worker) -> Result<Target, ProxyError> {
 /// Opens the tunnel on `conn` (whose CONNECT head was consumed and accepted by
 /// [`check`]), terminates TLS and serves the requests inside. Failures close the
 /// tunnel; they are logged, never answered (there is no HTTP channel to answer on).
-pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent>(
+pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent + Split>(
     mut conn: BufConn<S>,
     target: Target,
     peer: SocketAddr,
@@ -100,6 +119,28 @@ pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent>(
     let Some(icpt) = &w.interception else {
         return; // check() let it through only with an interceptor
     };
+    if icpt.is_blind(&target) {
+        return super::tunnel::blind(conn, target, peer, w, line, start).await;
+    }
+    // A target whose every address the destination policy refuses gets its 403 here,
+    // before a leaf is minted (each request inside is checked again when it connects,
+    // on the addresses it resolves then). A name that does not resolve now is left to
+    // the requests inside, which answer 502 as before.
+    if let Err(e @ crate::upstream::UpstreamError::Denied(_)) =
+        w.upstream.resolve_allowed(&target.host, target.port).await
+    {
+        let error = ProxyError::Upstream(e);
+        let msg = error.to_string();
+        let bytes = write_simple(&mut conn.io, error.status(), &msg, true, &[]).await;
+        log::warn!(
+            "{peer} \"{line}\" {} {} {}ms {}: {msg}",
+            error.status(),
+            bytes.unwrap_or(0),
+            start.elapsed().as_millis(),
+            Op::Reject
+        );
+        return;
+    }
     if let Err(e) = conn.io.write_all(ESTABLISHED.to_vec()).await.0 {
         log::info!("{peer} \"{line}\" 200 0 0ms tunnel: client gone: {e}");
         return;
@@ -107,7 +148,7 @@ pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent>(
     // Bytes the client sent right behind the CONNECT head (an eager ClientHello) are in
     // the read buffer: the acceptor reads them first.
     let (io, early) = conn.into_parts();
-    let acceptor = icpt.interceptor.acceptor_for(&target.host);
+    let (acceptor, sni_mismatch) = icpt.interceptor.acceptor_checked(&target.host);
     // Bounded like a request head: a client that never completes the handshake cannot
     // hold the connection open.
     let handshake = monoio::time::timeout(
@@ -118,11 +159,19 @@ pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent>(
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            log::info!(
-                "{peer} \"{line}\" 200 0 {}ms tunnel closed: client TLS handshake failed: {}",
-                start.elapsed().as_millis(),
-                crate::tls::handshake_error_reason(e)
-            );
+            match sni_mismatch.get() {
+                // Refused by the leaf resolver (see crate::tls::server).
+                Some(sni) => log::warn!(
+                    "{peer} \"{line}\" 200 0 {}ms tunnel closed: TLS SNI {sni:?} does not match the CONNECT host {:?} (tls-interceptor.allow-sni-mismatch: true allows it)",
+                    start.elapsed().as_millis(),
+                    target.host
+                ),
+                None => log::info!(
+                    "{peer} \"{line}\" 200 0 {}ms tunnel closed: client TLS handshake failed: {}",
+                    start.elapsed().as_millis(),
+                    crate::tls::handshake_error_reason(e)
+                ),
+            }
             return;
         }
         Err(_) => {

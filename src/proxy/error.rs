@@ -35,6 +35,7 @@ impl ProxyError {
             ProxyError::LoopDetected => 508,
             ProxyError::PortNotAllowed(_) => 406,
             ProxyError::NotFound => 404,
+            ProxyError::Upstream(UpstreamError::Denied(_)) => 403,
             ProxyError::Upstream(UpstreamError::HeadTimeout(_))
             | ProxyError::Upstream(UpstreamError::ConnectTimeout(_)) => 504,
             ProxyError::Upstream(_) => 502,

@@ -12,10 +12,11 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     conn: &mut BufConn<S>,
     head: RequestHead,
     w: &Worker,
+    peer: std::net::SocketAddr,
 ) -> Outcome {
     if let Some(cluster) = &w.cluster {
         if crate::cluster::kv::is_kv_request(&head) {
-            return super::kv::handle(conn, head, w, cluster).await;
+            return super::kv::handle(conn, head, w, cluster, peer).await;
         }
     }
     // Internal endpoints take no body; one we would have to skip closes the connection.

@@ -17,6 +17,7 @@ pub mod origin_body;
 pub mod relay;
 pub mod remote;
 pub mod serve;
+pub mod tunnel;
 pub mod validate;
 
 use std::cell::Cell;
@@ -106,6 +107,8 @@ pub enum Op {
     PeerHit,
     /// Stored on the owner node while served.
     PeerFill,
+    /// A blind CONNECT tunnel (bytes relayed, not intercepted).
+    Tunnel,
 }
 
 impl Op {
@@ -123,6 +126,7 @@ impl Op {
             Op::KvDelete => "kv-delete",
             Op::PeerHit => "peer-hit",
             Op::PeerFill => "peer-fill",
+            Op::Tunnel => "tunnel",
         }
     }
 }
@@ -277,7 +281,7 @@ pub enum LoopEnd {
 }
 
 /// Serves one client connection until it closes, errs, or the worker shuts down.
-pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
+pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + monoio::io::Split>(
     io: S,
     peer: SocketAddr,
     w: Rc<Worker>,
@@ -340,7 +344,7 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                     op: Op::Reject,
                 },
             },
-            _ => dispatch(conn, head, w, channel).await,
+            _ => dispatch(conn, head, w, channel, peer).await,
         };
         let keep = match outcome {
             Outcome::Done(ex) => {
@@ -390,6 +394,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
     head: RequestHead,
     w: &Worker,
     channel: Channel<'_>,
+    peer: SocketAddr,
 ) -> Outcome {
     if head.method == "CONNECT" {
         // RFC 9110 §9.3.6. Direct CONNECTs are handled by the loop; a CONNECT inside a
@@ -409,7 +414,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
     }
     let uri = match channel {
         Channel::Direct if head.target.starts_with('/') => {
-            return internal::handle(conn, head, w).await;
+            return internal::handle(conn, head, w, peer).await;
         }
         Channel::Direct => crate::http::uri::parse_absolute(&head.target)
             .map_err(|_| ProxyError::BadTarget(head.target.clone())),

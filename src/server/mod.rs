@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpListener;
 use rustls::ClientConfig;
 
+use crate::access::destinations::{local_addresses, Destinations};
 use crate::cache::store::Store;
 use crate::config::Rule;
 use crate::proxy::connect::Interception;
@@ -47,6 +48,8 @@ pub struct Settings {
     pub tls_client: Arc<ClientConfig>,
     /// Cluster mode: key owners, peer health and claims (one for all cores).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// `access.destinations`; [`serve`] adds the bound listening address to it.
+    pub destinations: Arc<Destinations>,
 }
 
 /// Runs until SIGTERM/SIGINT and the drain; returns the process exit code.
@@ -168,7 +171,14 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 /// Runs the workers on `listeners` until SIGTERM/SIGINT and the drain; returns the
 /// process exit code.
-pub fn serve(settings: Settings, listeners: Listeners) -> i32 {
+pub fn serve(mut settings: Settings, listeners: Listeners) -> i32 {
+    // Loop protection: the proxy's own address (the bound one: port 0 resolved) is
+    // never a destination, whatever `access.destinations.allow` says.
+    settings.destinations = Arc::new(
+        (*settings.destinations)
+            .clone()
+            .with_own(&[listeners.addr], local_addresses()),
+    );
     if let Err(e) = signals::block_stop_signals() {
         log::error!("cannot set up signal handling: {e}");
         return 1;
@@ -363,7 +373,8 @@ async fn worker_body(
         id,
         timeouts: settings.timeouts,
         upstream: Upstream::with_tls(settings.timeouts.connect, settings.tls_client.clone())
-            .with_body_timeout(settings.timeouts.upstream_body),
+            .with_body_timeout(settings.timeouts.upstream_body)
+            .with_destinations(settings.destinations.clone()),
         shutdown: shutdown.clone(),
         bufs: BufPool::default(),
         active: Default::default(),

@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use rustls::ClientConfig;
 
 use super::dns::Resolver;
 use super::{UpStream, UpstreamError};
+use crate::access::destinations::Destinations;
 use crate::stream::BufConn;
 
 /// An idle pooled connection older than this is closed instead of reused (origins
@@ -36,6 +38,9 @@ pub struct PoolKey {
     pub tls: bool,
     pub host: String,
     pub port: u16,
+    /// A cluster peer (its address comes from the config, not from a client): exempt
+    /// from the destination policy. Pooled apart from client-named origins.
+    pub peer: bool,
 }
 
 pub struct UpstreamConn {
@@ -56,6 +61,9 @@ pub struct Upstream {
     body_timeout: Duration,
     /// Connector for `https` origins (verification always on).
     tls: Option<TlsConnector>,
+    /// Where client-named origins may be (checked on every resolved address before
+    /// connecting; cluster peers are exempt).
+    destinations: Arc<Destinations>,
 }
 
 impl Upstream {
@@ -67,7 +75,61 @@ impl Upstream {
             connect_timeout,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             tls: None,
+            destinations: Arc::new(Destinations::allow_all()),
         }
+    }
+
+    /// Sets the destination policy (`access.destinations`); without it every address
+    /// is allowed.
+    pub fn with_destinations(mut self, d: Arc<Destinations>) -> Self {
+        self.destinations = d;
+        self
+    }
+
+    /// The addresses of `host:port` that the destination policy allows, in resolver
+    /// order (DNS off the core thread; IP literals as they are). A name resolving to
+    /// both denied and allowed addresses connects only to the allowed ones; when none
+    /// is allowed the first refusal is the error, and nothing was connected to.
+    pub async fn resolve_allowed(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, UpstreamError> {
+        let addrs = self.resolver.resolve(host, port).await?;
+        let mut first_denial = None;
+        let allowed: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter(|a| match self.destinations.check(*a) {
+                Ok(()) => true,
+                Err(d) => {
+                    first_denial.get_or_insert(d);
+                    false
+                }
+            })
+            .collect();
+        match (allowed.is_empty(), first_denial) {
+            (true, Some(d)) => Err(UpstreamError::Denied(d.to_string())),
+            _ => Ok(allowed),
+        }
+    }
+
+    /// A plain TCP connection to an allowed address of `host:port` (each in turn,
+    /// each within the connect timeout): the far end of a blind tunnel.
+    pub async fn connect_tcp(&self, host: &str, port: u16) -> Result<TcpStream, UpstreamError> {
+        let addrs = self.resolve_allowed(host, port).await?;
+        let mut last = UpstreamError::Connect("no address".into());
+        for addr in addrs {
+            match monoio::time::timeout(self.connect_timeout, TcpStream::connect_addr(addr)).await {
+                Ok(Ok(tcp)) => {
+                    let _ = tcp.set_nodelay(true);
+                    set_keepalive(&tcp);
+                    return Ok(tcp);
+                }
+                Ok(Err(e)) => last = UpstreamError::Connect(format!("{addr}: {e}")),
+                Err(_) => last = UpstreamError::ConnectTimeout(self.connect_timeout),
+            }
+        }
+        Err(last)
     }
 
     /// Sets the idle bound on body reads (`timeouts.upstream-body`).
@@ -139,7 +201,13 @@ impl Upstream {
                 ))
             }
         };
-        let addrs = self.resolver.resolve(&key.host, key.port).await?;
+        // Checked on the resolved addresses, so that no spelling of a name or an
+        // address, and no DNS answer, reaches a denied one (peers are config).
+        let addrs = if key.peer {
+            self.resolver.resolve(&key.host, key.port).await?
+        } else {
+            self.resolve_allowed(&key.host, key.port).await?
+        };
         let mut last = UpstreamError::Connect("no address".into());
         for addr in addrs {
             let deadline = Instant::now() + self.connect_timeout;
