@@ -151,7 +151,10 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         interception,
         tls_client,
         cluster,
-        destinations: Arc::new(crate::access::destinations::Destinations::default()),
+        destinations: Arc::new(crate::access::destinations::Destinations::new(
+            config.access.destinations.allow.clone(),
+            config.access.destinations.deny.clone(),
+        )),
     };
     let Some(user) = user else {
         return server::run(settings);

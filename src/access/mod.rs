@@ -3,6 +3,7 @@
 //! ([`cidr`]) are shared with the destination policy.
 
 pub mod cidr;
+pub mod destinations;
 
 pub use cidr::{Cidr, CidrList};
 
@@ -30,4 +31,3 @@ pub const DEFAULT_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_CONNECTIONS_PER_CLIENT: usize = 500;
 /// Sanity bound on either limit.
 pub const MAX_CONNECTIONS: usize = 10_000_000;
-pub mod destinations;
