@@ -70,6 +70,25 @@ impl Drop for TempDir {
     }
 }
 
+/// What [`Chacha`] adds to a config without an `access:` key: the tests' origins live
+/// on loopback, which the destination policy denies by default (the proxy's own port
+/// stays denied whatever this says).
+pub const ALLOW_LOOPBACK: &str = "access:\n  destinations:\n    allow: [127.0.0.0/8]\n";
+
+/// `yaml` with [`ALLOW_LOOPBACK`] appended when it has no top-level `access:` key; a
+/// test that writes its own `access:` states its destinations itself.
+pub fn with_loopback_allowed(yaml: &str) -> String {
+    if yaml.lines().any(|l| l.starts_with("access:")) {
+        return yaml.to_string();
+    }
+    let mut out = yaml.to_string();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(ALLOW_LOOPBACK);
+    out
+}
+
 /// Writes `yaml` (with `@DIR@` → `<root>/data`, created empty) to `<root>/config.yaml`.
 fn write_config(root: &TempDir, yaml: &str) -> (PathBuf, PathBuf) {
     let data = root.path().join("data");
@@ -146,7 +165,7 @@ impl Chacha {
         args: &[&str],
     ) -> Chacha {
         let root = TempDir::new("run");
-        let (config, data) = write_config(&root, yaml);
+        let (config, data) = write_config(&root, &with_loopback_allowed(yaml));
         let log = Arc::new(Log::default());
         let env: Vec<(String, String)> = env
             .iter()
