@@ -171,7 +171,9 @@ fn parse_host_port(authority: &str) -> Result<(String, Option<u16>), HeadError> 
 /// text form (an IPv4-mapped one, `::ffff:a.b.c.d`, as the IPv4 address it means), a
 /// host that ends in a number parsed as IPv4 the way browsers and `inet_aton` do
 /// (WHATWG URL "IPv4 parser": `2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`, a trailing
-/// dot) and written as a dotted quad, or refused when it is not one; names lowercased.
+/// dot) and written as a dotted quad, or refused when it is not one; names lowercased,
+/// one trailing dot dropped (`localhost.` is the fully qualified `localhost`: one cache
+/// key, one resolution).
 /// The destination policy checks resolved addresses anyway; this makes the URL (cache
 /// key, `Host`) name the address that is connected to, and the 403 name it too.
 fn canonical_host(host: &str, bracketed: bool) -> Result<String, HeadError> {
@@ -188,6 +190,10 @@ fn canonical_host(host: &str, bracketed: bool) -> Result<String, HeadError> {
         return parse_ipv4(host)
             .map(|v4| v4.to_string())
             .ok_or_else(|| malformed(format!("invalid IPv4 address {host:?}")));
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return Err(malformed("empty host"));
     }
     Ok(host.to_ascii_lowercase())
 }
@@ -426,12 +432,13 @@ mod tests {
         );
         assert_eq!(parse_absolute("http://10.0.0.1/").unwrap().host, "10.0.0.1");
         assert_eq!(parse_absolute("http://[0:0::1]/").unwrap().host, "::1");
-        // Names stay names (a trailing dot too: DNS resolves it; the resolved address is
-        // what the destination policy checks).
+        // Names stay names, without the trailing dot of a fully qualified one (the
+        // resolved address is what the destination policy checks).
         assert_eq!(
             parse_absolute("http://Localhost./").unwrap().host,
-            "localhost."
+            "localhost"
         );
+        assert!(parse_absolute("http://./").is_err());
         assert_eq!(
             parse_absolute("http://a1.example/").unwrap().host,
             "a1.example"
