@@ -616,3 +616,86 @@ fn connect_from(from: SocketAddr, to: SocketAddr) -> TcpStream {
         stream
     }
 }
+
+/// Blind-tunnel throughput against a direct connection on loopback: 1 GiB from a
+/// server to a client, three runs each, alternating. A report, not a check (timings on
+/// a shared machine). Run with
+/// `cargo test --release --test destinations tunnel_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "throughput report, not a check"]
+fn tunnel_throughput() {
+    const GIB: u64 = 1 << 30;
+    const CHUNK: usize = 1 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            thread::spawn(move || {
+                let buf = noise(CHUNK, 3);
+                let mut sent = 0;
+                while sent < GIB {
+                    if conn.write_all(&buf).is_err() {
+                        return;
+                    }
+                    sent += CHUNK as u64;
+                }
+            });
+        }
+    });
+    let drain = |mut s: TcpStream| -> (u64, Duration) {
+        let start = Instant::now();
+        let mut buf = vec![0u8; CHUNK];
+        let mut got = 0u64;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got += n as u64,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        (got, start.elapsed())
+    };
+    let dir = TempDir::new("dest-tput");
+    let ca = TestCa::new("dest test CA");
+    let yaml = with_interceptor(
+        &dir,
+        &ca,
+        &format!("  passthrough-ports: [{}]\n", server.port()),
+        "",
+    );
+    let proxy = Chacha::start(&yaml);
+    let mib_s = |(n, d): (u64, Duration)| n as f64 / (1 << 20) as f64 / d.as_secs_f64();
+    // utime + stime of the chacha process, in clock ticks (/proc/PID/stat fields 14, 15).
+    let cpu_ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", proxy.pid())).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    // SAFETY: sysconf without side effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (mut direct, mut tunnel, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let (n, d) = drain(TcpStream::connect(server).unwrap());
+        assert_eq!(n, GIB);
+        direct.push(mib_s((n, d)));
+        let (tcp, status, _) = send_connect(proxy.addr(), &server.to_string(), b"").unwrap();
+        assert_eq!(status, 200);
+        let before = cpu_ticks();
+        let (n, d) = drain(tcp);
+        assert_eq!(n, GIB);
+        tunnel.push(mib_s((n, d)));
+        cpu.push((cpu_ticks() - before) as f64 * 1000.0 / hz);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (d, t) = (median(&mut direct), median(&mut tunnel));
+    let c = median(&mut cpu);
+    println!(
+        "1 GiB origin->client, loopback, medians of 3: direct {d:.0} MiB/s, blind tunnel {t:.0} MiB/s ({:.2}x), chacha CPU {c:.0} ms per GiB; runs direct {direct:.0?}, tunnel {tunnel:.0?}, CPU ms {cpu:.0?}",
+        t / d
+    );
+}

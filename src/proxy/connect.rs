@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::{request_loop, write_simple, Channel, LoopEnd, Op, ProxyError, Worker};
 use crate::http::uri::{parse_absolute, parse_authority, Scheme, Uri};
@@ -108,7 +108,7 @@ pub fn check(head: &RequestHead, w: &Worker) -> Result<Target, ProxyError> {
 /// Opens the tunnel on `conn` (whose CONNECT head was consumed and accepted by
 /// [`check`]), terminates TLS and serves the requests inside. Failures close the
 /// tunnel; they are logged, never answered (there is no HTTP channel to answer on).
-pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent + Split>(
+pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent + std::os::fd::AsRawFd>(
     mut conn: BufConn<S>,
     target: Target,
     peer: SocketAddr,

@@ -281,7 +281,7 @@ pub enum LoopEnd {
 }
 
 /// Serves one client connection until it closes, errs, or the worker shuts down.
-pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + monoio::io::Split>(
+pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + std::os::fd::AsRawFd>(
     io: S,
     peer: SocketAddr,
     w: Rc<Worker>,
