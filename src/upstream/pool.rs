@@ -320,3 +320,57 @@ fn set_keepalive(tcp: &TcpStream) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::CidrList;
+
+    fn key(port: u16, peer: bool) -> PoolKey {
+        PoolKey {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port,
+            peer,
+        }
+    }
+
+    /// Client-named origins are checked on the resolved address and never connected to
+    /// when denied; cluster peers (config) are exempt.
+    #[test]
+    fn denied_destinations_are_not_connected_and_peers_are_exempt() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(1)))
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let up = Upstream::new(Duration::from_secs(5)).with_destinations(Arc::new(
+                Destinations::new(CidrList::default(), CidrList::default()),
+            ));
+            match up.connect_new(&key(port, false)).await {
+                Err(UpstreamError::Denied(why)) => assert_eq!(
+                    why,
+                    "destination 127.0.0.1 is loopback (denied by default; allow with access.destinations.allow: [127.0.0.0/8])"
+                ),
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("connected to a denied destination"),
+            }
+            // A spelling that reached the resolver unnormalised (getaddrinfo reads it
+            // as inet_aton does) is still checked on what it resolves to.
+            assert!(
+                matches!(
+                    up.connect_tcp("0x7f.1", port).await,
+                    Err(UpstreamError::Denied(_))
+                ),
+                "a raw spelling never reaches loopback"
+            );
+            assert!(listener.accept().is_err(), "nothing connected");
+            up.connect_new(&key(port, true)).await.expect("a peer is exempt");
+        });
+        assert!(listener.accept().is_ok(), "the peer connection arrived");
+    }
+}
