@@ -435,6 +435,44 @@ fn blind_tunnels_are_byte_exact_both_ways_and_mint_nothing() {
     });
 }
 
+/// A blind tunnel with no byte either way for `timeouts.idle` is closed (and logged).
+#[test]
+fn idle_blind_tunnel_is_closed() {
+    with_deadline(DEADLINE, || {
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = silent.local_addr().unwrap();
+        let dir = TempDir::new("dest-idle");
+        let ca = TestCa::new("dest test CA");
+        let yaml = with_interceptor(
+            &dir,
+            &ca,
+            &format!("  passthrough-ports: [{}]\n", target.port()),
+            "timeouts:\n  idle: 1s\n",
+        );
+        let proxy = Chacha::start(&yaml);
+        let (mut tcp, status, text) =
+            send_connect(proxy.addr(), &target.to_string(), b"").expect("CONNECT");
+        assert_eq!(status, 200, "{text}");
+        let (_held, _) = silent.accept().expect("chacha connected");
+        let start = Instant::now();
+        let mut buf = [0u8; 16];
+        assert_eq!(tcp.read(&mut buf).expect("closed, not reset"), 0);
+        assert!(
+            start.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(
+            proxy.wait_log(
+                "0 bytes origin->client, cut: idle for 1s",
+                Duration::from_secs(5)
+            ),
+            "{}",
+            proxy.log()
+        );
+    });
+}
+
 #[test]
 fn blind_tunnel_to_a_closed_port_is_502() {
     with_deadline(DEADLINE, || {

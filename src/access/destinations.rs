@@ -360,6 +360,46 @@ mod tests {
         assert_eq!(decide(&Destinations::allow_all(), "127.0.0.1:80"), "allow");
     }
 
+    /// Cost of one decision (paid once per new origin connection, never on a pooled
+    /// one). `cargo test --release --lib check_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing report, not a check"]
+    fn check_cost() {
+        let p = Destinations::new(
+            CidrList::of(&["127.0.0.0/8"]),
+            CidrList::of(&["192.168.7.0/24"]),
+        )
+        .with_own(&[sa("0.0.0.0:8080")], local_addresses());
+        let addrs = [
+            sa("203.0.113.9:443"),
+            sa("[2001:db8::1]:443"),
+            sa("127.0.0.1:80"),
+        ];
+        let n = 3_000_000u32;
+        let t = std::time::Instant::now();
+        let mut allowed = 0;
+        for i in 0..n {
+            allowed += p
+                .check(std::hint::black_box(addrs[(i % 3) as usize]))
+                .is_ok() as u32;
+        }
+        println!(
+            "Destinations::check: {:?} per decision ({allowed} allowed)",
+            t.elapsed() / n
+        );
+        let t = std::time::Instant::now();
+        for _ in 0..n / 10 {
+            std::hint::black_box(crate::http::uri::parse_absolute(std::hint::black_box(
+                "http://registry.example:5000/v2/x/blobs/sha256:0123",
+            )))
+            .unwrap();
+        }
+        println!(
+            "parse_absolute (with host normalisation): {:?}",
+            t.elapsed() / (n / 10)
+        );
+    }
+
     #[test]
     fn local_addresses_include_loopback() {
         let ips = local_addresses();
