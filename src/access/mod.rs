@@ -2,6 +2,7 @@
 //! accept, proxy authentication, and connection limits. The address ranges
 //! ([`cidr`]) are shared with the destination policy.
 
+pub mod basic;
 pub mod cidr;
 
 pub use cidr::{Cidr, CidrList};
