@@ -206,9 +206,8 @@ fn denied_range_gets_403_naming_the_rule_and_no_connection() {
 fn default_policy_denies_loopback_with_the_line_that_allows_it() {
     with_deadline(DEADLINE, || {
         let origin = Counting::start("127.0.0.1");
-        // An `access:` key of its own, so the harness adds no allow line: defaults.
-        let proxy =
-            Chacha::start("addr: 127.0.0.1:0\nworkers: 1\naccess:\n  clients: [127.0.0.0/8]\n");
+        // `destinations: {}` so the harness adds no allow line: the defaults.
+        let proxy = Chacha::start("addr: 127.0.0.1:0\nworkers: 1\naccess:\n  destinations: {}\n");
         let (status, text) = get(proxy.addr(), &format!("http://{}/x", origin.addr));
         assert_eq!(status, 403, "{text}");
         assert!(
@@ -252,8 +251,7 @@ fn every_spelling_of_loopback_gets_the_same_decision() {
             "[::ffff:7f00:1]",
             "localhost.",
         ];
-        let denying =
-            Chacha::start("addr: 127.0.0.1:0\nworkers: 1\naccess:\n  clients: [127.0.0.0/8]\n");
+        let denying = Chacha::start("addr: 127.0.0.1:0\nworkers: 1\naccess:\n  destinations: {}\n");
         for host in spellings {
             let (status, text) = get(denying.addr(), &format!("http://{host}:{port}/x"));
             assert_eq!(status, 403, "{host}: {text}");

@@ -8,7 +8,6 @@
 
 pub mod auth;
 pub mod auth_limit;
-pub mod base64;
 pub mod claims;
 pub mod kv;
 pub mod metadata;

@@ -61,6 +61,8 @@ pub struct Worker {
     pub interception: Option<Arc<connect::Interception>>,
     /// `cluster`, when configured (shared by all cores): key owners, peer health, claims.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// `access`: this core's side of proxy authentication (and the shared rules).
+    pub access: crate::access::Local,
 }
 
 impl Worker {
@@ -329,6 +331,19 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
             }
             _ => format!("{} {}", head.method, head.target),
         };
+        // RFC 9110 §11.7.1: using the proxy (CONNECT, absolute form) may need credentials;
+        // chacha's own endpoints and the requests inside a tunnel do not.
+        if matches!(channel, Channel::Direct)
+            && (head.method == "CONNECT" || !head.target.starts_with('/'))
+        {
+            if let Err(refusal) = w.access.authorize(&head).await {
+                if refuse_request(conn, &head, refusal, peer, &line, start, w).await {
+                    conn.shrink();
+                    continue;
+                }
+                return LoopEnd::Closed { clean: true };
+            }
+        }
         let outcome = match channel {
             Channel::Direct if head.method == "CONNECT" => match connect::check(&head, w) {
                 Ok(target) => {
@@ -387,6 +402,34 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
         }
         conn.shrink();
     }
+}
+
+/// Answers a request that `access.proxy-auth` refused (407 with `Proxy-Authenticate`, or
+/// 503 with `Retry-After`); whether the connection may carry another request (not when
+/// the request has a body, which is left unread).
+async fn refuse_request<S: AsyncReadRent + AsyncWriteRent>(
+    conn: &mut BufConn<S>,
+    head: &RequestHead,
+    refusal: crate::access::auth::Refusal,
+    peer: SocketAddr,
+    line: &str,
+    start: Instant,
+    w: &Worker,
+) -> bool {
+    let no_body = matches!(
+        head.body_kind(),
+        Ok(crate::http::BodyKind::None) | Ok(crate::http::BodyKind::Length(0))
+    );
+    let keep = no_body && w.may_keep_alive(head);
+    let (status, msg) = (refusal.status(), refusal.message());
+    let bytes = write_simple(&mut conn.io, status, msg, !keep, &[refusal.header()]).await;
+    log::info!(
+        "{peer} \"{line}\" {status} {} {}ms {}: {msg}",
+        bytes.as_ref().copied().unwrap_or(0),
+        start.elapsed().as_millis(),
+        Op::Reject
+    );
+    bytes.is_ok() && keep
 }
 
 async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(

@@ -70,16 +70,29 @@ impl Drop for TempDir {
     }
 }
 
-/// What [`Chacha`] adds to a config without an `access:` key: the tests' origins live
-/// on loopback, which the destination policy denies by default (the proxy's own port
-/// stays denied whatever this says).
+/// What [`Chacha`] adds to a config that says nothing about destinations: the tests'
+/// origins live on loopback, which the destination policy denies by default (the
+/// proxy's own port stays denied whatever this says).
 pub const ALLOW_LOOPBACK: &str = "access:\n  destinations:\n    allow: [127.0.0.0/8]\n";
 
-/// `yaml` with [`ALLOW_LOOPBACK`] appended when it has no top-level `access:` key; a
-/// test that writes its own `access:` states its destinations itself.
+/// `yaml` with loopback destinations allowed, unless it mentions `destinations` itself
+/// (a test of the policy states it, e.g. `destinations: {}` for the defaults): the
+/// [`ALLOW_LOOPBACK`] block appended when there is no top-level `access:` key, else its
+/// `destinations:` lines put right under a block-style `access:` line.
 pub fn with_loopback_allowed(yaml: &str) -> String {
-    if yaml.lines().any(|l| l.starts_with("access:")) {
+    if yaml.contains("destinations") {
         return yaml.to_string();
+    }
+    if let Some(at) = yaml
+        .find("\naccess:\n")
+        .map(|i| i + 1)
+        .or_else(|| yaml.starts_with("access:\n").then_some(0))
+    {
+        let after = at + "access:\n".len();
+        let mut out = yaml[..after].to_string();
+        out.push_str(&ALLOW_LOOPBACK["access:\n".len()..]);
+        out.push_str(&yaml[after..]);
+        return out;
     }
     let mut out = yaml.to_string();
     if !out.is_empty() && !out.ends_with('\n') {
