@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
+use super::client_side::WindowedCopy;
 use super::head::{answer_expect, build_response_head};
 use super::serve::{drop_unreadable, open_fill_file, send_file_range, stream_fill, wait_for_head};
 use super::{write_simple, Exchange, Op, Outcome, Worker};
@@ -261,7 +262,9 @@ async fn send_fill<S: AsyncWriteRent>(
         return Outcome::aborted(200, 0, op, e.to_string());
     }
     let end = info.body_len.unwrap_or(u64::MAX);
-    let (bytes, result) = stream_fill(conn, fill, info, Some(&file), 0, end, writer, None, w).await;
+    let mut copy = WindowedCopy::new(writer, 0, end, Some(w.timeouts.idle));
+    let result = stream_fill(conn, fill, info, Some(&file), &mut copy, None, w).await;
+    let bytes = copy.sent;
     let result = match result {
         Ok(()) => writer.finish(&mut conn.io).await.map_err(|e| e.to_string()),
         Err(e) => Err(e),

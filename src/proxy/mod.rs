@@ -15,8 +15,8 @@ pub mod internal;
 pub mod kv;
 pub mod origin_body;
 pub mod relay;
-pub mod remote;
 pub mod serve;
+pub mod storage;
 pub mod validate;
 
 use std::cell::Cell;
