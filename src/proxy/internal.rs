@@ -4,7 +4,7 @@
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
-use super::{write_simple, Exchange, Op, Outcome, ProxyError, Worker};
+use super::{write_simple, Exchange, Framing, Op, Outcome, ProxyError, Worker};
 use crate::http::{BodyKind, RequestHead};
 use crate::stream::BufConn;
 
@@ -26,20 +26,22 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     let keep_alive = head.keep_alive() && !has_body && !w.shutdown.is_triggered();
     let path = head.target.split('?').next().unwrap_or("");
     match (head.method.as_str(), path) {
-        ("GET", "/health") => match write_simple(&mut conn.io, 200, "OK", !keep_alive, &[]).await {
-            Ok(bytes) => Outcome::Done(Exchange {
-                status: 200,
-                bytes,
-                op: Op::Internal,
-                keep_alive,
-            }),
-            Err(e) => Outcome::Aborted {
-                status: 200,
-                bytes: 0,
-                op: Op::Internal,
-                reason: e.to_string(),
-            },
-        },
+        ("GET", "/health") => {
+            match write_simple(&mut conn.io, 200, "OK", Framing::close_if(!keep_alive), &[]).await {
+                Ok(bytes) => Outcome::Done(Exchange {
+                    status: 200,
+                    bytes,
+                    op: Op::Internal,
+                    keep_alive,
+                }),
+                Err(e) => Outcome::Aborted {
+                    status: 200,
+                    bytes: 0,
+                    op: Op::Internal,
+                    reason: e.to_string(),
+                },
+            }
+        }
         _ => Outcome::Failed {
             error: ProxyError::NotFound,
             close: !keep_alive,

@@ -29,7 +29,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use super::client_side::WindowedCopy;
 use super::head::{answer_expect, build_response_head};
 use super::serve::{drop_unreadable, open_fill_file, send_file_range, stream_fill, wait_for_head};
-use super::{write_simple, Exchange, Op, Outcome, Worker};
+use super::{write_simple, Exchange, Framing, Op, Outcome, Worker};
 use crate::cache::fill::{Fill, Phase, Role, StreamInfo};
 use crate::cache::key::key_hash;
 use crate::cache::open::OpenEntry;
@@ -98,7 +98,15 @@ async fn reply<S: AsyncWriteRent>(
     extra: &[(&str, &str)],
 ) -> Outcome {
     let keep_alive = !close && head.keep_alive() && !w.shutdown.is_triggered();
-    match write_simple(&mut conn.io, status, msg, !keep_alive, extra).await {
+    match write_simple(
+        &mut conn.io,
+        status,
+        msg,
+        Framing::close_if(!keep_alive),
+        extra,
+    )
+    .await
+    {
         Ok(bytes) => Outcome::Done(Exchange {
             status,
             bytes,

@@ -225,12 +225,31 @@ async fn read_head<S: AsyncReadRent>(conn: &mut BufConn<S>, w: &Worker, first: b
     }
 }
 
+/// Whether the client's connection stays open after a response (RFC 9112 §9.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    KeepAlive,
+    /// `Connection: close`: the connection ends with this response (RFC 9112 §9.6).
+    Close,
+}
+
+impl Framing {
+    /// [`Framing::Close`] when `close`.
+    pub fn close_if(close: bool) -> Framing {
+        if close {
+            Framing::Close
+        } else {
+            Framing::KeepAlive
+        }
+    }
+}
+
 /// Writes a short plain-text answer chacha makes itself.
 pub async fn write_simple<S: AsyncWriteRent>(
     io: &mut S,
     status: u16,
     message: &str,
-    close: bool,
+    framing: Framing,
     extra_headers: &[(&str, &str)],
 ) -> std::io::Result<u64> {
     let body = format!("{message}\n");
@@ -242,7 +261,7 @@ pub async fn write_simple<S: AsyncWriteRent>(
     for (k, v) in extra_headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
-    if close {
+    if framing == Framing::Close {
         out.push_str("Connection: close\r\n");
     }
     out.push_str("\r\n");
@@ -310,7 +329,7 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
             HeadRead::Quiet => return LoopEnd::Closed { clean: true },
             HeadRead::Error(status, msg) => {
                 log::info!("{peer} - {status} 0 0ms reject: {msg}");
-                let _ = write_simple(&mut conn.io, status, &msg, true, &[]).await;
+                let _ = write_simple(&mut conn.io, status, &msg, Framing::Close, &[]).await;
                 return LoopEnd::Closed { clean: true };
             }
         };
@@ -357,7 +376,8 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                 let close = close || !client_keep_alive || w.shutdown.is_triggered();
                 let status = error.status();
                 let msg = error.to_string();
-                let bytes = write_simple(&mut conn.io, status, &msg, close, &[]).await;
+                let bytes =
+                    write_simple(&mut conn.io, status, &msg, Framing::close_if(close), &[]).await;
                 log::warn!(
                     "{peer} \"{line}\" {status} {} {}ms {op}: {msg}",
                     bytes.as_ref().copied().unwrap_or(0),
