@@ -1,6 +1,7 @@
 //! chacha's own endpoints, reached with origin-form requests to its own address:
-//! `GET /health`, and in cluster mode the KV protocol ([`super::kv`]); without a
-//! cluster a KV request gets 404, as from the original.
+//! `GET /health` (in cluster mode the dispatch sends the KV protocol's requests to
+//! `kv.rs` first); anything else gets 404, as a KV request without a cluster does from
+//! the original.
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
@@ -13,11 +14,6 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     head: RequestHead,
     w: &Worker,
 ) -> Outcome {
-    if let Some(cluster) = &w.cluster {
-        if crate::cluster::kv::is_kv_request(&head) {
-            return super::kv::handle(conn, head, w, cluster).await;
-        }
-    }
     // Internal endpoints take no body; one we would have to skip closes the connection.
     let has_body = !matches!(
         head.body_kind(),

@@ -8,7 +8,6 @@ pub mod connect;
 pub mod decide;
 pub mod error;
 pub mod fill;
-pub mod forward;
 pub mod handoff;
 pub mod head;
 pub mod internal;
@@ -429,7 +428,13 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
     }
     let uri = match channel {
         Channel::Direct if head.target.starts_with('/') => {
-            return internal::handle(conn, head, w).await;
+            // chacha's own address: the KV protocol in cluster mode, else its endpoints.
+            return match &w.cluster {
+                Some(c) if crate::cluster::kv::is_kv_request(&head) => {
+                    kv::handle(conn, head, w, c).await
+                }
+                _ => internal::handle(conn, head, w).await,
+            };
         }
         Channel::Direct => crate::http::uri::parse_absolute(&head.target)
             .map_err(|_| ProxyError::BadTarget(head.target.clone())),
@@ -441,7 +446,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
                 cached::handle(conn, head, uri, w).await
             }
             Some(_) => {
-                forward::forward(conn, head, uri, w, |resp| {
+                relay::forward(conn, head, uri, w, |resp| {
                     Some(
                         CacheOutcome::NotStored {
                             had_entry: false,
@@ -453,7 +458,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
                 })
                 .await
             }
-            None => forward::forward(conn, head, uri, w, |_| None).await,
+            None => relay::forward(conn, head, uri, w, |_| None).await,
         },
         Err(error) => Outcome::Failed {
             error,
