@@ -260,7 +260,12 @@ impl<'a> Storage<'a> {
             Storage::Local(store, hash) => {
                 local::begin_fill(store, *hash, lookup, meta, body_len).await
             }
-            Storage::Peer(owner) => Ok(owner.begin_fill(meta, body_len, w).await),
+            Storage::Peer(owner) => {
+                // The owner's outdated copy (its connection closes unread); the PUT
+                // completes our claim, if we hold one.
+                drop(lookup);
+                Ok(owner.begin_fill(meta, body_len, w).await)
+            }
         }
     }
 
