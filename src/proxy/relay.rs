@@ -35,12 +35,7 @@ pub async fn forward<C: AsyncReadRent + AsyncWriteRent>(
     };
     let mut body = BodyReader::new(req_kind);
     if let Err(e) = answer_expect(client, &req, &body).await {
-        return Outcome::Aborted {
-            status: 100,
-            bytes: 0,
-            op: Op::Pass,
-            reason: e.to_string(),
-        };
+        return Outcome::aborted(100, 0, Op::Pass, e.to_string());
     }
     let mut head_bytes = Vec::with_capacity(512);
     write_upstream_head(&req, &uri, req_kind, &[], &[], &mut head_bytes);
