@@ -1,7 +1,7 @@
 //! Cluster mode: the nodes of `cluster.nodes` pool their disks. Each cache key belongs to
 //! one node, chosen by rendezvous (highest random weight) hashing; any node serves any
-//! key by reaching its owner over the KV protocol (`proxy::kv` serves it,
-//! `proxy::peer` speaks it, `proxy::remote` is the non-owner's request path).
+//! key by reaching its owner over the KV protocol (`proxy::kv` serves it, `kv::client`
+//! speaks it, `proxy::storage::peer` puts it behind the cached flow's storage seam).
 //!
 //! This module is pure: membership, owner selection, authentication, the metadata
 //! codec, the claims of remote fills, and per-node up/down flags shared by all cores.

@@ -1,10 +1,11 @@
 //! chacha's own endpoints, reached with origin-form requests to its own address:
-//! `GET /health`, and in cluster mode the KV protocol ([`super::kv`]); without a
-//! cluster a KV request gets 404, as from the original.
+//! `GET /health` (in cluster mode the dispatch sends the KV protocol's requests to
+//! `kv.rs` first); anything else gets 404, as a KV request without a cluster does from
+//! the original.
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
-use super::{write_simple, Exchange, Op, Outcome, ProxyError, Worker};
+use super::{write_simple, Exchange, Framing, Op, Outcome, ProxyError, Worker};
 use crate::http::{BodyKind, RequestHead};
 use crate::stream::BufConn;
 
@@ -13,11 +14,6 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     head: RequestHead,
     w: &Worker,
 ) -> Outcome {
-    if let Some(cluster) = &w.cluster {
-        if crate::cluster::kv::is_kv_request(&head) {
-            return super::kv::handle(conn, head, w, cluster).await;
-        }
-    }
     // Internal endpoints take no body; one we would have to skip closes the connection.
     let has_body = !matches!(
         head.body_kind(),
@@ -26,20 +22,22 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     let keep_alive = head.keep_alive() && !has_body && !w.shutdown.is_triggered();
     let path = head.target.split('?').next().unwrap_or("");
     match (head.method.as_str(), path) {
-        ("GET", "/health") => match write_simple(&mut conn.io, 200, "OK", !keep_alive, &[]).await {
-            Ok(bytes) => Outcome::Done(Exchange {
-                status: 200,
-                bytes,
-                op: Op::Internal,
-                keep_alive,
-            }),
-            Err(e) => Outcome::Aborted {
-                status: 200,
-                bytes: 0,
-                op: Op::Internal,
-                reason: e.to_string(),
-            },
-        },
+        ("GET", "/health") => {
+            match write_simple(&mut conn.io, 200, "OK", Framing::close_if(!keep_alive), &[]).await {
+                Ok(bytes) => Outcome::Done(Exchange {
+                    status: 200,
+                    bytes,
+                    op: Op::Internal,
+                    keep_alive,
+                }),
+                Err(e) => Outcome::Aborted {
+                    status: 200,
+                    bytes: 0,
+                    op: Op::Internal,
+                    reason: e.to_string(),
+                },
+            }
+        }
         _ => Outcome::Failed {
             error: ProxyError::NotFound,
             close: !keep_alive,

@@ -8,15 +8,14 @@ pub mod connect;
 pub mod decide;
 pub mod error;
 pub mod fill;
-pub mod forward;
 pub mod handoff;
 pub mod head;
 pub mod internal;
 pub mod kv;
 pub mod origin_body;
 pub mod relay;
-pub mod remote;
 pub mod serve;
+pub mod storage;
 pub mod validate;
 
 use std::cell::Cell;
@@ -225,12 +224,31 @@ async fn read_head<S: AsyncReadRent>(conn: &mut BufConn<S>, w: &Worker, first: b
     }
 }
 
+/// Whether the client's connection stays open after a response (RFC 9112 §9.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    KeepAlive,
+    /// `Connection: close`: the connection ends with this response (RFC 9112 §9.6).
+    Close,
+}
+
+impl Framing {
+    /// [`Framing::Close`] when `close`.
+    pub fn close_if(close: bool) -> Framing {
+        if close {
+            Framing::Close
+        } else {
+            Framing::KeepAlive
+        }
+    }
+}
+
 /// Writes a short plain-text answer chacha makes itself.
 pub async fn write_simple<S: AsyncWriteRent>(
     io: &mut S,
     status: u16,
     message: &str,
-    close: bool,
+    framing: Framing,
     extra_headers: &[(&str, &str)],
 ) -> std::io::Result<u64> {
     let body = format!("{message}\n");
@@ -242,7 +260,7 @@ pub async fn write_simple<S: AsyncWriteRent>(
     for (k, v) in extra_headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
-    if close {
+    if framing == Framing::Close {
         out.push_str("Connection: close\r\n");
     }
     out.push_str("\r\n");
@@ -310,7 +328,7 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
             HeadRead::Quiet => return LoopEnd::Closed { clean: true },
             HeadRead::Error(status, msg) => {
                 log::info!("{peer} - {status} 0 0ms reject: {msg}");
-                let _ = write_simple(&mut conn.io, status, &msg, true, &[]).await;
+                let _ = write_simple(&mut conn.io, status, &msg, Framing::Close, &[]).await;
                 return LoopEnd::Closed { clean: true };
             }
         };
@@ -357,7 +375,8 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                 let close = close || !client_keep_alive || w.shutdown.is_triggered();
                 let status = error.status();
                 let msg = error.to_string();
-                let bytes = write_simple(&mut conn.io, status, &msg, close, &[]).await;
+                let bytes =
+                    write_simple(&mut conn.io, status, &msg, Framing::close_if(close), &[]).await;
                 log::warn!(
                     "{peer} \"{line}\" {status} {} {}ms {op}: {msg}",
                     bytes.as_ref().copied().unwrap_or(0),
@@ -409,7 +428,13 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
     }
     let uri = match channel {
         Channel::Direct if head.target.starts_with('/') => {
-            return internal::handle(conn, head, w).await;
+            // chacha's own address: the KV protocol in cluster mode, else its endpoints.
+            return match &w.cluster {
+                Some(c) if crate::cluster::kv::is_kv_request(&head) => {
+                    kv::handle(conn, head, w, c).await
+                }
+                _ => internal::handle(conn, head, w).await,
+            };
         }
         Channel::Direct => crate::http::uri::parse_absolute(&head.target)
             .map_err(|_| ProxyError::BadTarget(head.target.clone())),
@@ -421,7 +446,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
                 cached::handle(conn, head, uri, w).await
             }
             Some(_) => {
-                forward::forward(conn, head, uri, w, |resp| {
+                relay::forward(conn, head, uri, w, |resp| {
                     Some(
                         CacheOutcome::NotStored {
                             had_entry: false,
@@ -433,7 +458,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
                 })
                 .await
             }
-            None => forward::forward(conn, head, uri, w, |_| None).await,
+            None => relay::forward(conn, head, uri, w, |_| None).await,
         },
         Err(error) => Outcome::Failed {
             error,
