@@ -127,6 +127,17 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         }
         Arc::new(cluster)
     });
+    // Bound now, as root with --user (any port); served once the workers start.
+    let metrics = match config.metrics {
+        Some(m) => match crate::metrics::admin::bind(m.addr) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::error!("metrics: cannot listen on {}: {e}", m.addr);
+                return 1;
+            }
+        },
+        None => None,
+    };
     let disk = config.disk.clone();
     let mut settings = Settings {
         addr: config.addr,
@@ -139,6 +150,9 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         cluster,
     };
     let Some(user) = user else {
+        if let Err(code) = serve_metrics(metrics) {
+            return code;
+        }
         return server::run(settings);
     };
     // --user: bind as root (ports below 1024), drop, then open the cache as the user.
@@ -184,7 +198,21 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         Ok(store) => store,
         Err(code) => return code,
     };
+    if let Err(code) = serve_metrics(metrics) {
+        return code;
+    }
     server::serve(settings, listeners)
+}
+
+/// Starts the `metrics.addr` listener's thread, if configured.
+fn serve_metrics(listener: Option<std::net::TcpListener>) -> Result<(), i32> {
+    match listener.map(crate::metrics::admin::spawn) {
+        Some(Err(e)) => {
+            log::error!("metrics: cannot start the admin listener: {e}");
+            Err(1)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A missing cache dir is created (as root, before the drop) and given to `user`,
@@ -204,6 +232,7 @@ fn open_store(disk: Option<&DiskConfig>) -> Result<Option<Arc<Store>>, i32> {
     match disk {
         Some(disk) => match Store::open(&disk.dir, disk.limit) {
             Ok((store, report)) => {
+                crate::metrics::set_scan_duration(report.elapsed);
                 log::info!(
                     "cache {}: {} entries, {} bytes of {} (removed {} bad or temp files) in {:?}",
                     disk.dir.display(),

@@ -5,7 +5,7 @@
 //! `addr`, `disk: {dir, limit}`, `tls-interceptor: {cert, key}`,
 //! `rules: [{pattern, ignore-authorization-header, ignore-parameters,
 //! direct-connect, direct-connect-header}]`, `cluster: {secret, nodes: [{addr}]}`.
-//! Additions of ours: `workers`, `run-as-root`, `tls-interceptor.ports`, and the
+//! Additions of ours: `workers`, `run-as-root`, `metrics: {addr}`, `tls-interceptor.ports`, and the
 //! `rules: {paths: [...]}` form that the original's README documents (its code
 //! only reads the list form).
 //!
@@ -49,6 +49,7 @@ const TOP_KEYS: &[&str] = &[
     "cluster",
     "timeouts",
     "run-as-root",
+    "metrics",
 ];
 const TIMEOUT_KEYS: &[&str] = &[
     "connect",
@@ -70,6 +71,7 @@ const RULE_KEYS: &[&str] = &[
 ];
 const CLUSTER_KEYS: &[&str] = &["secret", "nodes"];
 const NODE_KEYS: &[&str] = &["addr"];
+const METRICS_KEYS: &[&str] = &["addr"];
 
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
@@ -89,6 +91,15 @@ pub struct Config {
     /// `run-as-root` (ours, default true): false makes `chacha run` refuse to keep
     /// running as root, i.e. demands `--user NAME`.
     pub run_as_root: bool,
+    /// `metrics` (ours): serve `GET /metrics` on this admin address instead of `addr`.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `metrics: {addr}` (ours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served (then not on `addr`); port 0 picks one.
+    pub addr: SocketAddr,
 }
 
 /// `disk`: where cache entries live and when eviction starts.

@@ -547,6 +547,7 @@ impl Index {
             drop(shard);
             self.len.fetch_sub(1, Ordering::AcqRel);
             self.counters.uncharge_used(info.size);
+            crate::metrics::eviction(info.size);
             return Some(Victim {
                 hash: info.hash,
                 generation: info.generation,

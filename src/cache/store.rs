@@ -356,6 +356,8 @@ impl FillWriter {
             if let Some(h) = &self.handle {
                 h.progress(self.written);
             }
+        } else {
+            crate::metrics::fill_failure(crate::metrics::FillFailure::DiskError);
         }
         (res, buf)
     }
@@ -374,10 +376,16 @@ impl FillWriter {
         let prefix = self.meta.encode();
         debug_assert_eq!(prefix.len() as u64, self.body_offset);
         let file = self.file.take().expect("file");
-        let (res, _) = file.write_all_at(prefix, 0).await;
-        res?;
-        file.close().await?;
-        monoio::fs::rename(&self.temp_path, &self.final_path).await?;
+        let (temp, fin) = (&self.temp_path, &self.final_path);
+        let written = async move {
+            file.write_all_at(prefix, 0).await.0?;
+            file.close().await?;
+            monoio::fs::rename(temp, fin).await
+        };
+        if let Err(e) = written.await {
+            crate::metrics::fill_failure(crate::metrics::FillFailure::DiskError);
+            return Err(e);
+        }
         let info = EntryInfo {
             hash: self.handle.as_ref().expect("handle").fill().hash,
             key: self.meta.key.clone(),

@@ -71,6 +71,7 @@ impl Checker {
             Some(value) => self.boolean(value, "run-as-root"),
             None => Some(true),
         };
+        let metrics = optional(map, "metrics").map(|value| self.metrics(value, "metrics"));
         if let (Some(addr), true) = (&addr, optional(map, "cluster").is_some()) {
             self.check_cluster_addr(addr);
         }
@@ -86,7 +87,17 @@ impl Checker {
             cluster,
             timeouts: timeouts?,
             run_as_root: run_as_root?,
+            metrics: metrics.map(Option::unwrap),
         })
+    }
+
+    /// `metrics:` (ours): `{addr: ip:port}`, the admin address of `GET /metrics`.
+    fn metrics(&mut self, value: &Value, path: &str) -> Option<MetricsConfig> {
+        let map = self.mapping(value, path, METRICS_KEYS)?;
+        let addr = self
+            .required(map, path, "addr")
+            .and_then(|value| self.addr(value, &join_key(path, "addr")))?;
+        Some(MetricsConfig { addr: addr.socket })
     }
 
     /// `timeouts:` (chacha's own key; the original hard-codes its timeouts).

@@ -584,3 +584,45 @@ fn bad_timeouts_name_key_and_line() {
         "",
     );
 }
+
+#[test]
+fn metrics_admin_address() {
+    assert!(ok("addr: 127.0.0.1:8080\n").metrics.is_none());
+    let config = ok("addr: 127.0.0.1:8080\nmetrics:\n  addr: 127.0.0.1:9090\n");
+    assert_eq!(
+        config.metrics,
+        Some(MetricsConfig {
+            addr: "127.0.0.1:9090".parse().unwrap()
+        })
+    );
+    let config = ok("addr: 127.0.0.1:8080\nmetrics: {addr: \":0\"}\n");
+    assert_eq!(config.metrics.unwrap().addr.port(), 0);
+}
+
+#[test]
+fn metrics_errors_name_key_and_line() {
+    assert_problem(
+        "addr: 127.0.0.1:8080\nmetrics:\n  addr: nope:x\n",
+        "metrics.addr",
+        Some(3),
+        "invalid address",
+    );
+    assert_problem(
+        "addr: 127.0.0.1:8080\nmetrics:\n  port: 9090\n",
+        "metrics.port",
+        Some(3),
+        "unknown key",
+    );
+    assert_problem(
+        "addr: 127.0.0.1:8080\nmetrics: {}\n",
+        "metrics.addr",
+        Some(2),
+        "missing required key",
+    );
+    assert_problem(
+        "addr: 127.0.0.1:8080\nmetrics: 9090\n",
+        "metrics",
+        Some(2),
+        "",
+    );
+}

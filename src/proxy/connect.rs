@@ -118,6 +118,7 @@ pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent>(
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            crate::metrics::tls_handshake_failure(crate::metrics::HandshakeFailure::Error);
             log::info!(
                 "{peer} \"{line}\" 200 0 {}ms tunnel closed: client TLS handshake failed: {}",
                 start.elapsed().as_millis(),
@@ -126,6 +127,7 @@ pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent>(
             return;
         }
         Err(_) => {
+            crate::metrics::tls_handshake_failure(crate::metrics::HandshakeFailure::Timeout);
             log::info!(
                 "{peer} \"{line}\" 200 0 {}ms tunnel closed: no TLS handshake within {:?}",
                 start.elapsed().as_millis(),

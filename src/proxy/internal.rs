@@ -1,9 +1,9 @@
 //! chacha's own endpoints, reached with origin-form requests to its own address:
-//! `GET /health` (in cluster mode the dispatch sends the KV protocol's requests to
-//! `kv.rs` first); anything else gets 404, as a KV request without a cluster does from
-//! the original.
+//! `GET /health`, `GET /metrics` (see [`crate::metrics`]; in cluster mode the dispatch
+//! sends the KV protocol's requests to `kv.rs` first); anything else gets 404, as a KV
+//! request without a cluster does from the original.
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::{write_simple, Exchange, Framing, Op, Outcome, ProxyError, Worker};
 use crate::http::{BodyKind, RequestHead};
@@ -38,10 +38,41 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
                 },
             }
         }
+        // The Prometheus exposition, unless `metrics.addr` serves it elsewhere.
+        ("GET", "/metrics") if crate::metrics::served_on_proxy_port() => {
+            metrics(conn, keep_alive).await
+        }
         _ => Outcome::Failed {
             error: ProxyError::NotFound,
             close: !keep_alive,
             op: Op::Internal,
         },
+    }
+}
+
+/// `GET /metrics`: the text exposition format 0.0.4.
+async fn metrics<S: AsyncWriteRent>(conn: &mut BufConn<S>, keep_alive: bool) -> Outcome {
+    let body = crate::metrics::scrape();
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
+        crate::metrics::CONTENT_TYPE,
+        body.len(),
+        if keep_alive {
+            ""
+        } else {
+            "Connection: close\r\n"
+        }
+    )
+    .into_bytes();
+    let bytes = body.len() as u64;
+    out.extend_from_slice(body.as_bytes());
+    match conn.io.write_all(out).await.0 {
+        Ok(_) => Outcome::Done(Exchange {
+            status: 200,
+            bytes,
+            op: Op::Internal,
+            keep_alive,
+        }),
+        Err(e) => Outcome::aborted(200, 0, Op::Internal, e.to_string()),
     }
 }

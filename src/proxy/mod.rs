@@ -301,7 +301,8 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
     w: Rc<Worker>,
 ) {
     w.active.set(w.active.get() + 1);
-    let mut conn = BufConn::new(io);
+    crate::metrics::client_connection(true);
+    let mut conn = BufConn::new(crate::metrics::Metered(io));
     if let LoopEnd::Connect {
         target,
         line,
@@ -310,6 +311,7 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
     {
         connect::tunnel(conn, target, peer, &w, &line, start).await;
     }
+    crate::metrics::client_connection(false);
     w.active.set(w.active.get() - 1);
 }
 
@@ -328,6 +330,8 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
             HeadRead::Quiet => return LoopEnd::Closed { clean: true },
             HeadRead::Error(status, msg) => {
                 log::info!("{peer} - {status} 0 0ms reject: {msg}");
+                let (m, now) = (crate::metrics::Method::Other, Instant::now());
+                count(m, status, Op::Reject, 0, now, &Default::default());
                 let _ = write_simple(&mut conn.io, status, &msg, Framing::Close, &[]).await;
                 return LoopEnd::Closed { clean: true };
             }
@@ -343,7 +347,8 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
             }
             _ => format!("{} {}", head.method, head.target),
         };
-        let outcome = match channel {
+        let method = crate::metrics::Method::of(&head.method);
+        let (outcome, scope) = match channel {
             Channel::Direct if head.method == "CONNECT" => match connect::check(&head, w) {
                 Ok(target) => {
                     return LoopEnd::Connect {
@@ -352,16 +357,20 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                         start,
                     }
                 }
-                Err(error) => Outcome::Failed {
-                    error,
-                    close: true,
-                    op: Op::Reject,
-                },
+                Err(error) => (
+                    Outcome::Failed {
+                        error,
+                        close: true,
+                        op: Op::Reject,
+                    },
+                    Default::default(),
+                ),
             },
-            _ => dispatch(conn, head, w, channel).await,
+            _ => crate::metrics::scoped(dispatch(conn, head, w, channel)).await,
         };
         let keep = match outcome {
             Outcome::Done(ex) => {
+                count(method, ex.status, ex.op, ex.bytes, start, &scope);
                 log::info!(
                     "{peer} \"{line}\" {} {} {}ms {}",
                     ex.status,
@@ -377,6 +386,8 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                 let msg = error.to_string();
                 let bytes =
                     write_simple(&mut conn.io, status, &msg, Framing::close_if(close), &[]).await;
+                let sent = bytes.as_ref().copied().unwrap_or(0);
+                count(method, status, op, sent, start, &scope);
                 log::warn!(
                     "{peer} \"{line}\" {status} {} {}ms {op}: {msg}",
                     bytes.as_ref().copied().unwrap_or(0),
@@ -390,6 +401,7 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                 op,
                 reason,
             } => {
+                count(method, status, op, bytes, start, &scope);
                 log::warn!(
                     "{peer} \"{line}\" {status} {bytes} {}ms {op} aborted: {reason}",
                     start.elapsed().as_millis()
@@ -402,6 +414,24 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
         }
         conn.shrink();
     }
+}
+
+/// Counts one request in the metrics at its log point (`bytes`: body bytes sent).
+fn count(
+    method: crate::metrics::Method,
+    status: u16,
+    op: Op,
+    bytes: u64,
+    start: Instant,
+    scope: &crate::metrics::RequestScope,
+) {
+    let total = start.elapsed();
+    // Time to the response head: the first write to the client (an error answer
+    // written here after the fact: the whole time).
+    let head = scope
+        .head_at
+        .map_or(total, |t| t.saturating_duration_since(start));
+    crate::metrics::request(method, status, op, bytes, head, total, scope.origin_bytes);
 }
 
 async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(

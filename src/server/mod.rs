@@ -178,6 +178,11 @@ pub fn serve(settings: Settings, listeners: Listeners) -> i32 {
     } else if crate::driver::uses_legacy() {
         log::warn!("CHACHA_DRIVER=legacy: using the epoll driver although io_uring is available");
     }
+    crate::metrics::set_sources(
+        settings.store.clone(),
+        settings.cluster.clone(),
+        (settings.interception.as_ref()).map(|i| i.interceptor.cache().clone()),
+    );
     let pool = monoio::blocking::DefaultThreadPool::new(BLOCKING_THREADS);
     let mut handles = Vec::new();
     let mut shutdowns = Vec::new();
@@ -359,6 +364,7 @@ async fn worker_body(
         }
     };
     let _ = ready.send(listener.local_addr());
+    crate::metrics::register_core();
     let worker = Rc::new(Worker {
         id,
         timeouts: settings.timeouts,
