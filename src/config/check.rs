@@ -71,6 +71,10 @@ impl Checker {
             Some(value) => self.boolean(value, "run-as-root"),
             None => Some(true),
         };
+        let log_format = match optional(map, "log-format") {
+            Some(value) => self.log_format(value, "log-format"),
+            None => Some(LogFormat::Text),
+        };
         if let (Some(addr), true) = (&addr, optional(map, "cluster").is_some()) {
             self.check_cluster_addr(addr);
         }
@@ -86,7 +90,23 @@ impl Checker {
             cluster,
             timeouts: timeouts?,
             run_as_root: run_as_root?,
+            log_format: log_format?,
         })
+    }
+
+    /// `log-format:` (ours): `text` or `json`.
+    fn log_format(&mut self, value: &Value, path: &str) -> Option<LogFormat> {
+        match value {
+            Value::String(text) if text == "text" => Some(LogFormat::Text),
+            Value::String(text) if text == "json" => Some(LogFormat::Json),
+            other => {
+                self.report(
+                    path,
+                    format!("expected text or json, found {}", describe(other)),
+                );
+                None
+            }
+        }
     }
 
     /// `timeouts:` (chacha's own key; the original hard-codes its timeouts).
