@@ -216,10 +216,9 @@ pub fn serve(settings: Settings, listeners: Listeners) -> i32 {
         crate::driver::name(),
         settings.workers
     );
-    let mut reloader = settings
-        .reload
-        .clone()
-        .map(|source| reload::Reloader::new(source, settings.live.clone(), settings.store.clone()));
+    let mut reloader = settings.reload.clone().map(|source| {
+        reload::Reloader::new(source, addr, settings.live.clone(), settings.store.clone())
+    });
     let sig = signals::wait_stop_signal(&mut || match &mut reloader {
         Some(r) => r.reload(),
         None => log::warn!("received SIGHUP: nothing to reload; ignored"),

@@ -38,14 +38,22 @@ pub struct Source {
 /// Applies reloads; lives on the main thread.
 pub struct Reloader {
     source: Source,
+    /// The address the listeners are bound to (the port picked when `addr` had port 0).
+    bound: std::net::SocketAddr,
     live: Arc<Live>,
     store: Option<Arc<Store>>,
 }
 
 impl Reloader {
-    pub fn new(source: Source, live: Arc<Live>, store: Option<Arc<Store>>) -> Reloader {
+    pub fn new(
+        source: Source,
+        bound: std::net::SocketAddr,
+        live: Arc<Live>,
+        store: Option<Arc<Store>>,
+    ) -> Reloader {
         Reloader {
             source,
+            bound,
             live,
             store,
         }
@@ -61,7 +69,7 @@ impl Reloader {
     pub fn reload(&mut self) {
         let Some(path) = self.source.path.clone() else {
             log::warn!(
-                "reload: chacha runs the built-in example config (no -f): nothing to re-read; no changes"
+                "reload: no changes (chacha runs the built-in example config, no -f: nothing to re-read)"
             );
             return;
         };
@@ -70,7 +78,7 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => {
                 for problem in &e.problems {
-                    log::error!("reload: {}", one_problem(&e, problem));
+                    log::error!("invalid config (reload): {}", one_problem(&e, problem));
                 }
                 log::error!(
                     "reload rejected: {} problem(s) in {}; the config in force stays",
@@ -95,10 +103,12 @@ impl Reloader {
         let old = &self.source.config;
         // Keys that take effect only at start: report, keep the running value.
         let mut restart = Vec::new();
-        if new.addr != old.addr {
+        // The bound address counts as unchanged too (the file may now name the port
+        // that `:0` picked).
+        if new.addr != old.addr && new.addr != self.bound {
             restart.push(format!(
                 "addr changed: needs a restart; keeping {}",
-                old.addr
+                self.bound
             ));
             new.addr = old.addr;
         }
@@ -293,9 +303,12 @@ impl Reloader {
         }
 
         for line in &restart {
-            log::warn!("reload: {line}");
+            log::warn!("{line}");
         }
-        changes.extend(restart);
+        if !restart.is_empty() {
+            let keys: Vec<&str> = restart.iter().filter_map(|l| l.split(' ').next()).collect();
+            changes.push(format!("not applied (needs a restart): {}", keys.join(" ")));
+        }
         self.source.config = new;
         Ok(changes)
     }
