@@ -42,6 +42,8 @@ pub fn run(config: Config) -> i32 {
 
 /// [`run`] with command-line options.
 pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
+    // First, so that every line of this run is in the configured format.
+    crate::server::accesslog::set_format(config.log_format);
     let mut user = match &opts.user {
         Some(name) => match User::lookup(name) {
             Ok(u) => Some(u),
@@ -132,7 +134,6 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         Arc::new(cluster)
     });
     let disk = config.disk.clone();
-    crate::server::accesslog::set_format(config.log_format);
     let live = Live::new(Snapshot {
         generation: 0,
         rules: Arc::new(config.rules.clone()),

@@ -113,7 +113,6 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { file, user } => {
-            // Before the first line about it, so that `log-format: json` covers the start.
             let loaded = match &file {
                 Some(file) => chacha::config::load(file),
                 None => {
