@@ -171,8 +171,22 @@ impl Reloader {
                 None
             }
             (before, Some(tls)) => {
-                let loaded = crate::app::load_interception(tls)
-                    .map_err(|e| format!("tls-interceptor: {e}"))?;
+                let loaded = match crate::app::load_interception(tls) {
+                    Ok(loaded) => loaded,
+                    // Unchanged settings whose files cannot be read now (e.g. a key only
+                    // root may read, after `--user` dropped root): keep the CA in force.
+                    Err(e) if before == &Some(tls.clone()) && snap.interception.is_some() => {
+                        log::warn!(
+                            "tls-interceptor: cannot re-read the CA ({e}); keeping the CA in force"
+                        );
+                        let i = snap.interception.clone().expect("checked");
+                        Interception {
+                            interceptor: i.interceptor.clone(),
+                            ports: tls.ports.clone(),
+                        }
+                    }
+                    Err(e) => return Err(format!("tls-interceptor: {e}")),
+                };
                 let same_ca = snap.interception.as_ref().is_some_and(|i| {
                     i.interceptor.cache().ca().cert_der()
                         == loaded.interceptor.cache().ca().cert_der()
