@@ -5,8 +5,9 @@ use std::sync::Arc;
 use crate::cache::store::Store;
 use crate::config::{Config, DiskConfig, TlsConfig};
 use crate::proxy::connect::Interception;
+use crate::server::live::{Live, Snapshot};
 use crate::server::privileges::{self, User};
-use crate::server::{self, Settings};
+use crate::server::{self, reload, Settings};
 use crate::tls::{Ca, CertCache, Interceptor};
 
 /// Exit code for an unusable configuration (before anything listens), as for config
@@ -29,6 +30,9 @@ pub struct RunOptions {
     /// `--user NAME`: drop root to this user once the listeners are bound and the CA
     /// is loaded.
     pub user: Option<String>,
+    /// `-f FILE`: what SIGHUP re-reads (live reload); `None` for the built-in example
+    /// config, which a reload cannot change.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// Runs chacha with `config` until stopped; returns the process exit code.
@@ -38,6 +42,8 @@ pub fn run(config: Config) -> i32 {
 
 /// [`run`] with command-line options.
 pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
+    // First, so that every line of this run is in the configured format.
+    crate::server::accesslog::set_format(config.log_format);
     let mut user = match &opts.user {
         Some(name) => match User::lookup(name) {
             Ok(u) => Some(u),
@@ -139,15 +145,23 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         None => None,
     };
     let disk = config.disk.clone();
+    let live = Live::new(Snapshot {
+        generation: 0,
+        rules: Arc::new(config.rules.clone()),
+        timeouts: config.timeouts,
+        interception,
+        cluster,
+    });
     let mut settings = Settings {
         addr: config.addr,
         workers: config.workers.max(1),
-        timeouts: config.timeouts,
         store,
-        rules: Arc::new(config.rules),
-        interception,
+        live,
+        reload: Some(reload::Source {
+            path: opts.config_path.clone(),
+            config,
+        }),
         tls_client,
-        cluster,
     };
     let Some(user) = user else {
         if let Err(code) = serve_metrics(metrics) {

@@ -5,7 +5,7 @@
 //! `addr`, `disk: {dir, limit}`, `tls-interceptor: {cert, key}`,
 //! `rules: [{pattern, ignore-authorization-header, ignore-parameters,
 //! direct-connect, direct-connect-header}]`, `cluster: {secret, nodes: [{addr}]}`.
-//! Additions of ours: `workers`, `run-as-root`, `metrics: {addr}`, `tls-interceptor.ports`, and the
+//! Additions of ours: `workers`, `run-as-root`, `metrics: {addr}`, `log-format`, `tls-interceptor.ports`, and the
 //! `rules: {paths: [...]}` form that the original's README documents (its code
 //! only reads the list form).
 //!
@@ -50,6 +50,7 @@ const TOP_KEYS: &[&str] = &[
     "timeouts",
     "run-as-root",
     "metrics",
+    "log-format",
 ];
 const TIMEOUT_KEYS: &[&str] = &[
     "connect",
@@ -93,6 +94,27 @@ pub struct Config {
     pub run_as_root: bool,
     /// `metrics` (ours): serve `GET /metrics` on this admin address instead of `addr`.
     pub metrics: Option<MetricsConfig>,
+    /// `log-format` (ours): `text` (default) or `json`, one JSON object per line.
+    pub log_format: LogFormat,
+}
+
+/// `log-format`: how log lines are written (`server::accesslog`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// env_logger's line, the request line as `CLIENT "REQUEST" STATUS BYTES MSms OP`.
+    #[default]
+    Text = 0,
+    /// One JSON object per line.
+    Json = 1,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// `metrics: {addr}` (ours).

@@ -200,6 +200,30 @@ impl Store {
         .await;
     }
 
+    /// A live reload's new `disk.limit` ([`Index::set_limit`]); the evicted entries'
+    /// files are deleted before it returns. Blocking: call it off the cores (the reload
+    /// runs on the main thread). Returns the entries evicted and their bytes.
+    pub fn set_limit(&self, limit: u64) -> (usize, u64) {
+        let (victims, bytes) = self.index.set_limit(limit);
+        for v in &victims {
+            // As in [`Store::delete_victims`]: a newer file may live at that path.
+            if self
+                .index
+                .peek(v.hash)
+                .is_some_and(|e| e.generation > v.generation)
+            {
+                continue;
+            }
+            let path = meta::entry_path(&self.dir, v.hash);
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    log::warn!("cache: cannot delete {}: {e}", path.display());
+                }
+            }
+        }
+        (victims.len(), bytes)
+    }
+
     fn unlink_later(&self, paths: Vec<PathBuf>) {
         drop(monoio::spawn_blocking(move || {
             for p in paths {

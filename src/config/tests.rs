@@ -626,3 +626,34 @@ fn metrics_errors_name_key_and_line() {
         "",
     );
 }
+
+#[test]
+fn log_format_text_json_and_errors() {
+    assert_eq!(ok("addr: :1\n").log_format, LogFormat::Text);
+    assert_eq!(
+        ok("addr: :1\nlog-format: text\n").log_format,
+        LogFormat::Text
+    );
+    assert_eq!(
+        ok("addr: :1\nlog-format: json\n").log_format,
+        LogFormat::Json
+    );
+    assert_problem(
+        "addr: :1\nlog-format: JSON\n",
+        "log-format",
+        Some(2),
+        "expected text or json",
+    );
+    assert_problem(
+        "addr: :1\nlog-format: [json]\n",
+        "log-format",
+        Some(2),
+        "expected text or json, found a list",
+    );
+    assert_problem(
+        "addr: :1\nlog_format: json\n",
+        "log_format",
+        Some(2),
+        "did you mean \"log-format\"?",
+    );
+}

@@ -513,9 +513,17 @@ pub fn upstream_error(e: &crate::upstream::UpstreamError) {
 #[derive(Default)]
 struct Sources {
     store: Option<Arc<crate::cache::store::Store>>,
-    cluster: Option<Arc<crate::cluster::Cluster>>,
-    certs: Option<Arc<crate::tls::CertCache>>,
+    /// The reloadable settings in force (cluster nodes, interception).
+    live: Option<Arc<crate::server::live::Live>>,
     scan: Option<Duration>,
+}
+
+/// Leaves signed since start, across CA rotations (a mint is rare: one shared counter).
+static LEAVES_MINTED: AtomicU64 = AtomicU64::new(0);
+
+/// An interception leaf was signed.
+pub fn leaf_minted() {
+    LEAVES_MINTED.fetch_add(1, Relaxed);
 }
 
 static SOURCES: Mutex<Option<Sources>> = Mutex::new(None);
@@ -528,13 +536,11 @@ fn sources<R>(f: impl FnOnce(&mut Sources) -> R) -> R {
 /// Registers the shared state the gauges are read from.
 pub fn set_sources(
     store: Option<Arc<crate::cache::store::Store>>,
-    cluster: Option<Arc<crate::cluster::Cluster>>,
-    certs: Option<Arc<crate::tls::CertCache>>,
+    live: Arc<crate::server::live::Live>,
 ) {
     sources(|s| {
         s.store = store;
-        s.cluster = cluster;
-        s.certs = certs;
+        s.live = Some(live);
     });
 }
 
@@ -588,23 +594,29 @@ pub fn snapshot() -> Snapshot {
     for b in &blocks {
         snap.totals.merge_from(b);
     }
-    sources(|s| Snapshot {
-        disk: s.store.as_ref().map(|store| Disk {
-            used: store.index.used(),
-            limit: store.index.limit(),
-            entries: store.index.len() as u64,
-            fills_in_flight: store.fills.len() as u64,
-            readers_waiting: store.fills.waiting() as u64,
-        }),
-        scan: s.scan,
-        peers: s.cluster.as_ref().map(|c| {
-            c.nodes
-                .iter()
-                .map(|n| (n.name.clone(), !n.is_down()))
-                .collect()
-        }),
-        leaves_minted: s.certs.as_ref().map(|c| c.mints()),
-        ..snap
+    sources(|s| {
+        let live = s.live.as_ref().map(|l| l.snapshot());
+        let live = live.as_deref();
+        Snapshot {
+            disk: s.store.as_ref().map(|store| Disk {
+                used: store.index.used(),
+                limit: store.index.limit(),
+                entries: store.index.len() as u64,
+                fills_in_flight: store.fills.len() as u64,
+                readers_waiting: store.fills.waiting() as u64,
+            }),
+            scan: s.scan,
+            peers: live.and_then(|l| l.cluster.as_ref()).map(|c| {
+                c.nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), !n.is_down()))
+                    .collect()
+            }),
+            leaves_minted: live
+                .and_then(|l| l.interception.as_ref())
+                .map(|_| LEAVES_MINTED.load(Relaxed)),
+            ..snap
+        }
     })
 }
 

@@ -28,6 +28,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 pub use error::ProxyError;
 
+use crate::server::accesslog::Detail;
+
 use crate::cache::open::OpenEntries;
 use crate::cache::status::Outcome as CacheOutcome;
 use crate::cache::store::Store;
@@ -40,20 +42,25 @@ use crate::upstream::Upstream;
 pub use crate::config::Timeouts;
 pub use crate::stream::bufpool::{BufPool, MAX_POOLED_BUFS, TRANSFER_BUF};
 
-/// Everything one worker (core) needs to serve its connections.
+/// Everything one worker (core) needs to serve its connections: the per-core state
+/// (shared by all generations of a core's worker) and the reloadable settings of one
+/// config generation (`server::live`).
 pub struct Worker {
     pub id: usize,
+    /// The [`crate::server::live::Snapshot`] generation this worker was built from.
+    pub generation: u64,
+    pub live: Rc<crate::server::live::CoreLive>,
     pub timeouts: Timeouts,
-    pub upstream: Upstream,
+    pub upstream: Rc<Upstream>,
     pub shutdown: Arc<Shutdown>,
-    pub bufs: BufPool,
+    pub bufs: Rc<BufPool>,
     /// Open client connections on this core (for the shutdown drain).
-    pub active: Cell<usize>,
+    pub active: Rc<Cell<usize>>,
     /// The disk cache, when `disk` is configured (shared by all cores).
     pub store: Option<Arc<Store>>,
     pub rules: Arc<Vec<Rule>>,
     /// Hot small entries kept open on this core.
-    pub open_entries: OpenEntries,
+    pub open_entries: Rc<OpenEntries>,
     /// `tls-interceptor`, when configured (shared by all cores): CONNECT opens
     /// intercepted tunnels; without it CONNECT gets 405.
     pub interception: Option<Arc<connect::Interception>>,
@@ -243,6 +250,27 @@ impl Framing {
     }
 }
 
+/// A request's log line (`log-format`).
+pub fn access_line<'a>(
+    client: SocketAddr,
+    request: Option<&'a str>,
+    status: u16,
+    bytes: u64,
+    duration_ms: u128,
+    op: Op,
+    detail: Detail<'a>,
+) -> crate::server::accesslog::Line<'a> {
+    crate::server::accesslog::Line {
+        client,
+        request,
+        status,
+        bytes,
+        duration_ms,
+        op: op.as_str(),
+        detail,
+    }
+}
+
 /// Writes a short plain-text answer chacha makes itself.
 pub async fn write_simple<S: AsyncWriteRent>(
     io: &mut S,
@@ -309,6 +337,8 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
         start,
     } = request_loop(&mut conn, peer, &w, Channel::Direct).await
     {
+        // The tunnel's handshake uses the interception in force now (live reload).
+        let w = w.newer().unwrap_or_else(|| w.clone());
         connect::tunnel(conn, target, peer, &w, &line, start).await;
     }
     crate::metrics::client_connection(false);
@@ -324,19 +354,28 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
     channel: Channel<'_>,
 ) -> LoopEnd {
     let mut first = true;
+    // This connection's worker of a newer config generation, after a live reload.
+    let mut fresher: Option<Rc<Worker>> = None;
     loop {
-        let head = match read_head(conn, w, first).await {
+        let current = fresher.as_deref().unwrap_or(w);
+        let head = match read_head(conn, current, first).await {
             HeadRead::Head(h) => h,
             HeadRead::Quiet => return LoopEnd::Closed { clean: true },
             HeadRead::Error(status, msg) => {
-                log::info!("{peer} - {status} 0 0ms reject: {msg}");
                 let (m, now) = (crate::metrics::Method::Other, Instant::now());
                 count(m, status, Op::Reject, 0, now, &Default::default());
+                access_line(peer, None, status, 0, 0, Op::Reject, Detail::Error(&msg))
+                    .log(log::Level::Info);
                 let _ = write_simple(&mut conn.io, status, &msg, Framing::Close, &[]).await;
                 return LoopEnd::Closed { clean: true };
             }
         };
         first = false;
+        // A request runs to its end with the config in force when its head arrived.
+        if let Some(newer) = current.newer() {
+            fresher = Some(newer);
+        }
+        let w = fresher.as_deref().unwrap_or(w);
         let start = Instant::now();
         // RFC 9112 §9.3: after `Connection: close` (or HTTP/1.0 without keep-alive) the
         // client expects the connection to end with this response, errors included.
@@ -371,13 +410,17 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
         let keep = match outcome {
             Outcome::Done(ex) => {
                 count(method, ex.status, ex.op, ex.bytes, start, &scope);
-                log::info!(
-                    "{peer} \"{line}\" {} {} {}ms {}",
+                let ms = start.elapsed().as_millis();
+                access_line(
+                    peer,
+                    Some(&line),
                     ex.status,
                     ex.bytes,
-                    start.elapsed().as_millis(),
-                    ex.op
-                );
+                    ms,
+                    ex.op,
+                    Detail::None,
+                )
+                .log(log::Level::Info);
                 ex.keep_alive
             }
             Outcome::Failed { error, close, op } => {
@@ -388,11 +431,9 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                     write_simple(&mut conn.io, status, &msg, Framing::close_if(close), &[]).await;
                 let sent = bytes.as_ref().copied().unwrap_or(0);
                 count(method, status, op, sent, start, &scope);
-                log::warn!(
-                    "{peer} \"{line}\" {status} {} {}ms {op}: {msg}",
-                    bytes.as_ref().copied().unwrap_or(0),
-                    start.elapsed().as_millis(),
-                );
+                let ms = start.elapsed().as_millis();
+                access_line(peer, Some(&line), status, sent, ms, op, Detail::Error(&msg))
+                    .log(log::Level::Warn);
                 bytes.is_ok() && !close
             }
             Outcome::Aborted {
@@ -402,10 +443,17 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                 reason,
             } => {
                 count(method, status, op, bytes, start, &scope);
-                log::warn!(
-                    "{peer} \"{line}\" {status} {bytes} {}ms {op} aborted: {reason}",
-                    start.elapsed().as_millis()
-                );
+                let ms = start.elapsed().as_millis();
+                access_line(
+                    peer,
+                    Some(&line),
+                    status,
+                    bytes,
+                    ms,
+                    op,
+                    Detail::Aborted(&reason),
+                )
+                .log(log::Level::Warn);
                 return LoopEnd::Closed { clean: false };
             }
         };
