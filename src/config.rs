@@ -5,8 +5,9 @@
 //! `addr`, `disk: {dir, limit}`, `tls-interceptor: {cert, key}`,
 //! `rules: [{pattern, ignore-authorization-header, ignore-parameters,
 //! direct-connect, direct-connect-header}]`, `cluster: {secret, nodes: [{addr}]}`.
-//! Additions of ours: `workers`, `run-as-root`, `tls-interceptor.ports` (and
-//! `intercept`, `passthrough-ports`, `allow-sni-mismatch`), `access`, and the
+//! Additions of ours: `workers`, `run-as-root`, `metrics: {addr}`, `log-format`,
+//! `tls-interceptor.ports` (and `intercept`, `passthrough-ports`, `allow-sni-mismatch`),
+//! `access`, and the
 //! `rules: {paths: [...]}` form that the original's README documents (its code
 //! only reads the list form).
 //!
@@ -52,6 +53,8 @@ const TOP_KEYS: &[&str] = &[
     "timeouts",
     "run-as-root",
     "access",
+    "metrics",
+    "log-format",
 ];
 const TIMEOUT_KEYS: &[&str] = &[
     "connect",
@@ -84,6 +87,7 @@ const ACCESS_KEYS: &[&str] = &["clients", "proxy-auth", "destinations", "limits"
 const PROXY_AUTH_KEYS: &[&str] = &["htpasswd"];
 const DESTINATION_KEYS: &[&str] = &["allow", "deny"];
 const LIMIT_KEYS: &[&str] = &["connections", "connections-per-client"];
+const METRICS_KEYS: &[&str] = &["addr"];
 
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
@@ -105,6 +109,10 @@ pub struct Config {
     pub run_as_root: bool,
     /// `access` (ours): who may use the proxy and where it may go.
     pub access: AccessConfig,
+    /// `metrics` (ours): serve `GET /metrics` on this admin address instead of `addr`.
+    pub metrics: Option<MetricsConfig>,
+    /// `log-format` (ours): `text` (default) or `json`, one JSON object per line.
+    pub log_format: LogFormat,
 }
 
 /// `access`: client list, proxy authentication, destination policy, connection limits.
@@ -130,6 +138,25 @@ impl Default for AccessConfig {
             proxy_auth: None,
             destinations: DestinationsConfig::default(),
             limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// `log-format`: how log lines are written (`server::accesslog`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// env_logger's line, the request line as `CLIENT "REQUEST" STATUS BYTES MSms OP`.
+    #[default]
+    Text = 0,
+    /// One JSON object per line.
+    Json = 1,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
         }
     }
 }
@@ -168,6 +195,13 @@ impl Default for LimitsConfig {
             connections_per_client: crate::access::DEFAULT_CONNECTIONS_PER_CLIENT,
         }
     }
+}
+
+/// `metrics: {addr}` (ours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served (then not on `addr`); port 0 picks one.
+    pub addr: SocketAddr,
 }
 
 /// `disk`: where cache entries live and when eviction starts.

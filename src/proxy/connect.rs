@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use super::{request_loop, write_simple, Channel, LoopEnd, Op, ProxyError, Worker};
+use super::{request_loop, write_simple, Channel, Framing, LoopEnd, Op, ProxyError, Worker};
 use crate::http::uri::{parse_absolute, parse_authority, Scheme, Uri};
 use crate::http::RequestHead;
+use crate::server::accesslog::{Detail, Line};
 use crate::stream::{BufConn, Prefixed};
 use crate::tls::Interceptor;
 
@@ -89,6 +90,19 @@ impl Target {
     }
 }
 
+/// The log line of a tunnel's CONNECT (`log-format`).
+fn tunnel_line<'a>(peer: SocketAddr, line: &'a str, ms: u128, detail: Detail<'a>) -> Line<'a> {
+    Line {
+        client: peer,
+        request: Some(line),
+        status: 200,
+        bytes: 0,
+        duration_ms: ms,
+        op: "tunnel",
+        detail,
+    }
+}
+
 /// Decides whether a CONNECT may open a tunnel: 405 without `tls-interceptor`, 406
 /// for a port neither in `tls-interceptor.ports` (as the original does) nor in
 /// `passthrough-ports`, 400 for a malformed authority (RFC 9112 §3.2.3; every spelling
@@ -130,19 +144,24 @@ pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent + std::os::fd::AsRawFd>(
         w.upstream.resolve_allowed(&target.host, target.port).await
     {
         let error = ProxyError::Upstream(e);
-        let msg = error.to_string();
-        let bytes = write_simple(&mut conn.io, error.status(), &msg, true, &[]).await;
-        log::warn!(
-            "{peer} \"{line}\" {} {} {}ms {}: {msg}",
-            error.status(),
-            bytes.unwrap_or(0),
-            start.elapsed().as_millis(),
-            Op::Reject
-        );
+        let (status, msg) = (error.status(), error.to_string());
+        let bytes = write_simple(&mut conn.io, status, &msg, Framing::Close, &[]).await;
+        Line {
+            client: peer,
+            request: Some(line),
+            status,
+            bytes: bytes.unwrap_or(0),
+            duration_ms: start.elapsed().as_millis(),
+            op: Op::Reject.as_str(),
+            detail: Detail::Error(&msg),
+        }
+        .log(log::Level::Warn);
         return;
     }
     if let Err(e) = conn.io.write_all(ESTABLISHED.to_vec()).await.0 {
-        log::info!("{peer} \"{line}\" 200 0 0ms tunnel: client gone: {e}");
+        let why = format!("client gone: {e}");
+        let ms = start.elapsed().as_millis();
+        tunnel_line(peer, line, ms, Detail::Error(&why)).log(log::Level::Info);
         return;
     }
     // Bytes the client sent right behind the CONNECT head (an eager ClientHello) are in
@@ -159,34 +178,37 @@ pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent + std::os::fd::AsRawFd>(
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            crate::metrics::tls_handshake_failure(crate::metrics::HandshakeFailure::Error);
+            let ms = start.elapsed().as_millis();
             match sni_mismatch.get() {
                 // Refused by the leaf resolver (see crate::tls::server).
-                Some(sni) => log::warn!(
-                    "{peer} \"{line}\" 200 0 {}ms tunnel closed: TLS SNI {sni:?} does not match the CONNECT host {:?} (tls-interceptor.allow-sni-mismatch: true allows it)",
-                    start.elapsed().as_millis(),
-                    target.host
-                ),
-                None => log::info!(
-                    "{peer} \"{line}\" 200 0 {}ms tunnel closed: client TLS handshake failed: {}",
-                    start.elapsed().as_millis(),
-                    crate::tls::handshake_error_reason(e)
-                ),
+                Some(sni) => {
+                    let why = format!(
+                        "TLS SNI {sni:?} does not match the CONNECT host {:?} (tls-interceptor.allow-sni-mismatch: true allows it)",
+                        target.host
+                    );
+                    tunnel_line(peer, line, ms, Detail::Closed(&why)).log(log::Level::Warn);
+                }
+                None => {
+                    let why = format!(
+                        "client TLS handshake failed: {}",
+                        crate::tls::handshake_error_reason(e)
+                    );
+                    tunnel_line(peer, line, ms, Detail::Closed(&why)).log(log::Level::Info);
+                }
             }
             return;
         }
         Err(_) => {
-            log::info!(
-                "{peer} \"{line}\" 200 0 {}ms tunnel closed: no TLS handshake within {:?}",
-                start.elapsed().as_millis(),
-                w.timeouts.client_head
-            );
+            crate::metrics::tls_handshake_failure(crate::metrics::HandshakeFailure::Timeout);
+            let why = format!("no TLS handshake within {:?}", w.timeouts.client_head);
+            let ms = start.elapsed().as_millis();
+            tunnel_line(peer, line, ms, Detail::Closed(&why)).log(log::Level::Info);
             return;
         }
     };
-    log::debug!(
-        "{peer} \"{line}\" 200 0 {}ms tunnel established",
-        start.elapsed().as_millis()
-    );
+    let ms = start.elapsed().as_millis();
+    tunnel_line(peer, line, ms, Detail::Established).log(log::Level::Debug);
     let mut conn = BufConn::new(tls);
     let end = request_loop(&mut conn, peer, w, Channel::Tunnel(&target)).await;
     if matches!(end, LoopEnd::Closed { clean: true }) {

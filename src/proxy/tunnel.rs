@@ -25,7 +25,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::connect::{Target, ESTABLISHED};
-use super::{write_simple, Op, ProxyError, Worker};
+use super::{write_simple, Framing, Op, ProxyError, Worker};
+use crate::server::accesslog::{Detail, Line};
 use crate::stream::fair::Budget;
 use crate::stream::BufConn;
 
@@ -187,6 +188,25 @@ async fn idle_watch(t: &Traffic, idle: Duration, since: Instant) {
     }
 }
 
+/// The log line of a blind tunnel (`log-format`).
+fn tunnel_line<'a>(
+    peer: SocketAddr,
+    line: &'a str,
+    bytes: u64,
+    start: Instant,
+    detail: Detail<'a>,
+) -> Line<'a> {
+    Line {
+        client: peer,
+        request: Some(line),
+        status: 200,
+        bytes,
+        duration_ms: start.elapsed().as_millis(),
+        op: Op::Tunnel.as_str(),
+        detail,
+    }
+}
+
 /// Runs a blind tunnel for `conn`, whose CONNECT head was consumed and accepted.
 pub async fn blind<S: AsyncReadRent + AsyncWriteRent + AsRawFd>(
     conn: BufConn<S>,
@@ -215,17 +235,22 @@ pub async fn blind<S: AsyncReadRent + AsyncWriteRent + AsRawFd>(
         Err(error) => {
             let mut conn = conn;
             let (status, msg) = (error.status(), error.to_string());
-            let bytes = write_simple(&mut conn.io, status, &msg, true, &[]).await;
+            let bytes = write_simple(&mut conn.io, status, &msg, Framing::Close, &[]).await;
             let op = if status == 403 {
                 Op::Reject
             } else {
                 Op::Tunnel
             };
-            log::warn!(
-                "{peer} \"{line}\" {status} {} {}ms {op}: {msg}",
-                bytes.unwrap_or(0),
-                start.elapsed().as_millis()
-            );
+            Line {
+                client: peer,
+                request: Some(line),
+                status,
+                bytes: bytes.unwrap_or(0),
+                duration_ms: start.elapsed().as_millis(),
+                op: op.as_str(),
+                detail: Detail::Error(&msg),
+            }
+            .log(log::Level::Warn);
             return;
         }
     };
@@ -247,11 +272,8 @@ pub async fn blind<S: AsyncReadRent + AsyncWriteRent + AsRawFd>(
     let client = match opened {
         Ok(c) => c,
         Err(e) => {
-            log::info!(
-                "{peer} \"{line}\" 200 0 {}ms {}: cut before any byte: {e}",
-                start.elapsed().as_millis(),
-                Op::Tunnel
-            );
+            let why = format!("cut before any byte: {e}");
+            tunnel_line(peer, line, 0, start, Detail::Closed(&why)).log(log::Level::Info);
             return;
         }
     };
@@ -297,11 +319,8 @@ pub async fn blind<S: AsyncReadRent + AsyncWriteRent + AsRawFd>(
     }
     let (up, down) = (t.up.get(), t.down.get());
     let how = why.map_or_else(|| "closed".to_string(), |w| format!("cut: {w}"));
-    log::info!(
-        "{peer} \"{line}\" 200 {down} {}ms {}: {up} bytes client->origin, {down} bytes origin->client, {how}",
-        start.elapsed().as_millis(),
-        Op::Tunnel
-    );
+    let summary = format!("{up} bytes client->origin, {down} bytes origin->client, {how}");
+    tunnel_line(peer, line, down, start, Detail::Summary(&summary)).log(log::Level::Info);
     // `io` (the client connection) and the handles close here.
     drop(io);
 }

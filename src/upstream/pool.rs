@@ -2,7 +2,7 @@
 //! locks): LIFO reuse, bounded per origin, expired after an idle time, and never reused
 //! when the origin sent anything while it sat idle.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -56,9 +56,10 @@ type IdleMap = HashMap<PoolKey, Vec<(BufConn<UpStream>, Instant)>>;
 pub struct Upstream {
     idle: RefCell<IdleMap>,
     resolver: Resolver,
-    connect_timeout: Duration,
+    /// `timeouts.connect`; a Cell so that a live reload can change it on this core.
+    connect_timeout: Cell<Duration>,
     /// Idle bound on every read after the response head (see [`UpStream`]).
-    body_timeout: Duration,
+    body_timeout: Cell<Duration>,
     /// Connector for `https` origins (verification always on).
     tls: Option<TlsConnector>,
     /// Where client-named origins may be (checked on every resolved address before
@@ -72,8 +73,8 @@ impl Upstream {
         Upstream {
             idle: RefCell::new(HashMap::new()),
             resolver: Resolver::default(),
-            connect_timeout,
-            body_timeout: DEFAULT_BODY_TIMEOUT,
+            connect_timeout: Cell::new(connect_timeout),
+            body_timeout: Cell::new(DEFAULT_BODY_TIMEOUT),
             tls: None,
             destinations: Arc::new(Destinations::allow_all()),
         }
@@ -119,28 +120,37 @@ impl Upstream {
         let addrs = self.resolve_allowed(host, port).await?;
         let mut last = UpstreamError::Connect("no address".into());
         for addr in addrs {
-            match monoio::time::timeout(self.connect_timeout, TcpStream::connect_addr(addr)).await {
+            match monoio::time::timeout(self.connect_timeout.get(), TcpStream::connect_addr(addr))
+                .await
+            {
                 Ok(Ok(tcp)) => {
                     let _ = tcp.set_nodelay(true);
                     set_keepalive(&tcp);
                     return Ok(tcp);
                 }
                 Ok(Err(e)) => last = UpstreamError::Connect(format!("{addr}: {e}")),
-                Err(_) => last = UpstreamError::ConnectTimeout(self.connect_timeout),
+                Err(_) => last = UpstreamError::ConnectTimeout(self.connect_timeout.get()),
             }
         }
         Err(last)
     }
 
     /// Sets the idle bound on body reads (`timeouts.upstream-body`).
-    pub fn with_body_timeout(mut self, d: Duration) -> Self {
-        self.body_timeout = d;
+    pub fn with_body_timeout(self, d: Duration) -> Self {
+        self.body_timeout.set(d);
         self
     }
 
     /// The idle bound on body reads every connection handed out carries.
     pub fn body_timeout(&self) -> Duration {
-        self.body_timeout
+        self.body_timeout.get()
+    }
+
+    /// A live reload's new `timeouts.connect` and `timeouts.upstream-body`: they apply
+    /// to connections handed out from now on.
+    pub fn set_timeouts(&self, connect: Duration, body: Duration) {
+        self.connect_timeout.set(connect);
+        self.body_timeout.set(body);
     }
 
     /// An upstream client that reaches `https` origins with `tls` (a verifying rustls
@@ -173,7 +183,7 @@ impl Upstream {
                 );
                 continue;
             }
-            conn.io.set_read_timeout(Some(self.body_timeout));
+            conn.io.set_read_timeout(Some(self.body_timeout.get()));
             return Some(UpstreamConn {
                 conn,
                 key: key.clone(),
@@ -210,7 +220,7 @@ impl Upstream {
         };
         let mut last = UpstreamError::Connect("no address".into());
         for addr in addrs {
-            let deadline = Instant::now() + self.connect_timeout;
+            let deadline = Instant::now() + self.connect_timeout.get();
             let tcp = match monoio::time::timeout_at(deadline.into(), TcpStream::connect_addr(addr))
                 .await
             {
@@ -220,7 +230,7 @@ impl Upstream {
                     continue;
                 }
                 Err(_) => {
-                    last = UpstreamError::ConnectTimeout(self.connect_timeout);
+                    last = UpstreamError::ConnectTimeout(self.connect_timeout.get());
                     continue;
                 }
             };
@@ -240,13 +250,13 @@ impl Upstream {
                             )))
                         }
                         Err(_) => {
-                            last = UpstreamError::ConnectTimeout(self.connect_timeout);
+                            last = UpstreamError::ConnectTimeout(self.connect_timeout.get());
                             continue;
                         }
                     }
                 }
             };
-            io.set_read_timeout(Some(self.body_timeout));
+            io.set_read_timeout(Some(self.body_timeout.get()));
             return Ok(UpstreamConn {
                 conn: BufConn::new(io),
                 key: key.clone(),
