@@ -735,3 +735,29 @@ fn tunnel_throughput() {
         t / d
     );
 }
+
+/// `access` is read at start: a reload that changes it says it needs a restart, and the
+/// destination policy in force stays.
+#[test]
+fn reload_keeps_the_destination_policy_in_force() {
+    with_deadline(DEADLINE, || {
+        let origin = Counting::start("127.0.0.1");
+        let yaml = "addr: 127.0.0.1:0\nworkers: 1\naccess:\n  destinations: {}\n";
+        let proxy = Chacha::start(yaml);
+        let url = format!("http://{}/x", origin.addr);
+        assert_eq!(get(proxy.addr(), &url).0, 403);
+        std::fs::write(
+            proxy.config_path(),
+            "addr: 127.0.0.1:0\nworkers: 1\naccess:\n  destinations:\n    allow: [127.0.0.0/8]\n",
+        )
+        .unwrap();
+        proxy.signal(libc::SIGHUP);
+        assert!(
+            proxy.wait_log("access changed: needs a restart", Duration::from_secs(10)),
+            "{}",
+            proxy.log()
+        );
+        assert_eq!(get(proxy.addr(), &url).0, 403);
+        assert_eq!(origin.others(), 0);
+    });
+}

@@ -157,6 +157,13 @@ impl Reloader {
             ));
             new.metrics = old.metrics;
         }
+        // The client list, credentials, limits and destination policy are read at start
+        // (the htpasswd file may be root's; the limits size the descriptor budget).
+        if new.access != old.access {
+            restart
+                .push("access changed: needs a restart; keeping the access rules in force".into());
+            new.access = old.access.clone();
+        }
         // Checked against the kept addr (the new one may not be in force).
         if let Some(c) = &new.cluster {
             if new.addr.ip().is_unspecified() || new.addr.port() == 0 {
