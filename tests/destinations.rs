@@ -761,3 +761,24 @@ fn reload_keeps_the_destination_policy_in_force() {
         assert_eq!(origin.others(), 0);
     });
 }
+
+/// The metrics admin listener is chacha's own address too: never a destination, even
+/// with loopback allowed.
+#[test]
+fn metrics_admin_address_is_denied_as_a_destination() {
+    with_deadline(DEADLINE, || {
+        let proxy = Chacha::start("addr: 127.0.0.1:0\nworkers: 1\nmetrics:\n  addr: 127.0.0.1:0\n");
+        let needle = "GET /metrics served on http://";
+        assert!(
+            proxy.wait_log(needle, Duration::from_secs(5)),
+            "{}",
+            proxy.log()
+        );
+        let log = proxy.log();
+        let rest = &log[log.find(needle).unwrap() + needle.len()..];
+        let admin: SocketAddr = rest[..rest.find('/').unwrap()].parse().unwrap();
+        let (status, text) = get(proxy.addr(), &format!("http://{admin}/metrics"));
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("chacha's own listening address"), "{text}");
+    });
+}
