@@ -5,8 +5,9 @@ use std::sync::Arc;
 use crate::cache::store::Store;
 use crate::config::{Config, DiskConfig, TlsConfig};
 use crate::proxy::connect::Interception;
+use crate::server::live::{Live, Snapshot};
 use crate::server::privileges::{self, User};
-use crate::server::{self, Settings};
+use crate::server::{self, reload, Settings};
 use crate::tls::{Ca, CertCache, Interceptor};
 
 /// Exit code for an unusable configuration (before anything listens), as for config
@@ -29,6 +30,9 @@ pub struct RunOptions {
     /// `--user NAME`: drop root to this user once the listeners are bound and the CA
     /// is loaded.
     pub user: Option<String>,
+    /// `-f FILE`: what SIGHUP re-reads (live reload); `None` for the built-in example
+    /// config, which a reload cannot change.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// Runs chacha with `config` until stopped; returns the process exit code.
@@ -38,6 +42,8 @@ pub fn run(config: Config) -> i32 {
 
 /// [`run`] with command-line options.
 pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
+    // First, so that every line of this run is in the configured format.
+    crate::server::accesslog::set_format(config.log_format);
     let mut user = match &opts.user {
         Some(name) => match User::lookup(name) {
             Ok(u) => Some(u),
@@ -135,19 +141,41 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         }
         Arc::new(cluster)
     });
+    // Bound now, as root with --user (any port); served once the workers start.
+    let metrics = match config.metrics {
+        Some(m) => match crate::metrics::admin::bind(m.addr) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::error!("metrics: cannot listen on {}: {e}", m.addr);
+                return 1;
+            }
+        },
+        None => None,
+    };
     let disk = config.disk.clone();
+    let live = Live::new(Snapshot {
+        generation: 0,
+        rules: Arc::new(config.rules.clone()),
+        timeouts: config.timeouts,
+        interception,
+        cluster,
+    });
     let mut settings = Settings {
         addr: config.addr,
         workers: config.workers.max(1),
-        timeouts: config.timeouts,
         store,
-        rules: Arc::new(config.rules),
-        interception,
+        live,
+        reload: Some(reload::Source {
+            path: opts.config_path.clone(),
+            config,
+        }),
         tls_client,
-        cluster,
         access,
     };
     let Some(user) = user else {
+        if let Err(code) = serve_metrics(metrics) {
+            return code;
+        }
         return server::run(settings);
     };
     // --user: bind as root (ports below 1024), drop, then open the cache as the user.
@@ -193,6 +221,9 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         Ok(store) => store,
         Err(code) => return code,
     };
+    if let Err(code) = serve_metrics(metrics) {
+        return code;
+    }
     server::serve(settings, listeners)
 }
 
@@ -242,6 +273,17 @@ pub fn build_access(config: &Config) -> Result<crate::access::Access, String> {
     Ok(crate::access::Access::new(access, peers, users, max))
 }
 
+/// Starts the `metrics.addr` listener's thread, if configured.
+fn serve_metrics(listener: Option<std::net::TcpListener>) -> Result<(), i32> {
+    match listener.map(crate::metrics::admin::spawn) {
+        Some(Err(e)) => {
+            log::error!("metrics: cannot start the admin listener: {e}");
+            Err(1)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A missing cache dir is created (as root, before the drop) and given to `user`,
 /// as systemd's `CacheDirectory=` would; an existing one is left as it is.
 fn create_cache_dir_for(dir: &std::path::Path, user: &User) -> std::io::Result<()> {
@@ -259,6 +301,7 @@ fn open_store(disk: Option<&DiskConfig>) -> Result<Option<Arc<Store>>, i32> {
     match disk {
         Some(disk) => match Store::open(&disk.dir, disk.limit) {
             Ok((store, report)) => {
+                crate::metrics::set_scan_duration(report.elapsed);
                 log::info!(
                     "cache {}: {} entries, {} bytes of {} (removed {} bad or temp files) in {:?}",
                     disk.dir.display(),

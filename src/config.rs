@@ -5,7 +5,8 @@
 //! `addr`, `disk: {dir, limit}`, `tls-interceptor: {cert, key}`,
 //! `rules: [{pattern, ignore-authorization-header, ignore-parameters,
 //! direct-connect, direct-connect-header}]`, `cluster: {secret, nodes: [{addr}]}`.
-//! Additions of ours: `workers`, `run-as-root`, `tls-interceptor.ports`, `access`, and the
+//! Additions of ours: `workers`, `run-as-root`, `metrics: {addr}`, `log-format`, `access`,
+//! `tls-interceptor.ports`, and the
 //! `rules: {paths: [...]}` form that the original's README documents (its code
 //! only reads the list form).
 //!
@@ -50,6 +51,8 @@ const TOP_KEYS: &[&str] = &[
     "cluster",
     "timeouts",
     "run-as-root",
+    "metrics",
+    "log-format",
     "access",
 ];
 const TIMEOUT_KEYS: &[&str] = &[
@@ -76,6 +79,7 @@ const ACCESS_KEYS: &[&str] = &["clients", "proxy-auth", "destinations", "limits"
 const PROXY_AUTH_KEYS: &[&str] = &["htpasswd"];
 const DESTINATION_KEYS: &[&str] = &["allow", "deny"];
 const LIMIT_KEYS: &[&str] = &["connections", "connections-per-client"];
+const METRICS_KEYS: &[&str] = &["addr"];
 
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
@@ -95,6 +99,10 @@ pub struct Config {
     /// `run-as-root` (ours, default true): false makes `chacha run` refuse to keep
     /// running as root, i.e. demands `--user NAME`.
     pub run_as_root: bool,
+    /// `metrics` (ours): serve `GET /metrics` on this admin address instead of `addr`.
+    pub metrics: Option<MetricsConfig>,
+    /// `log-format` (ours): `text` (default) or `json`, one JSON object per line.
+    pub log_format: LogFormat,
     /// `access` (ours): who may use the proxy and where it may go.
     pub access: AccessConfig,
 }
@@ -122,6 +130,25 @@ impl Default for AccessConfig {
             proxy_auth: None,
             destinations: DestinationsConfig::default(),
             limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// `log-format`: how log lines are written (`server::accesslog`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// env_logger's line, the request line as `CLIENT "REQUEST" STATUS BYTES MSms OP`.
+    #[default]
+    Text = 0,
+    /// One JSON object per line.
+    Json = 1,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
         }
     }
 }
@@ -160,6 +187,13 @@ impl Default for LimitsConfig {
             connections_per_client: crate::access::DEFAULT_CONNECTIONS_PER_CLIENT,
         }
     }
+}
+
+/// `metrics: {addr}` (ours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served (then not on `addr`); port 0 picks one.
+    pub addr: SocketAddr,
 }
 
 /// `disk`: where cache entries live and when eviction starts.

@@ -8,6 +8,7 @@ pub mod driver;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod stream;

@@ -62,7 +62,9 @@ enum CaCommand {
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(chacha::server::accesslog::format_record)
+        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file } => match chacha::config::load(&file) {
@@ -127,7 +129,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let code = chacha::app::run_with(config, &chacha::app::RunOptions { user });
+            let opts = chacha::app::RunOptions {
+                user,
+                config_path: file,
+            };
+            let code = chacha::app::run_with(config, &opts);
             ExitCode::from(code as u8)
         }
     }

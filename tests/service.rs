@@ -765,8 +765,8 @@ fn systemd_unit_passes_systemd_analyze_verify_and_is_hardened() {
     });
 }
 
-/// `systemctl reload` (the unit's ExecReload) sends SIGHUP. Until live reload exists it
-/// must not stop the proxy (SIGHUP's default action would): it is logged and ignored.
+/// `systemctl reload` (the unit's ExecReload) sends SIGHUP. It runs the live reload
+/// (tests/reload.rs) and must not stop the proxy (SIGHUP's default action would).
 #[test]
 fn sighup_is_logged_and_ignored_not_fatal() {
     with_deadline(DEADLINE, || {

@@ -196,6 +196,18 @@ impl Fills {
         self.len() == 0
     }
 
+    /// Readers waiting for a change of a fill in flight (for the metrics; takes every
+    /// lock, so only a scrape calls it). A waiter that gave up stays counted until the
+    /// fill's next change.
+    pub fn waiting(&self) -> usize {
+        let fills: Vec<Arc<Fill>> = self
+            .shards
+            .iter()
+            .flat_map(|s| lock(s).values().cloned().collect::<Vec<_>>())
+            .collect();
+        fills.iter().map(|f| lock(&f.inner).wakers.len()).sum()
+    }
+
     fn remove(&self, fill: &Arc<Fill>) {
         let mut map = lock(self.shard(fill.hash));
         if map.get(&fill.hash).is_some_and(|f| Arc::ptr_eq(f, fill)) {

@@ -120,7 +120,8 @@ impl std::error::Error for TooBig {}
 
 #[derive(Debug)]
 struct Counters {
-    limit: u64,
+    /// `disk.limit`; changed by a live reload ([`Index::set_limit`]).
+    limit: AtomicU64,
     /// used + reserved; the only counter the limit is enforced on.
     charged: AtomicU64,
     used: AtomicU64,
@@ -132,7 +133,8 @@ impl Counters {
     fn try_charge(&self, bytes: u64) -> bool {
         self.charged
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-                c.checked_add(bytes).filter(|&n| n <= self.limit)
+                c.checked_add(bytes)
+                    .filter(|&n| n <= self.limit.load(Ordering::Relaxed))
             })
             .is_ok()
     }
@@ -378,7 +380,7 @@ impl Index {
                 })
                 .collect(),
             counters: Arc::new(Counters {
-                limit,
+                limit: AtomicU64::new(limit),
                 charged: AtomicU64::new(0),
                 used: AtomicU64::new(0),
                 reserved: AtomicU64::new(0),
@@ -390,7 +392,28 @@ impl Index {
     }
 
     pub fn limit(&self) -> u64 {
-        self.counters.limit
+        self.counters.limit.load(Ordering::Relaxed)
+    }
+
+    /// A live reload's new `disk.limit`. Growing just allows more; shrinking evicts the
+    /// least recently used entries at once until entries + in-flight fills fit (fills
+    /// in flight are not cut: when they alone exceed the new limit, eviction stops at
+    /// an empty index and their commits bring the total back under it). Returns the
+    /// victims (the caller deletes their files) and the bytes they held.
+    pub fn set_limit(&self, limit: u64) -> (Vec<Victim>, u64) {
+        self.counters.limit.store(limit, Ordering::Relaxed);
+        let mut victims = Vec::new();
+        let mut bytes = 0;
+        while self.counters.charged.load(Ordering::Acquire) > limit {
+            match self.evict_one_sized() {
+                Some((v, size)) => {
+                    victims.push(v);
+                    bytes += size;
+                }
+                None => break,
+            }
+        }
+        (victims, bytes)
     }
 
     /// Bytes of committed entries.
@@ -523,6 +546,11 @@ impl Index {
 
     /// Removes the globally least recently used entry. `None` if the index is empty.
     fn evict_one(&self) -> Option<Victim> {
+        self.evict_one_sized().map(|(v, _)| v)
+    }
+
+    /// [`Index::evict_one`], with the size of the entry removed.
+    fn evict_one_sized(&self) -> Option<(Victim, u64)> {
         let mut attempt = 0;
         loop {
             let (want_tick, s) = self
@@ -547,10 +575,14 @@ impl Index {
             drop(shard);
             self.len.fetch_sub(1, Ordering::AcqRel);
             self.counters.uncharge_used(info.size);
-            return Some(Victim {
-                hash: info.hash,
-                generation: info.generation,
-            });
+            crate::metrics::eviction(info.size);
+            return Some((
+                Victim {
+                    hash: info.hash,
+                    generation: info.generation,
+                },
+                info.size,
+            ));
         }
     }
 

@@ -61,7 +61,10 @@ fn fwd(had_entry: bool) -> &'static str {
 
 impl Outcome {
     /// The `Cache-Status` field value, e.g. `chacha; fwd=uri-miss; fwd-status=200; stored`.
+    /// Every proxied response's value is made here, once: this is also where the outcome
+    /// is counted (`chacha_cache_outcomes_total`, `chacha_cache_not_stored_total`).
     pub fn header_value(&self) -> String {
+        crate::metrics::cache_outcome(self);
         match *self {
             Outcome::Revalidated => format!("{CACHE_NAME}; hit"),
             Outcome::Stored { replaced } => {

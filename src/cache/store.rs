@@ -200,6 +200,30 @@ impl Store {
         .await;
     }
 
+    /// A live reload's new `disk.limit` ([`Index::set_limit`]); the evicted entries'
+    /// files are deleted before it returns. Blocking: call it off the cores (the reload
+    /// runs on the main thread). Returns the entries evicted and their bytes.
+    pub fn set_limit(&self, limit: u64) -> (usize, u64) {
+        let (victims, bytes) = self.index.set_limit(limit);
+        for v in &victims {
+            // As in [`Store::delete_victims`]: a newer file may live at that path.
+            if self
+                .index
+                .peek(v.hash)
+                .is_some_and(|e| e.generation > v.generation)
+            {
+                continue;
+            }
+            let path = meta::entry_path(&self.dir, v.hash);
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    log::warn!("cache: cannot delete {}: {e}", path.display());
+                }
+            }
+        }
+        (victims.len(), bytes)
+    }
+
     fn unlink_later(&self, paths: Vec<PathBuf>) {
         drop(monoio::spawn_blocking(move || {
             for p in paths {
@@ -356,6 +380,8 @@ impl FillWriter {
             if let Some(h) = &self.handle {
                 h.progress(self.written);
             }
+        } else {
+            crate::metrics::fill_failure(crate::metrics::FillFailure::DiskError);
         }
         (res, buf)
     }
@@ -374,10 +400,16 @@ impl FillWriter {
         let prefix = self.meta.encode();
         debug_assert_eq!(prefix.len() as u64, self.body_offset);
         let file = self.file.take().expect("file");
-        let (res, _) = file.write_all_at(prefix, 0).await;
-        res?;
-        file.close().await?;
-        monoio::fs::rename(&self.temp_path, &self.final_path).await?;
+        let (temp, fin) = (&self.temp_path, &self.final_path);
+        let written = async move {
+            file.write_all_at(prefix, 0).await.0?;
+            file.close().await?;
+            monoio::fs::rename(temp, fin).await
+        };
+        if let Err(e) = written.await {
+            crate::metrics::fill_failure(crate::metrics::FillFailure::DiskError);
+            return Err(e);
+        }
         let info = EntryInfo {
             hash: self.handle.as_ref().expect("handle").fill().hash,
             key: self.meta.key.clone(),

@@ -1,7 +1,7 @@
 //! Cluster mode: the nodes of `cluster.nodes` pool their disks. Each cache key belongs to
 //! one node, chosen by rendezvous (highest random weight) hashing; any node serves any
-//! key by reaching its owner over the KV protocol (`proxy::kv` serves it,
-//! `proxy::peer` speaks it, `proxy::remote` is the non-owner's request path).
+//! key by reaching its owner over the KV protocol (`proxy::kv` serves it, `kv::client`
+//! speaks it, `proxy::storage::peer` puts it behind the cached flow's storage seam).
 //!
 //! This module is pure: membership, owner selection, authentication, the metadata
 //! codec, the claims of remote fills, and per-node up/down flags shared by all cores.
@@ -13,6 +13,7 @@ pub mod metadata;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use xxhash_rust::xxh3::Xxh3;
 
@@ -94,19 +95,34 @@ pub enum Owner<'a> {
 pub struct Cluster {
     /// This node's `addr`.
     pub me: SocketAddr,
-    pub nodes: Vec<Node>,
+    /// Shared with the cluster of the next live reload while the node stays listed, so
+    /// its health carries over.
+    pub nodes: Vec<Arc<Node>>,
     pub secret: String,
     /// This node's index in `nodes`; `None` for a pure front end (owns no key).
     pub local: Option<usize>,
     /// The `Authorization` value sent to peers.
     pub authorization: String,
-    /// Fills that other nodes claimed on this node.
-    pub claims: Claims,
+    /// Fills that other nodes claimed on this node (kept across live reloads).
+    pub claims: Arc<Claims>,
 }
 
 impl Cluster {
     pub fn new(me: SocketAddr, config: &ClusterConfig) -> Cluster {
-        let nodes: Vec<Node> = config.nodes.iter().map(|&a| Node::new(a)).collect();
+        Cluster::reloaded(None, me, config)
+    }
+
+    /// The cluster of a live reload's `config`: nodes still listed keep their `Node`
+    /// (health) from `old`, and the claims other nodes hold here stay.
+    pub fn reloaded(old: Option<&Cluster>, me: SocketAddr, config: &ClusterConfig) -> Cluster {
+        let nodes: Vec<Arc<Node>> = config
+            .nodes
+            .iter()
+            .map(|&a| {
+                old.and_then(|o| o.nodes.iter().find(|n| n.addr == a).cloned())
+                    .unwrap_or_else(|| Arc::new(Node::new(a)))
+            })
+            .collect();
         let local = nodes.iter().position(|n| n.addr == me);
         Cluster {
             me,
@@ -114,7 +130,7 @@ impl Cluster {
             secret: config.secret.clone(),
             local,
             authorization: auth::header_value(&config.secret),
-            claims: Claims::default(),
+            claims: old.map_or_else(Arc::default, |o| o.claims.clone()),
         }
     }
 

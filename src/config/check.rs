@@ -71,6 +71,11 @@ impl Checker {
             Some(value) => self.boolean(value, "run-as-root"),
             None => Some(true),
         };
+        let metrics = optional(map, "metrics").map(|value| self.metrics(value, "metrics"));
+        let log_format = match optional(map, "log-format") {
+            Some(value) => self.log_format(value, "log-format"),
+            None => Some(LogFormat::Text),
+        };
         let access = match optional(map, "access") {
             Some(value) => self.access(value, "access"),
             None => Some(AccessConfig::default()),
@@ -91,7 +96,33 @@ impl Checker {
             timeouts: timeouts?,
             run_as_root: run_as_root?,
             access: access?,
+            metrics: metrics.map(Option::unwrap),
+            log_format: log_format?,
         })
+    }
+
+    /// `log-format:` (ours): `text` or `json`.
+    fn log_format(&mut self, value: &Value, path: &str) -> Option<LogFormat> {
+        match value {
+            Value::String(text) if text == "text" => Some(LogFormat::Text),
+            Value::String(text) if text == "json" => Some(LogFormat::Json),
+            other => {
+                self.report(
+                    path,
+                    format!("expected text or json, found {}", describe(other)),
+                );
+                None
+            }
+        }
+    }
+
+    /// `metrics:` (ours): `{addr: ip:port}`, the admin address of `GET /metrics`.
+    fn metrics(&mut self, value: &Value, path: &str) -> Option<MetricsConfig> {
+        let map = self.mapping(value, path, METRICS_KEYS)?;
+        let addr = self
+            .required(map, path, "addr")
+            .and_then(|value| self.addr(value, &join_key(path, "addr")))?;
+        Some(MetricsConfig { addr: addr.socket })
     }
 
     /// `access:` (ours; the original has no access control).

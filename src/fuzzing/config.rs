@@ -84,6 +84,7 @@ fn check_config(config: &Config) {
     assert_eq!(again.disk, config.disk);
     assert_eq!(again.tls_interceptor, config.tls_interceptor);
     assert_eq!(again.cluster, config.cluster);
+    assert_eq!(again.metrics, config.metrics);
     let rules = |c: &Config| -> Vec<String> {
         c.rules
             .iter()
@@ -195,6 +196,9 @@ fn config_yaml(config: &Config) -> String {
                 ("nodes", Value::Sequence(nodes)),
             ]),
         );
+    }
+    if let Some(m) = &config.metrics {
+        root.insert(s("metrics"), map([("addr", s(&m.addr.to_string()))]));
     }
     serde_yaml_ng::to_string(&Value::Mapping(root)).expect("a mapping of plain values")
 }

@@ -10,6 +10,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use super::{request_loop, Channel, LoopEnd, ProxyError, Worker};
 use crate::http::uri::{parse_absolute, parse_authority, Scheme, Uri};
 use crate::http::RequestHead;
+use crate::server::accesslog::{Detail, Line};
 use crate::stream::{BufConn, Prefixed};
 use crate::tls::Interceptor;
 
@@ -71,6 +72,19 @@ impl Target {
     }
 }
 
+/// The log line of a tunnel's CONNECT (`log-format`).
+fn tunnel_line<'a>(peer: SocketAddr, line: &'a str, ms: u128, detail: Detail<'a>) -> Line<'a> {
+    Line {
+        client: peer,
+        request: Some(line),
+        status: 200,
+        bytes: 0,
+        duration_ms: ms,
+        op: "tunnel",
+        detail,
+    }
+}
+
 /// Decides whether a CONNECT may open an intercepted tunnel: 405 without
 /// `tls-interceptor`, 406 for a port not in `tls-interceptor.ports` (as the original
 /// does), 400 for a malformed authority (RFC 9112 §3.2.3).
@@ -101,7 +115,9 @@ pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent>(
         return; // check() let it through only with an interceptor
     };
     if let Err(e) = conn.io.write_all(ESTABLISHED.to_vec()).await.0 {
-        log::info!("{peer} \"{line}\" 200 0 0ms tunnel: client gone: {e}");
+        let why = format!("client gone: {e}");
+        let ms = start.elapsed().as_millis();
+        tunnel_line(peer, line, ms, Detail::Error(&why)).log(log::Level::Info);
         return;
     }
     // Bytes the client sent right behind the CONNECT head (an eager ClientHello) are in
@@ -118,26 +134,25 @@ pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent>(
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            log::info!(
-                "{peer} \"{line}\" 200 0 {}ms tunnel closed: client TLS handshake failed: {}",
-                start.elapsed().as_millis(),
+            crate::metrics::tls_handshake_failure(crate::metrics::HandshakeFailure::Error);
+            let why = format!(
+                "client TLS handshake failed: {}",
                 crate::tls::handshake_error_reason(e)
             );
+            let ms = start.elapsed().as_millis();
+            tunnel_line(peer, line, ms, Detail::Closed(&why)).log(log::Level::Info);
             return;
         }
         Err(_) => {
-            log::info!(
-                "{peer} \"{line}\" 200 0 {}ms tunnel closed: no TLS handshake within {:?}",
-                start.elapsed().as_millis(),
-                w.timeouts.client_head
-            );
+            crate::metrics::tls_handshake_failure(crate::metrics::HandshakeFailure::Timeout);
+            let why = format!("no TLS handshake within {:?}", w.timeouts.client_head);
+            let ms = start.elapsed().as_millis();
+            tunnel_line(peer, line, ms, Detail::Closed(&why)).log(log::Level::Info);
             return;
         }
     };
-    log::debug!(
-        "{peer} \"{line}\" 200 0 {}ms tunnel established",
-        start.elapsed().as_millis()
-    );
+    let ms = start.elapsed().as_millis();
+    tunnel_line(peer, line, ms, Detail::Established).log(log::Level::Debug);
     let mut conn = BufConn::new(tls);
     let end = request_loop(&mut conn, peer, w, Channel::Tunnel(&target)).await;
     if matches!(end, LoopEnd::Closed { clean: true }) {

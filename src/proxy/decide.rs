@@ -1,7 +1,7 @@
 //! The always-validating decision, as a pure function: what the flow does once the origin
 //! answered its conditional request (RFC 9111 §4.3: every request is validated), given
-//! what this node (or the key's owner) holds for the key. Written once for the local
-//! flow (`cached.rs`) and the flow through a key's owner (`remote.rs`).
+//! what the key's storage (this node's disk, or the key's owner) holds for the key. Used
+//! by the one cached flow (`cached.rs`), whatever the storage.
 
 use crate::cache::policy::{should_drop_on_status, NotStorable};
 

@@ -1,75 +1,67 @@
-//! The fill: a storable 200 streamed origin → cache file at the origin's speed, resumed
-//! with Range/If-Range when the origin cuts it (RFC 9110 §13.1.5, §14.2), its digest
-//! checked at every body end, then committed; the leader's client reads the file behind.
+//! The fill, whatever its sink (this node's disk or the key's owner over a KV PUT): a
+//! storable 200 streamed origin → sink at the origin's speed, resumed with
+//! Range/If-Range when the origin cuts it (RFC 9110 §13.1.5, §14.2), its digest checked
+//! at every body end, and committed before the client gets its last byte. The client is
+//! fed behind the sink: it reads back what the sink took, or takes the pieces from a
+//! small bounded hand-off queue ([`Handoff`]); never does the fill wait on it while the
+//! sink feeds other readers.
 
-use monoio::fs::File;
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::io::AsyncWriteRent;
 
 use super::client_side::ClientSide;
 use super::handoff::Handoff;
 use super::origin_body::OriginBody;
 use super::serve::stream_fill;
+use super::storage::{peer, ReadBack, Sink};
 use super::{Op, Outcome, Worker};
-use crate::cache::fill::{Fill, StreamInfo};
 use crate::cache::status::Outcome as CacheOutcome;
-use crate::cache::store::FillWriter;
 use crate::http::uri::Uri;
 use crate::http::{BodyKind, RequestHead, ResponseHead};
 use crate::stream::fair::Budget;
 use crate::stream::BufConn;
 use crate::upstream::UpstreamConn;
 
-/// Streams a storable 200 into the cache and to the client. The fill belongs to the
-/// cache and never waits on any one client: the origin → file loop ([`fill_from_origin`])
-/// runs at the origin's speed, and the leader's client is served from the fill's file
-/// like any joined reader ([`serve_leader`]), both in this task. If the client goes away
-/// or stops reading, the fill goes on. A blob URL's body is checked against its SHA-256
-/// before the entry is committed, and no reader gets the last byte before that.
+/// What a fill is for: its URL (to resume it), whether it replaces an entry, and the
+/// digest a blob URL promises.
+pub(crate) struct FillTarget<'a> {
+    pub(crate) uri: &'a Uri,
+    pub(crate) replaced: bool,
+    pub(crate) digest: Option<[u8; 32]>,
+}
+
+/// Streams a storable 200 into `sink` and to the client, both in this task: the origin
+/// side ([`origin_to_sink`]) and the client side ([`client_of_fill`]). If the client
+/// goes away or stops reading, the fill goes on. A blob URL's body is checked against
+/// its SHA-256 before the entry is committed, and no reader gets the last byte before
+/// that.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn fill<C: AsyncReadRent + AsyncWriteRent>(
+pub(crate) async fn fill<C: AsyncWriteRent>(
     client: &mut BufConn<C>,
     req: &RequestHead,
     up: UpstreamConn,
     resp: ResponseHead,
     kind: BodyKind,
-    writer: FillWriter,
+    sink: Option<Sink<'_>>,
+    read_back: ReadBack<'_>,
     target: FillTarget<'_>,
+    op: Op,
     w: &Worker,
 ) -> Outcome {
-    let op = Op::Fill;
-    let fill = writer.fill().clone();
-    let info = fill
-        .snapshot()
-        .info
-        .expect("a started fill has its stream info");
-    let handoff = Handoff::default();
-    // The leader's client reads the fill through its own descriptor, opened now: the
-    // temp file may be renamed or unlinked before the client gets to it.
-    let file = match File::open(&info.temp_path).await {
-        Ok(f) => Some(f),
-        Err(e) => {
-            log::warn!(
-                "cache: cannot read back the fill file {}: {e}",
-                info.temp_path.display()
-            );
-            None
-        }
-    };
-    let writer = match file {
-        Some(_) => Some(writer),
-        None => {
-            // Nothing can read the file back: store nothing, hand every piece over.
-            drop(writer);
-            handoff.start(0);
-            None
-        }
+    let handoff = Handoff::new(read_back.reads_back_first());
+    if read_back.reads_back_first() && sink.is_none() {
+        // Nothing to read back: every piece is handed over.
+        handoff.switch(0);
+    }
+    let owner = match &read_back {
+        ReadBack::Peer { owner, .. } => owner.node.name.as_str(),
+        ReadBack::Disk { .. } => "",
     };
     let stored = CacheOutcome::Stored {
         replaced: target.replaced,
     };
     let (origin_result, mut cs) = monoio::join!(
-        fill_from_origin(req, up, &resp, kind, writer, &target, &handoff, w),
-        serve_leader(client, req, &resp, kind, stored, &fill, &info, file, &handoff, w, op)
+        origin_to_sink(req, up, &resp, kind, sink, &target, &handoff, owner, w),
+        client_of_fill(client, req, &resp, kind, stored, read_back, &handoff, w, op)
     );
     if let (Err(origin), Some(_)) = (origin_result, &cs.error) {
         // The client was cut because the fill failed: say why.
@@ -78,19 +70,23 @@ pub(crate) async fn fill<C: AsyncReadRent + AsyncWriteRent>(
     cs.outcome(op)
 }
 
-/// The origin → cache file side of a fill: reads the body (resuming a cut one), hashes a
-/// blob, writes the file and publishes progress, commits. When the file cannot be
-/// written (disk full) the fill fails for its readers and the rest of the body is handed
-/// to the leader's client through `handoff`. Returns why the body failed, if it did.
+/// The origin → sink side of a fill, the one fill loop: reads the body (resuming a cut
+/// one while it is stored), hashes a blob, writes the sink, commits it before the last
+/// piece goes to the client side, and hands pieces to a client that takes them from the
+/// queue: without waiting while the sink feeds others (a client that falls behind
+/// switches to reading back), waiting for room when nobody else needs this body. A sink
+/// that fails stops storing; the client then gets the rest from the queue where what
+/// the sink took stays readable. Returns why the body failed, if it did.
 #[allow(clippy::too_many_arguments)]
-async fn fill_from_origin(
+async fn origin_to_sink(
     req: &RequestHead,
     up: UpstreamConn,
     resp: &ResponseHead,
     kind: BodyKind,
-    mut writer: Option<FillWriter>,
+    mut sink: Option<Sink<'_>>,
     target: &FillTarget<'_>,
     handoff: &Handoff,
+    owner: &str,
     w: &Worker,
 ) -> Result<(), String> {
     let mut body = OriginBody::new(req, target.uri, resp, kind, up, target.digest);
@@ -98,96 +94,141 @@ async fn fill_from_origin(
     let mut budget = Budget::default();
     let result = loop {
         // A cut body is resumed while it is being stored.
-        let (pos, n) = match body.next(&mut buf, writer.is_some(), w).await {
+        let (pos, n) = match body.next(&mut buf, sink.is_some(), w).await {
             Ok(Some(piece)) => piece,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
-        if let Some(fw) = writer.as_mut() {
-            let (res, b) = fw.write(buf.take()).await;
+        if let Some(s) = sink.as_mut() {
+            let (res, b) = s.write(buf.take()).await;
             buf.put_back(b);
             if let Err(e) = res {
-                log::warn!("cache: fill of {} stopped: {e}", req.target);
-                // Fails the fill (its readers abort, the temp file goes); the leader's
-                // client gets the rest from memory.
-                writer = None;
-                handoff.start(pos);
+                s.log_stopped(req, &e);
+                let keeps = s.keeps_what_it_took();
+                // Fails the fill: its readers abort (a disk fill's temp file goes).
+                sink = None;
+                if keeps && !handoff.on_queue() {
+                    // The client reads what the sink took, then the rest from memory.
+                    handoff.switch(pos);
+                }
             }
         }
-        if writer.is_none() {
-            if !handoff.push(pos, buf.take()).await {
-                break Err("the client went away".into());
-            }
-            buf.put_back(w.bufs.get());
+        let feeds_others = sink.is_some();
+        if body.is_done() {
+            // Committed before the client sees its last byte, so that a request it sends
+            // right after finds the entry.
+            commit(sink.take(), handoff, req, w).await;
         }
+        if !handoff.is_gone() && handoff.on_queue() {
+            match handoff.try_push(pos, buf.take()) {
+                Ok(()) => buf.put_back(w.bufs.get()),
+                Err(b) if feeds_others => {
+                    // The client fell behind: it reads the rest back from the sink.
+                    log::info!(
+                        "cluster: the client of {} fell behind at byte {pos}; it continues from {owner}",
+                        req.target,
+                    );
+                    buf.put_back(b);
+                    handoff.switch(pos);
+                }
+                Err(b) => {
+                    if !handoff.push(pos, b).await {
+                        break Err("the client went away".into());
+                    }
+                    buf.put_back(w.bufs.get());
+                }
+            }
+        } else if handoff.is_gone() && sink.is_none() && !body.is_done() {
+            // Nobody wants the rest of this body.
+            break Err("the client went away".into());
+        }
+        buf.clear();
         budget.spend(n).await;
         if body.is_done() {
             break Ok(());
         }
     };
     if let Err(e) = result {
-        drop(writer); // fails the fill: readers abort, the temp file goes
+        if let Some(s) = sink {
+            s.abort().await; // never committed: the fill fails for its readers
+        }
         handoff.end(Err(e.clone()));
         return Err(e);
     }
-    if let Some(fw) = writer {
-        let written = fw.written();
-        if let Err(e) = fw.commit().await {
-            log::warn!("cache: cannot commit {}: {e}", req.target);
-            // The file holds the whole body: the leader's client reads it all.
-            handoff.start(written);
-        }
-    }
+    commit(sink, handoff, req, w).await;
     handoff.end(Ok(()));
     body.release(w);
     Ok(())
 }
 
-/// The leader's client side of a fill: the head, then the body read back from the
-/// fill's file as it is written (as a joined reader does), then from `handoff` if the
-/// file write failed. Runs at the client's speed without holding the fill back.
+/// Commits the sink, if any. When that fails where what the sink took stays readable,
+/// the client reads it all back (the body is whole).
+async fn commit(sink: Option<Sink<'_>>, handoff: &Handoff, req: &RequestHead, w: &Worker) {
+    let Some(sink) = sink else {
+        return;
+    };
+    let keeps = sink.keeps_what_it_took();
+    if let Err(held) = sink.commit(req, w).await {
+        if keeps && !handoff.on_queue() {
+            handoff.switch(held);
+        }
+    }
+}
+
+/// The client side of a fill: the head, then the body at the client's speed without
+/// holding the fill back: read back from the fill's file as it is written (as a joined
+/// reader does), then from the queue if the file write failed; or, through the owner,
+/// from the queue, then read back from the owner's fill once it fell behind.
 #[allow(clippy::too_many_arguments)]
-async fn serve_leader<C: AsyncWriteRent>(
+async fn client_of_fill<C: AsyncWriteRent>(
     client: &mut BufConn<C>,
     req: &RequestHead,
     resp: &ResponseHead,
     kind: BodyKind,
     stored: CacheOutcome,
-    fill: &Fill,
-    info: &StreamInfo,
-    file: Option<File>,
+    read_back: ReadBack<'_>,
     handoff: &Handoff,
     w: &Worker,
     op: Op,
 ) -> ClientSide {
     let mut cs = ClientSide::begin(client, req, resp, kind, stored, w, op).await;
     if cs.wants_body() {
-        let (sent, result) = stream_fill(
-            client,
-            fill,
-            info,
-            file.as_ref(),
-            cs.start,
-            cs.end,
-            cs.writer,
-            Some(handoff),
-            w,
-        )
-        .await;
-        cs.sent = sent;
-        match result {
-            Ok(()) => cs.finish(client).await,
-            Err(e) => cs.error = Some(e),
+        match read_back {
+            ReadBack::Disk { fill, info, file } => {
+                let copy = &mut cs.copy;
+                let res = stream_fill(client, &fill, &info, file.as_ref(), copy, Some(handoff), w);
+                match res.await {
+                    Ok(()) => cs.finish(client).await,
+                    Err(e) => cs.error = Some(e),
+                }
+            }
+            ReadBack::Peer { owner, key } => {
+                let mut next = 0u64; // the next body byte the client side needs
+                while cs.wants_body() && next < cs.copy.end {
+                    let version = handoff.version();
+                    if let Some((pos, buf)) = handoff.pop() {
+                        next = pos + buf.len() as u64;
+                        w.bufs.put(cs.write_piece(client, buf, pos).await);
+                        continue;
+                    }
+                    match (handoff.ended(), handoff.from()) {
+                        (Some(Err(e)), _) => cs.error = Some(e),
+                        (_, Some(from)) => {
+                            debug_assert_eq!(from, next);
+                            peer::read_back(client, &mut cs, next, resp, kind, owner, &key, w)
+                                .await;
+                            break;
+                        }
+                        (Some(Ok(())), None) => {
+                            cs.finish(client).await;
+                            break;
+                        }
+                        (None, None) => handoff.changed(version).await,
+                    }
+                }
+            }
         }
     }
     handoff.client_gone();
     cs
-}
-
-/// What a fill is for: its URL (to resume it), whether it replaces an entry, and the
-/// digest a blob URL promises.
-pub(crate) struct FillTarget<'a> {
-    pub(crate) uri: &'a Uri,
-    pub(crate) replaced: bool,
-    pub(crate) digest: Option<[u8; 32]>,
 }

@@ -5,12 +5,20 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::task::{Poll, Waker};
 
-/// Body pieces the origin side hands to the leader's client after the fill stopped
-/// writing its file (disk full): a small bounded queue within one task, so a client that
-/// does not read holds back only its own (uncached) transfer.
+/// Where the client of a fill takes its body from: read back from the storage (the
+/// fill's file on this node's disk, or the owner's fill over a KV GET), or the pieces the
+/// origin side hands over in memory through a small bounded queue within one task. The
+/// client starts on one and may switch once, at body offset `from`:
+/// - a disk fill starts reading back; when its file write fails (disk full) the pieces
+///   from `from` on come through the queue, so a client that does not read holds back
+///   only its own (uncached) transfer;
+/// - a PUT to the owner starts on the queue, which never waits on the client while the
+///   PUT feeds others; a client that falls behind reads the rest back from the owner.
 #[derive(Default)]
 pub(crate) struct Handoff {
-    /// Body offset the handed-over pieces start at; the file holds the bytes before it.
+    /// Whether the client starts by reading back from the storage.
+    reads_back_first: bool,
+    /// Body offset at which the client switched to the other source.
     pub(crate) from: Cell<Option<u64>>,
     pub(crate) queue: RefCell<VecDeque<(u64, Vec<u8>)>>,
     /// How the origin side ended: the body is complete (`Ok`) or failed.
@@ -24,6 +32,20 @@ pub(crate) struct Handoff {
 const HANDOFF_PIECES: usize = 4;
 
 impl Handoff {
+    /// A hand-off whose client starts by reading back from the storage (`true`) or from
+    /// the queue.
+    pub(crate) fn new(reads_back_first: bool) -> Handoff {
+        Handoff {
+            reads_back_first,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the client takes its pieces from the queue now.
+    pub(crate) fn on_queue(&self) -> bool {
+        self.reads_back_first == self.from.get().is_some()
+    }
+
     pub(crate) fn bump(&self) {
         self.version.set(self.version.get() + 1);
         if let Some(w) = self.waker.borrow_mut().take() {
@@ -42,7 +64,8 @@ impl Handoff {
         })
     }
 
-    pub(crate) fn start(&self, from: u64) {
+    /// Switches the client to the other source at body offset `from`.
+    pub(crate) fn switch(&self, from: u64) {
         self.from.set(Some(from));
         self.bump();
     }

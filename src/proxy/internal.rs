@@ -1,10 +1,11 @@
 //! chacha's own endpoints, reached with origin-form requests to its own address:
-//! `GET /health`, and in cluster mode the KV protocol ([`super::kv`]); without a
-//! cluster a KV request gets 404, as from the original.
+//! `GET /health`, `GET /metrics` (see [`crate::metrics`]; in cluster mode the dispatch
+//! sends the KV protocol's requests to `kv.rs` first); anything else gets 404, as a KV
+//! request without a cluster does from the original.
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use super::{write_simple, Exchange, Op, Outcome, ProxyError, Worker};
+use super::{write_simple, Exchange, Framing, Op, Outcome, ProxyError, Worker};
 use crate::http::{BodyKind, RequestHead};
 use crate::stream::BufConn;
 
@@ -13,11 +14,6 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     head: RequestHead,
     w: &Worker,
 ) -> Outcome {
-    if let Some(cluster) = &w.cluster {
-        if crate::cluster::kv::is_kv_request(&head) {
-            return super::kv::handle(conn, head, w, cluster).await;
-        }
-    }
     // Internal endpoints take no body; one we would have to skip closes the connection.
     let has_body = !matches!(
         head.body_kind(),
@@ -26,24 +22,57 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     let keep_alive = head.keep_alive() && !has_body && !w.shutdown.is_triggered();
     let path = head.target.split('?').next().unwrap_or("");
     match (head.method.as_str(), path) {
-        ("GET", "/health") => match write_simple(&mut conn.io, 200, "OK", !keep_alive, &[]).await {
-            Ok(bytes) => Outcome::Done(Exchange {
-                status: 200,
-                bytes,
-                op: Op::Internal,
-                keep_alive,
-            }),
-            Err(e) => Outcome::Aborted {
-                status: 200,
-                bytes: 0,
-                op: Op::Internal,
-                reason: e.to_string(),
-            },
-        },
+        ("GET", "/health") => {
+            match write_simple(&mut conn.io, 200, "OK", Framing::close_if(!keep_alive), &[]).await {
+                Ok(bytes) => Outcome::Done(Exchange {
+                    status: 200,
+                    bytes,
+                    op: Op::Internal,
+                    keep_alive,
+                }),
+                Err(e) => Outcome::Aborted {
+                    status: 200,
+                    bytes: 0,
+                    op: Op::Internal,
+                    reason: e.to_string(),
+                },
+            }
+        }
+        // The Prometheus exposition, unless `metrics.addr` serves it elsewhere.
+        ("GET", "/metrics") if crate::metrics::served_on_proxy_port() => {
+            metrics(conn, keep_alive).await
+        }
         _ => Outcome::Failed {
             error: ProxyError::NotFound,
             close: !keep_alive,
             op: Op::Internal,
         },
+    }
+}
+
+/// `GET /metrics`: the text exposition format 0.0.4.
+async fn metrics<S: AsyncWriteRent>(conn: &mut BufConn<S>, keep_alive: bool) -> Outcome {
+    let body = crate::metrics::scrape();
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
+        crate::metrics::CONTENT_TYPE,
+        body.len(),
+        if keep_alive {
+            ""
+        } else {
+            "Connection: close\r\n"
+        }
+    )
+    .into_bytes();
+    let bytes = body.len() as u64;
+    out.extend_from_slice(body.as_bytes());
+    match conn.io.write_all(out).await.0 {
+        Ok(_) => Outcome::Done(Exchange {
+            status: 200,
+            bytes,
+            op: Op::Internal,
+            keep_alive,
+        }),
+        Err(e) => Outcome::aborted(200, 0, Op::Internal, e.to_string()),
     }
 }

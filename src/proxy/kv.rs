@@ -26,9 +26,10 @@ use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
+use super::client_side::WindowedCopy;
 use super::head::{answer_expect, build_response_head};
 use super::serve::{drop_unreadable, open_fill_file, send_file_range, stream_fill, wait_for_head};
-use super::{write_simple, Exchange, Op, Outcome, Worker};
+use super::{write_simple, Exchange, Framing, Op, Outcome, Worker};
 use crate::cache::fill::{Fill, Phase, Role, StreamInfo};
 use crate::cache::key::key_hash;
 use crate::cache::open::OpenEntry;
@@ -97,7 +98,15 @@ async fn reply<S: AsyncWriteRent>(
     extra: &[(&str, &str)],
 ) -> Outcome {
     let keep_alive = !close && head.keep_alive() && !w.shutdown.is_triggered();
-    match write_simple(&mut conn.io, status, msg, !keep_alive, extra).await {
+    match write_simple(
+        &mut conn.io,
+        status,
+        msg,
+        Framing::close_if(!keep_alive),
+        extra,
+    )
+    .await
+    {
         Ok(bytes) => Outcome::Done(Exchange {
             status,
             bytes,
@@ -261,7 +270,9 @@ async fn send_fill<S: AsyncWriteRent>(
         return Outcome::aborted(200, 0, op, e.to_string());
     }
     let end = info.body_len.unwrap_or(u64::MAX);
-    let (bytes, result) = stream_fill(conn, fill, info, Some(&file), 0, end, writer, None, w).await;
+    let mut copy = WindowedCopy::new(writer, 0, end, Some(w.timeouts.idle));
+    let result = stream_fill(conn, fill, info, Some(&file), &mut copy, None, w).await;
+    let bytes = copy.sent;
     let result = match result {
         Ok(()) => writer.finish(&mut conn.io).await.map_err(|e| e.to_string()),
         Err(e) => Err(e),

@@ -8,15 +8,14 @@ pub mod connect;
 pub mod decide;
 pub mod error;
 pub mod fill;
-pub mod forward;
 pub mod handoff;
 pub mod head;
 pub mod internal;
 pub mod kv;
 pub mod origin_body;
 pub mod relay;
-pub mod remote;
 pub mod serve;
+pub mod storage;
 pub mod validate;
 
 use std::cell::Cell;
@@ -28,6 +27,8 @@ use std::time::Instant;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 pub use error::ProxyError;
+
+use crate::server::accesslog::Detail;
 
 use crate::cache::open::OpenEntries;
 use crate::cache::status::Outcome as CacheOutcome;
@@ -41,20 +42,25 @@ use crate::upstream::Upstream;
 pub use crate::config::Timeouts;
 pub use crate::stream::bufpool::{BufPool, MAX_POOLED_BUFS, TRANSFER_BUF};
 
-/// Everything one worker (core) needs to serve its connections.
+/// Everything one worker (core) needs to serve its connections: the per-core state
+/// (shared by all generations of a core's worker) and the reloadable settings of one
+/// config generation (`server::live`).
 pub struct Worker {
     pub id: usize,
+    /// The [`crate::server::live::Snapshot`] generation this worker was built from.
+    pub generation: u64,
+    pub live: Rc<crate::server::live::CoreLive>,
     pub timeouts: Timeouts,
-    pub upstream: Upstream,
+    pub upstream: Rc<Upstream>,
     pub shutdown: Arc<Shutdown>,
-    pub bufs: BufPool,
+    pub bufs: Rc<BufPool>,
     /// Open client connections on this core (for the shutdown drain).
-    pub active: Cell<usize>,
+    pub active: Rc<Cell<usize>>,
     /// The disk cache, when `disk` is configured (shared by all cores).
     pub store: Option<Arc<Store>>,
     pub rules: Arc<Vec<Rule>>,
     /// Hot small entries kept open on this core.
-    pub open_entries: OpenEntries,
+    pub open_entries: Rc<OpenEntries>,
     /// `tls-interceptor`, when configured (shared by all cores): CONNECT opens
     /// intercepted tunnels; without it CONNECT gets 405.
     pub interception: Option<Arc<connect::Interception>>,
@@ -227,12 +233,52 @@ async fn read_head<S: AsyncReadRent>(conn: &mut BufConn<S>, w: &Worker, first: b
     }
 }
 
+/// Whether the client's connection stays open after a response (RFC 9112 §9.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    KeepAlive,
+    /// `Connection: close`: the connection ends with this response (RFC 9112 §9.6).
+    Close,
+}
+
+impl Framing {
+    /// [`Framing::Close`] when `close`.
+    pub fn close_if(close: bool) -> Framing {
+        if close {
+            Framing::Close
+        } else {
+            Framing::KeepAlive
+        }
+    }
+}
+
+/// A request's log line (`log-format`).
+pub fn access_line<'a>(
+    client: SocketAddr,
+    request: Option<&'a str>,
+    status: u16,
+    bytes: u64,
+    duration_ms: u128,
+    op: Op,
+    detail: Detail<'a>,
+) -> crate::server::accesslog::Line<'a> {
+    crate::server::accesslog::Line {
+        client,
+        request,
+        status,
+        bytes,
+        duration_ms,
+        op: op.as_str(),
+        detail,
+    }
+}
+
 /// Writes a short plain-text answer chacha makes itself.
 pub async fn write_simple<S: AsyncWriteRent>(
     io: &mut S,
     status: u16,
     message: &str,
-    close: bool,
+    framing: Framing,
     extra_headers: &[(&str, &str)],
 ) -> std::io::Result<u64> {
     let body = format!("{message}\n");
@@ -244,7 +290,7 @@ pub async fn write_simple<S: AsyncWriteRent>(
     for (k, v) in extra_headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
-    if close {
+    if framing == Framing::Close {
         out.push_str("Connection: close\r\n");
     }
     out.push_str("\r\n");
@@ -285,15 +331,19 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
     w: Rc<Worker>,
 ) {
     w.active.set(w.active.get() + 1);
-    let mut conn = BufConn::new(io);
+    crate::metrics::client_connection(true);
+    let mut conn = BufConn::new(crate::metrics::Metered(io));
     if let LoopEnd::Connect {
         target,
         line,
         start,
     } = request_loop(&mut conn, peer, &w, Channel::Direct).await
     {
+        // The tunnel's handshake uses the interception in force now (live reload).
+        let w = w.newer().unwrap_or_else(|| w.clone());
         connect::tunnel(conn, target, peer, &w, &line, start).await;
     }
+    crate::metrics::client_connection(false);
     w.active.set(w.active.get() - 1);
 }
 
@@ -306,17 +356,28 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
     channel: Channel<'_>,
 ) -> LoopEnd {
     let mut first = true;
+    // This connection's worker of a newer config generation, after a live reload.
+    let mut fresher: Option<Rc<Worker>> = None;
     loop {
-        let head = match read_head(conn, w, first).await {
+        let current = fresher.as_deref().unwrap_or(w);
+        let head = match read_head(conn, current, first).await {
             HeadRead::Head(h) => h,
             HeadRead::Quiet => return LoopEnd::Closed { clean: true },
             HeadRead::Error(status, msg) => {
-                log::info!("{peer} - {status} 0 0ms reject: {msg}");
-                let _ = write_simple(&mut conn.io, status, &msg, true, &[]).await;
+                let (m, now) = (crate::metrics::Method::Other, Instant::now());
+                count(m, status, Op::Reject, 0, now, &Default::default());
+                access_line(peer, None, status, 0, 0, Op::Reject, Detail::Error(&msg))
+                    .log(log::Level::Info);
+                let _ = write_simple(&mut conn.io, status, &msg, Framing::Close, &[]).await;
                 return LoopEnd::Closed { clean: true };
             }
         };
         first = false;
+        // A request runs to its end with the config in force when its head arrived.
+        if let Some(newer) = current.newer() {
+            fresher = Some(newer);
+        }
+        let w = fresher.as_deref().unwrap_or(w);
         let start = Instant::now();
         // RFC 9112 §9.3: after `Connection: close` (or HTTP/1.0 without keep-alive) the
         // client expects the connection to end with this response, errors included.
@@ -340,7 +401,8 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                 return LoopEnd::Closed { clean: true };
             }
         }
-        let outcome = match channel {
+        let method = crate::metrics::Method::of(&head.method);
+        let (outcome, scope) = match channel {
             Channel::Direct if head.method == "CONNECT" => match connect::check(&head, w) {
                 Ok(target) => {
                     return LoopEnd::Connect {
@@ -349,35 +411,44 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                         start,
                     }
                 }
-                Err(error) => Outcome::Failed {
-                    error,
-                    close: true,
-                    op: Op::Reject,
-                },
+                Err(error) => (
+                    Outcome::Failed {
+                        error,
+                        close: true,
+                        op: Op::Reject,
+                    },
+                    Default::default(),
+                ),
             },
-            _ => dispatch(conn, head, w, channel).await,
+            _ => crate::metrics::scoped(dispatch(conn, head, w, channel)).await,
         };
         let keep = match outcome {
             Outcome::Done(ex) => {
-                log::info!(
-                    "{peer} \"{line}\" {} {} {}ms {}",
+                count(method, ex.status, ex.op, ex.bytes, start, &scope);
+                let ms = start.elapsed().as_millis();
+                access_line(
+                    peer,
+                    Some(&line),
                     ex.status,
                     ex.bytes,
-                    start.elapsed().as_millis(),
-                    ex.op
-                );
+                    ms,
+                    ex.op,
+                    Detail::None,
+                )
+                .log(log::Level::Info);
                 ex.keep_alive
             }
             Outcome::Failed { error, close, op } => {
                 let close = close || !client_keep_alive || w.shutdown.is_triggered();
                 let status = error.status();
                 let msg = error.to_string();
-                let bytes = write_simple(&mut conn.io, status, &msg, close, &[]).await;
-                log::warn!(
-                    "{peer} \"{line}\" {status} {} {}ms {op}: {msg}",
-                    bytes.as_ref().copied().unwrap_or(0),
-                    start.elapsed().as_millis(),
-                );
+                let bytes =
+                    write_simple(&mut conn.io, status, &msg, Framing::close_if(close), &[]).await;
+                let sent = bytes.as_ref().copied().unwrap_or(0);
+                count(method, status, op, sent, start, &scope);
+                let ms = start.elapsed().as_millis();
+                access_line(peer, Some(&line), status, sent, ms, op, Detail::Error(&msg))
+                    .log(log::Level::Warn);
                 bytes.is_ok() && !close
             }
             Outcome::Aborted {
@@ -386,10 +457,18 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                 op,
                 reason,
             } => {
-                log::warn!(
-                    "{peer} \"{line}\" {status} {bytes} {}ms {op} aborted: {reason}",
-                    start.elapsed().as_millis()
-                );
+                count(method, status, op, bytes, start, &scope);
+                let ms = start.elapsed().as_millis();
+                access_line(
+                    peer,
+                    Some(&line),
+                    status,
+                    bytes,
+                    ms,
+                    op,
+                    Detail::Aborted(&reason),
+                )
+                .log(log::Level::Warn);
                 return LoopEnd::Closed { clean: false };
             }
         };
@@ -418,14 +497,41 @@ async fn refuse_request<S: AsyncReadRent + AsyncWriteRent>(
     );
     let keep = no_body && w.may_keep_alive(head);
     let (status, msg) = (refusal.status(), refusal.message());
-    let bytes = write_simple(&mut conn.io, status, msg, !keep, &[refusal.header()]).await;
-    log::info!(
-        "{peer} \"{line}\" {status} {} {}ms {}: {msg}",
-        bytes.as_ref().copied().unwrap_or(0),
-        start.elapsed().as_millis(),
-        Op::Reject
-    );
+    let framing = Framing::close_if(!keep);
+    let bytes = write_simple(&mut conn.io, status, msg, framing, &[refusal.header()]).await;
+    let sent = bytes.as_ref().copied().unwrap_or(0);
+    let method = crate::metrics::Method::of(&head.method);
+    count(method, status, Op::Reject, sent, start, &Default::default());
+    let ms = start.elapsed().as_millis();
+    access_line(
+        peer,
+        Some(line),
+        status,
+        sent,
+        ms,
+        Op::Reject,
+        Detail::Error(msg),
+    )
+    .log(log::Level::Info);
     bytes.is_ok() && keep
+}
+
+/// Counts one request in the metrics at its log point (`bytes`: body bytes sent).
+fn count(
+    method: crate::metrics::Method,
+    status: u16,
+    op: Op,
+    bytes: u64,
+    start: Instant,
+    scope: &crate::metrics::RequestScope,
+) {
+    let total = start.elapsed();
+    // Time to the response head: the first write to the client (an error answer
+    // written here after the fact: the whole time).
+    let head = scope
+        .head_at
+        .map_or(total, |t| t.saturating_duration_since(start));
+    crate::metrics::request(method, status, op, bytes, head, total, scope.origin_bytes);
 }
 
 async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
@@ -452,7 +558,13 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
     }
     let uri = match channel {
         Channel::Direct if head.target.starts_with('/') => {
-            return internal::handle(conn, head, w).await;
+            // chacha's own address: the KV protocol in cluster mode, else its endpoints.
+            return match &w.cluster {
+                Some(c) if crate::cluster::kv::is_kv_request(&head) => {
+                    kv::handle(conn, head, w, c).await
+                }
+                _ => internal::handle(conn, head, w).await,
+            };
         }
         Channel::Direct => crate::http::uri::parse_absolute(&head.target)
             .map_err(|_| ProxyError::BadTarget(head.target.clone())),
@@ -464,7 +576,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
                 cached::handle(conn, head, uri, w).await
             }
             Some(_) => {
-                forward::forward(conn, head, uri, w, |resp| {
+                relay::forward(conn, head, uri, w, |resp| {
                     Some(
                         CacheOutcome::NotStored {
                             had_entry: false,
@@ -476,7 +588,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
                 })
                 .await
             }
-            None => forward::forward(conn, head, uri, w, |_| None).await,
+            None => relay::forward(conn, head, uri, w, |_| None).await,
         },
         Err(error) => Outcome::Failed {
             error,

@@ -87,14 +87,21 @@ impl<'a> OriginBody<'a> {
                                 "cache: origin cut {} at byte {pos} ({e}); resumed",
                                 req.target
                             );
+                            crate::metrics::fill_resumed();
                             self.up = conn;
                             self.reader = BodyReader::new(rest);
                             continue;
                         }
-                        None => return Err(format!("origin body failed: {e}; resuming failed")),
+                        None => {
+                            crate::metrics::fill_failure(body_failure(&e));
+                            return Err(format!("origin body failed: {e}; resuming failed"));
+                        }
                     }
                 }
-                Err(e) => return Err(format!("origin body failed: {e}")),
+                Err(e) => {
+                    crate::metrics::fill_failure(body_failure(&e));
+                    return Err(format!("origin body failed: {e}"));
+                }
             };
             if let Some(v) = self.verifier.as_mut() {
                 v.update(buf);
@@ -122,6 +129,14 @@ impl<'a> OriginBody<'a> {
     }
 }
 
+/// A body read that failed: the origin went silent (`timeouts.upstream-body`) or cut it.
+fn body_failure(e: &std::io::Error) -> crate::metrics::FillFailure {
+    match e.kind() {
+        std::io::ErrorKind::TimedOut => crate::metrics::FillFailure::Timeout,
+        _ => crate::metrics::FillFailure::OriginCut,
+    }
+}
+
 /// Whether a blob's body matched its digest (true when it has none); logs a mismatch.
 /// Checked at every end of a body, whatever the sink (this node's disk or the owner).
 fn digest_ok(verifier: &Option<Verifier>, req: &RequestHead) -> bool {
@@ -130,6 +145,7 @@ fn digest_ok(verifier: &Option<Verifier>, req: &RequestHead) -> bool {
             "cache: {} does not match its sha256 digest; not stored, client aborted",
             req.target
         );
+        crate::metrics::fill_failure(crate::metrics::FillFailure::DigestMismatch);
         return false;
     }
     true

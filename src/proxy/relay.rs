@@ -1,14 +1,58 @@
-//! Relaying an origin's response to the client as it arrives, re-framed for the
-//! client's version (RFC 9110 §7.6, RFC 9112 §6), and pooling the origin connection after.
+//! Pass-through: forwarding one absolute-form request to its origin uncached (RFC 9110
+//! §7.6 intermediaries), and relaying an origin's response to the client as it arrives,
+//! re-framed for the client's version (RFC 9112 §6), pooling the origin connection after.
+//! The dispatch's handler for what is not cached, and the cached flow's relays.
 
-use monoio::io::AsyncWriteRent;
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
-use super::head::write_response_head;
+use super::head::{answer_expect, write_response_head};
 use super::{Exchange, Op, Outcome, Worker};
+use crate::http::uri::Uri;
 use crate::http::{RequestHead, ResponseHead};
 use crate::stream::fair::Budget;
 use crate::stream::{BodyReader, BufConn};
+use crate::upstream::{pool_key, send_upstream, write_upstream_head};
 use crate::upstream::{UpstreamConn, UpstreamError};
+
+/// Forwards a request and relays the response, uncached. `cache_status` (if any) is
+/// computed from the origin's response head and added to the client's response.
+pub async fn forward<C: AsyncReadRent + AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: RequestHead,
+    uri: Uri,
+    w: &Worker,
+    cache_status: impl FnOnce(&ResponseHead) -> Option<String>,
+) -> Outcome {
+    let req_kind = match req.body_kind() {
+        Ok(k) => k,
+        Err(e) => {
+            return Outcome::Failed {
+                error: e.into(),
+                close: true,
+                op: Op::Reject,
+            }
+        }
+    };
+    let mut body = BodyReader::new(req_kind);
+    if let Err(e) = answer_expect(client, &req, &body).await {
+        return Outcome::aborted(100, 0, Op::Pass, e.to_string());
+    }
+    let mut head_bytes = Vec::with_capacity(512);
+    write_upstream_head(&req, &uri, req_kind, &[], &[], &mut head_bytes);
+    let (mut up, resp) =
+        match send_upstream(client, &head_bytes, &pool_key(&uri), &mut body, w).await {
+            Ok(x) => x,
+            Err(f) => {
+                return Outcome::Failed {
+                    error: f.error.into(),
+                    close: f.close_client,
+                    op: Op::Pass,
+                }
+            }
+        };
+    let status = cache_status(&resp);
+    relay_and_release(client, &req, &mut up, resp, w, Op::Pass, status).await
+}
 
 /// [`relay_response`], then returns the origin connection to the pool when it can carry
 /// another request.

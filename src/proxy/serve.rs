@@ -9,6 +9,7 @@ use monoio::buf::IoBufMut;
 use monoio::fs::File;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 
+use super::client_side::WindowedCopy;
 use super::handoff::Handoff;
 use super::head::{cached_head, range_of, stored_head};
 use super::validate::{answer_client_conditional, validated_headers};
@@ -20,7 +21,7 @@ use crate::cache::status::Outcome as CacheOutcome;
 use crate::http::{RequestHead, ResponseHead};
 use crate::stream::bufpool::Lent;
 use crate::stream::fair::Budget;
-use crate::stream::{BodyWriter, BufConn};
+use crate::stream::BufConn;
 
 /// Waits (bounded) until the fill we joined has its response head: returns it, or `None`
 /// when the fill completed, failed, or took too long.
@@ -240,18 +241,9 @@ pub(crate) async fn serve_fill<C: AsyncWriteRent>(
         return Outcome::aborted(status, 0, op, e.to_string());
     }
     let end = win.start.saturating_add(win.count);
-    let (bytes, result) = stream_fill(
-        client,
-        fill,
-        info,
-        Some(&file),
-        win.start,
-        end,
-        writer,
-        None,
-        w,
-    )
-    .await;
+    let mut copy = WindowedCopy::new(writer, win.start, end, Some(w.timeouts.idle));
+    let result = stream_fill(client, fill, info, Some(&file), &mut copy, None, w).await;
+    let bytes = copy.sent;
     if let Err(reason) = result {
         return Outcome::aborted(status, bytes, op, reason);
     }
@@ -279,29 +271,27 @@ pub(crate) async fn open_fill_file(fill: &Fill, info: &StreamInfo) -> Option<Fil
     }
 }
 
-/// Sends body bytes `[start, end)` of a fill (`end` may be `u64::MAX` for "all") to
-/// `client` framed by `writer`, waiting for bytes as they land. Returns the bytes sent
-/// and whether the whole window went out (not `writer.finish`). The leader's client
-/// passes its `handoff`: the pieces that follow the file when the file write failed.
-#[allow(clippy::too_many_arguments)]
+/// Sends the body bytes of a fill inside `copy`'s window to `client`, waiting for bytes
+/// as they land. Returns whether the whole window went out (not `writer.finish`); the
+/// bytes sent are `copy.sent`. The leader's client passes its `handoff`: the pieces that
+/// follow the file when the file write failed.
 pub(crate) async fn stream_fill<C: AsyncWriteRent>(
     client: &mut BufConn<C>,
     fill: &Fill,
     info: &StreamInfo,
     file: Option<&File>,
-    start: u64,
-    end: u64,
-    writer: BodyWriter,
+    copy: &mut WindowedCopy,
     handoff: Option<&Handoff>,
     w: &Worker,
-) -> (u64, Result<(), String>) {
+) -> Result<(), String> {
     let stall = w.timeouts.upstream_head;
+    let end = copy.end;
     let mut buf = w.bufs.lend();
-    let mut off = start;
+    let mut off = copy.start;
     let mut budget = Budget::default();
-    let result = loop {
+    loop {
         if off >= end {
-            break Ok(());
+            return Ok(());
         }
         let snap = fill.snapshot();
         let handed = handoff.and_then(|h| h.from.get());
@@ -319,7 +309,7 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
         .min(end);
         if off < avail {
             let Some(file) = file else {
-                break Err("the fill file is not readable".to_string());
+                return Err("the fill file is not readable".to_string());
             };
             let want = (avail - off).min(buf.capacity() as u64) as usize;
             buf.clear();
@@ -327,18 +317,17 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
                 .read_at(buf.take().slice_mut(0..want), info.body_offset + off)
                 .await;
             buf.put_back(slice.into_inner());
+            let at = off;
             match res {
                 Ok(n) if n > 0 => {
                     off += n as u64;
                     budget.spend(n as u64).await;
                 }
-                other => break Err(format!("reading the fill failed at {off}: {other:?}")),
+                other => return Err(format!("reading the fill failed at {off}: {other:?}")),
             }
-            let (res, b) = write_within(writer, &mut client.io, buf.take(), w).await;
+            let (res, b) = copy.write(&mut client.io, buf.take(), at).await;
             buf.put_back(b);
-            if let Err(e) = res {
-                break Err(format!("client write failed: {e}"));
-            }
+            res?;
             continue;
         }
         if let (Some(h), Some(_)) = (handoff, handed) {
@@ -347,30 +336,17 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
             let piece = h.queue.borrow_mut().pop_front();
             if let Some((pos, piece)) = piece {
                 h.bump(); // room for the origin side
-                let n = piece.len() as u64;
-                let (lo, hi) = (pos.max(off), (pos + n).min(end));
-                let (res, piece) = if lo >= hi {
-                    (Ok(()), piece)
-                } else if lo == pos && hi == pos + n {
-                    write_within(writer, &mut client.io, piece, w).await
-                } else {
-                    // A window of a body of known length: no framing around the bytes.
-                    let mut piece = piece;
-                    piece.truncate((hi - pos) as usize);
-                    piece.drain(..(lo - pos) as usize);
-                    write_within(writer, &mut client.io, piece, w).await
-                };
+                let hi = (pos + piece.len() as u64).min(end);
+                let (res, piece) = copy.write(&mut client.io, piece, pos).await;
                 w.bufs.put(piece);
-                if let Err(e) = res {
-                    break Err(format!("client write failed: {e}"));
-                }
+                res?;
                 off = off.max(hi);
                 continue;
             }
             match &*h.end.borrow() {
-                Some(Ok(())) if info.body_len.is_none() => break Ok(()),
-                Some(Ok(())) => break Err(format!("the body ended at {off} before byte {end}")),
-                Some(Err(e)) => break Err(e.clone()),
+                Some(Ok(())) if info.body_len.is_none() => return Ok(()),
+                Some(Ok(())) => return Err(format!("the body ended at {off} before byte {end}")),
+                Some(Err(e)) => return Err(e.clone()),
                 None => {}
             }
             h.changed(version).await;
@@ -378,9 +354,9 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
         }
         match snap.phase {
             // Complete: every byte is in `written`; a known length was checked at commit.
-            Phase::Complete if info.body_len.is_none() => break Ok(()),
+            Phase::Complete if info.body_len.is_none() => return Ok(()),
             Phase::Complete => {
-                break Err(format!("fill ended at {} before byte {end}", snap.written))
+                return Err(format!("fill ended at {} before byte {end}", snap.written))
             }
             Phase::Failed => match handoff {
                 // The origin side says next whether the rest is handed over or why the
@@ -393,10 +369,10 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
                         Some(Err(e)) => e.clone(),
                         _ => "the fill failed".to_string(),
                     };
-                    break Err(why);
+                    return Err(why);
                 }
                 Some(_) => {}
-                None => break Err("the fill failed".to_string()),
+                None => return Err("the fill failed".to_string()),
             },
             _ => {
                 let version = handoff.map(|h| h.version.get());
@@ -412,32 +388,9 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
                     }
                 };
                 if monoio::time::timeout(stall, changed).await.is_err() {
-                    break Err(format!("the fill made no progress for {stall:?}"));
+                    return Err(format!("the fill made no progress for {stall:?}"));
                 }
             }
         }
-    };
-    (off - start, result)
-}
-
-/// Writes one piece to a reader of a fill; a client that cannot take it within the idle
-/// timeout has stopped reading: it is cut, it holds back nothing but its own connection.
-async fn write_within<C: AsyncWriteRent>(
-    writer: BodyWriter,
-    io: &mut C,
-    buf: Vec<u8>,
-    w: &Worker,
-) -> (std::io::Result<()>, Vec<u8>) {
-    let limit = w.timeouts.idle;
-    match monoio::time::timeout(limit, writer.write(io, buf)).await {
-        Ok(done) => done,
-        // The buffer went with the cancelled write.
-        Err(_) => (
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("the client did not take a piece within {limit:?}"),
-            )),
-            Vec::new(),
-        ),
     }
 }

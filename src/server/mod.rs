@@ -4,7 +4,10 @@
 //! binds the listeners (so `--user` can drop root before any worker starts), then waits
 //! for SIGTERM/SIGINT and drains the workers.
 
+pub mod accesslog;
+pub mod live;
 pub mod privileges;
+pub mod reload;
 pub mod shutdown;
 pub mod signals;
 
@@ -19,10 +22,9 @@ use monoio::net::TcpListener;
 use rustls::ClientConfig;
 
 use crate::cache::store::Store;
-use crate::config::Rule;
-use crate::proxy::connect::Interception;
-use crate::proxy::{serve_connection, BufPool, Timeouts, Worker};
+use crate::proxy::{serve_connection, Worker};
 use crate::upstream::Upstream;
+use live::{CoreLive, Live};
 use shutdown::Shutdown;
 
 /// How long in-flight requests may run after a stop signal.
@@ -38,16 +40,16 @@ pub const BLOCKING_THREADS: usize = 4;
 pub struct Settings {
     pub addr: SocketAddr,
     pub workers: usize,
-    pub timeouts: Timeouts,
     pub store: Option<Arc<Store>>,
-    pub rules: Arc<Vec<Rule>>,
-    /// `tls-interceptor`: CONNECT tunnels are intercepted only with it.
-    pub interception: Option<Arc<Interception>>,
+    /// The reloadable settings (rules, timeouts, `tls-interceptor`, cluster), one
+    /// snapshot per config generation.
+    pub live: Arc<Live>,
+    /// What SIGHUP re-reads (the config file and the config in force); `None` for
+    /// embedders that start workers without a config.
+    pub reload: Option<reload::Source>,
     /// The verifying client config for `https` origins (one for all cores, so the
     /// trust store is read once and TLS sessions resume across cores).
     pub tls_client: Arc<ClientConfig>,
-    /// Cluster mode: key owners, peer health and claims (one for all cores).
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// `access`: client list, proxy authentication, connection limits (one for all cores).
     pub access: Arc<crate::access::Access>,
 }
@@ -181,6 +183,7 @@ pub fn serve(settings: Settings, listeners: Listeners) -> i32 {
     } else if crate::driver::uses_legacy() {
         log::warn!("CHACHA_DRIVER=legacy: using the epoll driver although io_uring is available");
     }
+    crate::metrics::set_sources(settings.store.clone(), settings.live.clone());
     let pool = monoio::blocking::DefaultThreadPool::new(BLOCKING_THREADS);
     let mut handles = Vec::new();
     let mut shutdowns = Vec::new();
@@ -217,10 +220,18 @@ pub fn serve(settings: Settings, listeners: Listeners) -> i32 {
         crate::driver::name(),
         settings.workers
     );
-    let sig = signals::wait_stop_signal();
+    let mut reloader = settings.reload.clone().map(|source| {
+        reload::Reloader::new(source, addr, settings.live.clone(), settings.store.clone())
+    });
+    let sig = signals::wait_stop_signal(&mut || match &mut reloader {
+        Some(r) => r.reload(),
+        None => log::warn!("received SIGHUP: nothing to reload; ignored"),
+    });
     log::info!("received {sig}; no longer accepting, draining in-flight requests (up to {DRAIN_TIMEOUT:?})");
     std::thread::spawn(|| {
-        let sig = signals::wait_stop_signal();
+        let sig = signals::wait_stop_signal(&mut || {
+            log::warn!("received SIGHUP while stopping: ignored")
+        });
         log::warn!("received {sig} again; exiting without draining");
         std::process::exit(130);
     });
@@ -362,29 +373,34 @@ async fn worker_body(
         }
     };
     let _ = ready.send(listener.local_addr());
-    let worker = Rc::new(Worker {
+    crate::metrics::register_core();
+    let snap = settings.live.snapshot();
+    let upstream = Upstream::with_tls(snap.timeouts.connect, settings.tls_client.clone())
+        .with_body_timeout(snap.timeouts.upstream_body);
+    let mut worker = Rc::new(Worker {
         id,
-        timeouts: settings.timeouts,
-        upstream: Upstream::with_tls(settings.timeouts.connect, settings.tls_client.clone())
-            .with_body_timeout(settings.timeouts.upstream_body),
+        generation: snap.generation,
+        live: CoreLive::new(settings.live.clone()),
+        timeouts: snap.timeouts,
+        upstream: Rc::new(upstream),
         shutdown: shutdown.clone(),
-        bufs: BufPool::default(),
+        bufs: Default::default(),
         active: Default::default(),
         store: settings.store.clone(),
-        rules: settings.rules.clone(),
+        rules: snap.rules.clone(),
         open_entries: Default::default(),
-        interception: settings.interception.clone(),
-        cluster: settings.cluster.clone(),
+        interception: snap.interception.clone(),
+        cluster: snap.cluster.clone(),
         access: crate::access::Local::new(settings.access.clone()),
     });
+    drop(snap);
     if id == 0 {
-        if let Some(cluster) = &settings.cluster {
-            // One place probes down peers and expires claims, for the whole process.
-            monoio::spawn(crate::cluster::kv::client::watch(
-                worker.shutdown.clone(),
-                cluster.clone(),
-            ));
-        }
+        // One place probes down peers and expires claims, for the whole process; it
+        // follows the cluster of each live reload (none, one, or another node list).
+        monoio::spawn(crate::cluster::kv::client::watch(
+            worker.shutdown.clone(),
+            settings.live.clone(),
+        ));
     }
     let mut backoff = AcceptBackoff::default();
     let deny_log = crate::access::DenyLog::default();
@@ -394,6 +410,9 @@ async fn worker_body(
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     backoff.accepted(id);
+                    if let Some(newer) = worker.newer() {
+                        worker = newer; // a live reload happened
+                    }
                     // Once per connection, before anything is read (no TLS, no CONNECT,
                     // no endpoint): access.clients, then access.limits.
                     match settings.access.admit(peer.ip()) {
@@ -471,11 +490,17 @@ fn refuse(
             ),
             _ => " (not logged again until below the limit)".to_owned(),
         };
-        log::warn!(
-            "{peer} - {} 0 0ms reject: {}{again}",
+        let detail = format!("{}{again}", refused.reason);
+        crate::proxy::access_line(
+            peer,
+            None,
             refused.status,
-            refused.reason
-        );
+            0,
+            0,
+            crate::proxy::Op::Reject,
+            crate::server::accesslog::Detail::Error(&detail),
+        )
+        .log(log::Level::Warn);
     }
     let linger = lingering.get() < MAX_LINGERING;
     if linger {
@@ -490,7 +515,7 @@ fn refuse(
             &mut stream,
             refused.status,
             &refused.reason,
-            true,
+            crate::proxy::Framing::Close,
             &headers,
         )
         .await;

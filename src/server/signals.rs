@@ -1,9 +1,9 @@
 //! SIGTERM/SIGINT (and SIGHUP) are blocked in every thread and taken synchronously by
 //! the main thread with sigwait, so no async-signal-safety concerns arise.
 //!
-//! SIGHUP is what `systemctl reload` sends (examples/chacha.service). Live reload is not
-//! implemented yet: SIGHUP is logged and ignored, so that a reload never stops the
-//! proxy (its default action would terminate the process).
+//! SIGHUP is what `systemctl reload` sends (examples/chacha.service): it runs the live
+//! reload ([`super::reload`]) on the main thread, never the default action (which would
+//! terminate the process).
 
 use std::io;
 
@@ -30,8 +30,8 @@ pub fn block_stop_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT; returns its name. A SIGHUP meanwhile is logged and ignored.
-pub fn wait_stop_signal() -> &'static str {
+/// Waits for SIGTERM or SIGINT; returns its name. Each SIGHUP meanwhile runs `on_hup`.
+pub fn wait_stop_signal(on_hup: &mut dyn FnMut()) -> &'static str {
     let set = stop_set();
     loop {
         let mut sig: libc::c_int = 0;
@@ -43,9 +43,7 @@ pub fn wait_stop_signal() -> &'static str {
         match sig {
             libc::SIGINT => return "SIGINT",
             libc::SIGTERM => return "SIGTERM",
-            _ => log::warn!(
-                "received SIGHUP: live reload is not implemented yet; ignored (the config in force stays; restart to apply changes)"
-            ),
+            _ => on_hup(),
         }
     }
 }

@@ -94,6 +94,7 @@ impl CertCache {
         // No lock held while signing (tens of µs for P-256, ms for RSA CAs).
         let leaf = self.ca.mint(&host, self.validity)?;
         self.mints.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::leaf_minted();
         // One line per signing: operators (and tests) can see that warm hosts never sign.
         log::info!("minted leaf for {host}");
         let certified = leaf.certified.clone();

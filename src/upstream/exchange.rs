@@ -149,11 +149,18 @@ pub async fn send_upstream<C: AsyncReadRent>(
             Some(c) => c,
             None => match x.pool().connect_new(key).await {
                 Ok(c) => c,
-                Err(e) => return Err(SendFailure::upstream(e, body)),
+                Err(e) => {
+                    crate::metrics::upstream_error(&e);
+                    return Err(SendFailure::upstream(e, body));
+                }
             },
         };
+        up.conn.io.set_origin();
         match send_request(&mut up, head_bytes, client, body, x).await {
-            Ok(resp) => return Ok((up, resp)),
+            Ok(resp) => {
+                crate::metrics::origin_response(resp.status);
+                return Ok((up, resp));
+            }
             Err(SendError::Stale(e)) => {
                 log::debug!(
                     "pooled connection to {}:{} was stale ({e}); retrying",
@@ -161,7 +168,10 @@ pub async fn send_upstream<C: AsyncReadRent>(
                     key.port
                 );
             }
-            Err(SendError::Upstream(e)) => return Err(SendFailure::upstream(e, body)),
+            Err(SendError::Upstream(e)) => {
+                crate::metrics::upstream_error(&e);
+                return Err(SendFailure::upstream(e, body));
+            }
             Err(SendError::Client(e)) => {
                 return Err(SendFailure {
                     error: ExchangeError::Client(e),

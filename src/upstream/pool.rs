@@ -2,7 +2,7 @@
 //! locks): LIFO reuse, bounded per origin, expired after an idle time, and never reused
 //! when the origin sent anything while it sat idle.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -51,9 +51,10 @@ type IdleMap = HashMap<PoolKey, Vec<(BufConn<UpStream>, Instant)>>;
 pub struct Upstream {
     idle: RefCell<IdleMap>,
     resolver: Resolver,
-    connect_timeout: Duration,
+    /// `timeouts.connect`; a Cell so that a live reload can change it on this core.
+    connect_timeout: Cell<Duration>,
     /// Idle bound on every read after the response head (see [`UpStream`]).
-    body_timeout: Duration,
+    body_timeout: Cell<Duration>,
     /// Connector for `https` origins (verification always on).
     tls: Option<TlsConnector>,
 }
@@ -64,21 +65,28 @@ impl Upstream {
         Upstream {
             idle: RefCell::new(HashMap::new()),
             resolver: Resolver::default(),
-            connect_timeout,
-            body_timeout: DEFAULT_BODY_TIMEOUT,
+            connect_timeout: Cell::new(connect_timeout),
+            body_timeout: Cell::new(DEFAULT_BODY_TIMEOUT),
             tls: None,
         }
     }
 
     /// Sets the idle bound on body reads (`timeouts.upstream-body`).
-    pub fn with_body_timeout(mut self, d: Duration) -> Self {
-        self.body_timeout = d;
+    pub fn with_body_timeout(self, d: Duration) -> Self {
+        self.body_timeout.set(d);
         self
     }
 
     /// The idle bound on body reads every connection handed out carries.
     pub fn body_timeout(&self) -> Duration {
-        self.body_timeout
+        self.body_timeout.get()
+    }
+
+    /// A live reload's new `timeouts.connect` and `timeouts.upstream-body`: they apply
+    /// to connections handed out from now on.
+    pub fn set_timeouts(&self, connect: Duration, body: Duration) {
+        self.connect_timeout.set(connect);
+        self.body_timeout.set(body);
     }
 
     /// An upstream client that reaches `https` origins with `tls` (a verifying rustls
@@ -111,7 +119,7 @@ impl Upstream {
                 );
                 continue;
             }
-            conn.io.set_read_timeout(Some(self.body_timeout));
+            conn.io.set_read_timeout(Some(self.body_timeout.get()));
             return Some(UpstreamConn {
                 conn,
                 key: key.clone(),
@@ -142,7 +150,7 @@ impl Upstream {
         let addrs = self.resolver.resolve(&key.host, key.port).await?;
         let mut last = UpstreamError::Connect("no address".into());
         for addr in addrs {
-            let deadline = Instant::now() + self.connect_timeout;
+            let deadline = Instant::now() + self.connect_timeout.get();
             let tcp = match monoio::time::timeout_at(deadline.into(), TcpStream::connect_addr(addr))
                 .await
             {
@@ -152,7 +160,7 @@ impl Upstream {
                     continue;
                 }
                 Err(_) => {
-                    last = UpstreamError::ConnectTimeout(self.connect_timeout);
+                    last = UpstreamError::ConnectTimeout(self.connect_timeout.get());
                     continue;
                 }
             };
@@ -172,13 +180,13 @@ impl Upstream {
                             )))
                         }
                         Err(_) => {
-                            last = UpstreamError::ConnectTimeout(self.connect_timeout);
+                            last = UpstreamError::ConnectTimeout(self.connect_timeout.get());
                             continue;
                         }
                     }
                 }
             };
-            io.set_read_timeout(Some(self.body_timeout));
+            io.set_read_timeout(Some(self.body_timeout.get()));
             return Ok(UpstreamConn {
                 conn: BufConn::new(io),
                 key: key.clone(),

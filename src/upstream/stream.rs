@@ -32,6 +32,8 @@ pub struct UpStream {
     /// read may have consumed bytes), so every further read fails the same way and it is
     /// never pooled.
     broken: Option<Duration>,
+    /// An origin's connection (not a peer's): its bytes count as received from origins.
+    origin: bool,
 }
 
 fn closed() -> std::io::Error {
@@ -56,6 +58,7 @@ impl UpStream {
             fd,
             read_timeout: None,
             broken: None,
+            origin: false,
         }
     }
 
@@ -66,6 +69,7 @@ impl UpStream {
             fd,
             read_timeout: None,
             broken: None,
+            origin: false,
         }
     }
 
@@ -75,7 +79,13 @@ impl UpStream {
             fd: -1,
             read_timeout: None,
             broken: None,
+            origin: false,
         }
+    }
+
+    /// Marks an origin's connection, whose reads count in the metrics.
+    pub fn set_origin(&mut self) {
+        self.origin = true;
     }
 
     pub fn is_closed(&self) -> bool {
@@ -178,17 +188,11 @@ impl UpStream {
 
 impl AsyncReadRent for UpStream {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        if let Some(d) = self.broken {
-            return (Err(timed_out(d)), buf);
+        let r = self.read_bounded(buf).await;
+        if let (true, Ok(n)) = (self.origin, &r.0) {
+            crate::metrics::scope::origin_read(*n);
         }
-        if let Some(d) = self.read_timeout {
-            return self.read_timed(buf, d).await;
-        }
-        match &mut self.transport {
-            Transport::Tcp(s) => s.read(buf).await,
-            Transport::Tls(s) => s.read(buf).await,
-            Transport::Closed => (Err(closed()), buf),
-        }
+        r
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
@@ -199,6 +203,22 @@ impl AsyncReadRent for UpStream {
         match &mut self.transport {
             Transport::Tcp(s) => s.readv(buf).await,
             Transport::Tls(s) => s.readv(buf).await,
+            Transport::Closed => (Err(closed()), buf),
+        }
+    }
+}
+
+impl UpStream {
+    async fn read_bounded<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        if let Some(d) = self.broken {
+            return (Err(timed_out(d)), buf);
+        }
+        if let Some(d) = self.read_timeout {
+            return self.read_timed(buf, d).await;
+        }
+        match &mut self.transport {
+            Transport::Tcp(s) => s.read(buf).await,
+            Transport::Tls(s) => s.read(buf).await,
             Transport::Closed => (Err(closed()), buf),
         }
     }

@@ -14,6 +14,7 @@ pub mod kv;
 pub mod origin;
 pub mod raw_origin;
 pub mod registry;
+pub mod reload;
 pub mod tls;
 pub mod wire;
 

@@ -4,6 +4,7 @@
 //! peers marked down with `GET /health` (backing off) until they answer, and expires
 //! claims that other nodes never completed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -354,16 +355,32 @@ async fn probe(node: &Node) -> Result<(), String> {
 
 /// Runs on one core for the whole process (worker 0): probes down peers until they
 /// answer (backing off from [`PROBE_BACKOFF_MIN`] to [`PROBE_BACKOFF_MAX`]) and expires
-/// claims whose claimant never came back.
-pub async fn watch(shutdown: Arc<Shutdown>, cluster: Arc<Cluster>) {
-    let n = cluster.nodes.len();
-    let mut backoff = vec![PROBE_BACKOFF_MIN; n];
-    let mut next = vec![Instant::now(); n];
+/// claims whose claimant never came back. Each tick it takes the cluster in force (a
+/// live reload may add or remove nodes, or the whole cluster): nodes that were added are
+/// watched from then on, removed ones no longer.
+pub async fn watch(shutdown: Arc<Shutdown>, live: Arc<crate::server::live::Live>) {
+    // Probe state per node address: the current backoff and the next probe time.
+    let mut probes: HashMap<std::net::SocketAddr, (Duration, Instant)> = HashMap::new();
+    let mut cluster: Option<Arc<Cluster>> = None;
+    let mut generation = None;
     loop {
         monoio::select! {
             _ = monoio::time::sleep(WATCH_TICK) => {}
             _ = shutdown.wait() => return,
         }
+        if generation != Some(live.generation()) {
+            let snap = live.snapshot();
+            generation = Some(snap.generation);
+            cluster = snap.cluster.clone();
+            let nodes: Vec<_> = cluster
+                .iter()
+                .flat_map(|c| c.nodes.iter().map(|n| n.addr))
+                .collect();
+            probes.retain(|addr, _| nodes.contains(addr));
+        }
+        let Some(cluster) = &cluster else {
+            continue;
+        };
         let now = Instant::now();
         let expired = cluster.claims.sweep(now);
         if expired > 0 {
@@ -373,12 +390,13 @@ pub async fn watch(shutdown: Arc<Shutdown>, cluster: Arc<Cluster>) {
             if Some(i) == cluster.local {
                 continue;
             }
+            let (backoff, next) = probes.entry(node.addr).or_insert((PROBE_BACKOFF_MIN, now));
             if !node.is_down() {
-                backoff[i] = PROBE_BACKOFF_MIN;
-                next[i] = now;
+                *backoff = PROBE_BACKOFF_MIN;
+                *next = now;
                 continue;
             }
-            if now < next[i] {
+            if now < *next {
                 continue;
             }
             match probe(node).await {
@@ -392,8 +410,8 @@ pub async fn watch(shutdown: Arc<Shutdown>, cluster: Arc<Cluster>) {
                 }
                 Err(e) => {
                     log::debug!("cluster: probe of {} failed: {e}", node.name);
-                    next[i] = Instant::now() + backoff[i];
-                    backoff[i] = (backoff[i] * 2).min(PROBE_BACKOFF_MAX);
+                    *next = Instant::now() + *backoff;
+                    *backoff = (*backoff * 2).min(PROBE_BACKOFF_MAX);
                 }
             }
         }
