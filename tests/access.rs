@@ -100,6 +100,41 @@ fn default_clients_allow_loopback() {
             assert_eq!(r.status(), 200, "from {src}: {}", r.body_str());
         }
         assert_eq!(origin.requests_total(), 2);
+        // The limits in force are logged at startup.
+        assert!(
+            chacha
+                .log()
+                .contains("access: clients [127.0.0.0/8, ::1/128, 10.0.0.0/8"),
+            "{}",
+            chacha.log()
+        );
+        assert!(chacha.log().contains("client connections, 500 per client"));
+    });
+}
+
+#[test]
+fn htpasswd_with_other_hash_kinds_is_refused_at_startup() {
+    with_deadline(DEADLINE, || {
+        let dir = TempDir::new("access-htpasswd");
+        let file = dir.path().join("htpasswd");
+        // What `htpasswd -m` (MD5) writes, after a good bcrypt line.
+        let text = format!(
+            "{}old:$apr1$Qv0vZDxT$Oq8bN1c0N5gKJ4s0b8JMr/\n",
+            htpasswd_line("ci", "s3cret")
+        );
+        std::fs::write(&file, text).unwrap();
+        let yaml = config(&format!(
+            "access:\n  proxy-auth:\n    htpasswd: \"{}\"\n",
+            file.display()
+        ));
+        let out = common::run_to_exit("run", &yaml, Duration::from_secs(20));
+        assert_eq!(out.status.and_then(|s| s.code()), Some(2), "{}", out.stderr);
+        let want = format!(
+            "access.proxy-auth.htpasswd: {}:2: user \"old\": an MD5 ($apr1$) hash; only bcrypt is accepted",
+            file.display()
+        );
+        assert!(out.stderr.contains(&want), "{}", out.stderr);
+        assert!(!out.stderr.contains("listening on"));
     });
 }
 
