@@ -96,6 +96,14 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         },
         None => None,
     };
+    // Read before any privilege drop: the htpasswd file may be readable by root only.
+    let access = match build_access(&config) {
+        Ok(access) => Arc::new(access),
+        Err(e) => {
+            log::error!("{e}");
+            return EXIT_CONFIG;
+        }
+    };
     let tls_client = match crate::tls::client_config() {
         Ok(c) => c,
         Err(e) => {
@@ -162,6 +170,7 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
             config,
         }),
         tls_client,
+        access,
     };
     let Some(user) = user else {
         if let Err(code) = serve_metrics(metrics) {
@@ -216,6 +225,52 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         return code;
     }
     server::serve(settings, listeners)
+}
+
+/// The `access` rules: the htpasswd users loaded, the file descriptor soft limit raised
+/// to the hard limit and the connection limit sized to it, each logged once.
+pub fn build_access(config: &Config) -> Result<crate::access::Access, String> {
+    use crate::access::{auth::Htpasswd, limits};
+    let access = &config.access;
+    let users = match &access.proxy_auth {
+        Some(auth) => {
+            let users = Htpasswd::load(&auth.htpasswd)
+                .map_err(|e| format!("access.proxy-auth.htpasswd: {e}"))?;
+            log::info!(
+                "access.proxy-auth: {} users from {}; proxied requests and CONNECT need Proxy-Authorization",
+                users.len(),
+                auth.htpasswd.display()
+            );
+            Some(Arc::new(users))
+        }
+        None => None,
+    };
+    let nofile = match limits::raise_nofile() {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("cannot read the file descriptor limit: {e}; assuming 1024");
+            1024
+        }
+    };
+    let (max, capped) = limits::effective_connections(access.limits.connections, nofile);
+    if let (Some(cap), Some(wanted)) = (capped, access.limits.connections) {
+        log::warn!(
+            "access.limits.connections {wanted} does not fit the file descriptor limit {nofile} (about {} per connection plus {} reserved): using {cap}; raise `ulimit -n` (LimitNOFILE=) to allow more",
+            limits::FDS_PER_CONNECTION,
+            limits::FD_RESERVE
+        );
+    }
+    log::info!(
+        "access: clients {}; up to {max} client connections, {} per client (file descriptor limit {nofile})",
+        access.clients,
+        access.limits.connections_per_client
+    );
+    let peers = config
+        .cluster
+        .as_ref()
+        .map(|c| c.nodes.iter().map(|n| n.ip()).collect())
+        .unwrap_or_default();
+    Ok(crate::access::Access::new(access, peers, users, max))
 }
 
 /// Starts the `metrics.addr` listener's thread, if configured.

@@ -5,7 +5,8 @@
 //! `addr`, `disk: {dir, limit}`, `tls-interceptor: {cert, key}`,
 //! `rules: [{pattern, ignore-authorization-header, ignore-parameters,
 //! direct-connect, direct-connect-header}]`, `cluster: {secret, nodes: [{addr}]}`.
-//! Additions of ours: `workers`, `run-as-root`, `metrics: {addr}`, `log-format`, `tls-interceptor.ports`, and the
+//! Additions of ours: `workers`, `run-as-root`, `metrics: {addr}`, `log-format`, `access`,
+//! `tls-interceptor.ports`, and the
 //! `rules: {paths: [...]}` form that the original's README documents (its code
 //! only reads the list form).
 //!
@@ -26,6 +27,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde_yaml_ng::Value;
 
+use crate::access::CidrList;
 use check::Checker;
 use lines::KeyLines;
 pub use size::parse_size;
@@ -51,6 +53,7 @@ const TOP_KEYS: &[&str] = &[
     "run-as-root",
     "metrics",
     "log-format",
+    "access",
 ];
 const TIMEOUT_KEYS: &[&str] = &[
     "connect",
@@ -72,6 +75,10 @@ const RULE_KEYS: &[&str] = &[
 ];
 const CLUSTER_KEYS: &[&str] = &["secret", "nodes"];
 const NODE_KEYS: &[&str] = &["addr"];
+const ACCESS_KEYS: &[&str] = &["clients", "proxy-auth", "destinations", "limits"];
+const PROXY_AUTH_KEYS: &[&str] = &["htpasswd"];
+const DESTINATION_KEYS: &[&str] = &["allow", "deny"];
+const LIMIT_KEYS: &[&str] = &["connections", "connections-per-client"];
 const METRICS_KEYS: &[&str] = &["addr"];
 
 /// The whole configuration, validated.
@@ -96,6 +103,35 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     /// `log-format` (ours): `text` (default) or `json`, one JSON object per line.
     pub log_format: LogFormat,
+    /// `access` (ours): who may use the proxy and where it may go.
+    pub access: AccessConfig,
+}
+
+/// `access`: client list, proxy authentication, destination policy, connection limits.
+/// Every part is optional; an absent `access` key means all defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessConfig {
+    /// `access.clients`: peers allowed to connect; default
+    /// [`crate::access::DEFAULT_CLIENTS`].
+    pub clients: CidrList,
+    /// `access.proxy-auth`: when set, every proxied request and CONNECT needs
+    /// `Proxy-Authorization: Basic` of a user in the htpasswd file.
+    pub proxy_auth: Option<ProxyAuthConfig>,
+    /// `access.destinations`.
+    pub destinations: DestinationsConfig,
+    /// `access.limits`.
+    pub limits: LimitsConfig,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            clients: CidrList::of(crate::access::DEFAULT_CLIENTS),
+            proxy_auth: None,
+            destinations: DestinationsConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
 }
 
 /// `log-format`: how log lines are written (`server::accesslog`).
@@ -113,6 +149,42 @@ impl LogFormat {
         match self {
             LogFormat::Text => "text",
             LogFormat::Json => "json",
+        }
+    }
+}
+
+/// `access.proxy-auth`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyAuthConfig {
+    /// `htpasswd`: `user:bcrypt-hash` lines, as `htpasswd -B` writes them (read at
+    /// startup).
+    pub htpasswd: PathBuf,
+}
+
+/// `access.destinations`: ranges added to (`deny`) or taken out of (`allow`) the
+/// default destination deny list. Both empty when absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DestinationsConfig {
+    pub allow: CidrList,
+    pub deny: CidrList,
+}
+
+/// `access.limits`: open client connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// `connections`: all clients together. `None` (absent): the default
+    /// [`crate::access::DEFAULT_CONNECTIONS`], capped at startup by what the file
+    /// descriptor limit leaves room for.
+    pub connections: Option<usize>,
+    /// `connections-per-client`: per client IP address.
+    pub connections_per_client: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            connections: None,
+            connections_per_client: crate::access::DEFAULT_CONNECTIONS_PER_CLIENT,
         }
     }
 }

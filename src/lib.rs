@@ -1,3 +1,4 @@
+pub mod access;
 pub mod app;
 pub mod cache;
 pub mod cluster;

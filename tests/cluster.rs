@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 use chacha::cache::key::{cache_key, key_hash};
 use chacha::cache::meta::entry_path;
-use chacha::cluster::{base64, pick};
+use chacha::cluster::pick;
 use chacha::http::uri::parse_absolute;
 use common::cached::wait_until;
 use common::kv::go_kv_request as kv_request;
@@ -208,7 +209,7 @@ fn concurrent_cold_requests_at_every_node_share_one_origin_fetch() {
 
 fn metadata_of(r: &common::Response) -> serde_json::Value {
     let field = r.header("x-chacha-metadata").expect("X-Chacha-Metadata");
-    serde_json::from_slice(&base64::decode(field.as_bytes()).unwrap()).unwrap()
+    serde_json::from_slice(&BASE64.decode(field.as_bytes()).unwrap()).unwrap()
 }
 
 #[test]
@@ -220,7 +221,7 @@ fn kv_protocol_speaks_the_originals_wire_format() {
         let key = "https://example.com/some/blob?x=1";
         let mut conn = Conn::connect(a);
         // Known bytes of `SetBasicAuth("", secret)`, not just our own encoder.
-        assert_eq!(base64::encode(b":s3cret"), "OnMzY3JldA==");
+        assert_eq!(BASE64.encode(b":s3cret"), "OnMzY3JldA==");
 
         let miss = kv_request("GET", a, Some(SECRET), key, None, None, false);
         assert_eq!(conn.request(&miss).unwrap().status(), 404);
@@ -280,7 +281,7 @@ fn kv_protocol_speaks_the_originals_wire_format() {
         // Malformed headers: 400.
         let no_key = format!(
             "GET / HTTP/1.1\r\nHost: {a}\r\nAuthorization: Basic {}\r\n\r\n",
-            base64::encode(format!(":{SECRET}").as_bytes())
+            BASE64.encode(format!(":{SECRET}").as_bytes())
         );
         assert_eq!(Conn::connect(a).request(&no_key).unwrap().status(), 400);
         let bad_key = no_key.replace("\r\n\r\n", "\r\nX-Chacha-Key: !!notbase64\r\n\r\n");

@@ -519,44 +519,24 @@ pub fn tls_config(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConf
 
 /// Standard base64 (RFC 4648 §4), for Basic credentials.
 pub fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
-/// Decodes standard base64 (for `auth` in ~/.docker/config.json).
+/// Decodes base64 leniently (for `auth` in ~/.docker/config.json, which tools write by
+/// hand too): whitespace is skipped, padding optional, and the URL-safe alphabet
+/// (RFC 4648 §5) accepted as well as the standard one.
 pub fn unbase64(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        } as u32;
-        acc = acc << 6 | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
+    use base64::engine::{general_purpose, DecodePaddingMode, GeneralPurpose};
+    use base64::{alphabet, Engine as _};
+    let lenient = general_purpose::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true);
+    let text: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
+    GeneralPurpose::new(&alphabet::STANDARD, lenient)
+        .decode(&text)
+        .or_else(|_| GeneralPurpose::new(&alphabet::URL_SAFE, lenient).decode(&text))
+        .ok()
 }
 
 #[cfg(test)]
@@ -568,6 +548,11 @@ mod tests {
         assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(unbase64("dXNlcjpwYXNz").unwrap(), b"user:pass");
+        assert_eq!(unbase64("YWI").unwrap(), b"ab", "padding optional");
+        assert_eq!(unbase64(" YW\nI= ").unwrap(), b"ab", "whitespace skipped");
+        assert_eq!(unbase64("-_8=").unwrap(), [0xfb, 0xff], "URL-safe alphabet");
+        assert_eq!(unbase64("+/8=").unwrap(), [0xfb, 0xff]);
+        assert!(unbase64("a!b=").is_none());
     }
 
     #[test]

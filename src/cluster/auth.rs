@@ -3,39 +3,26 @@
 //! (`SetBasicAuth("", secret)`) and its server checks it (`BasicAuth()` then
 //! `subtle.ConstantTimeCompare`).
 
-use super::base64;
+use subtle::ConstantTimeEq;
+
+use crate::access::basic;
 
 /// The `Authorization` field value a node sends to its peers.
 pub fn header_value(secret: &str) -> String {
-    format!("Basic {}", base64::encode(format!(":{secret}").as_bytes()))
+    basic::header_value("", secret)
 }
 
-/// The password of a `Basic` credential (RFC 7617 §2: scheme case-insensitive, then
-/// `base64(user ":" password)`); `None` when the field is not one.
+/// The password of a `Basic` credential (RFC 7617 §2); `None` when the field is not one.
 pub fn basic_password(value: &[u8]) -> Option<Vec<u8>> {
-    let value = value.trim_ascii();
-    let (scheme, rest) = value.split_at(value.iter().position(|&b| b == b' ')?);
-    if !scheme.eq_ignore_ascii_case(b"basic") {
-        return None;
-    }
-    let decoded = base64::decode(rest.trim_ascii()).ok()?;
-    let colon = decoded.iter().position(|&b| b == b':')?;
-    Some(decoded[colon + 1..].to_vec())
+    basic::credentials(value).map(|c| c.password().to_vec())
 }
 
-/// Compares in time that depends only on `provided`'s length, never on where the bytes
-/// first differ (so the secret cannot be guessed byte by byte from response times).
+/// Compares in time that does not depend on where the bytes first differ (so the secret
+/// cannot be guessed byte by byte from response times): `subtle`'s `ct_eq`, as Go's
+/// `subtle.ConstantTimeCompare` that the original uses. Only a length mismatch returns
+/// early, which tells nothing about the bytes.
 pub fn constant_time_eq(provided: &[u8], secret: &[u8]) -> bool {
-    let mut diff = (provided.len() != secret.len()) as u8;
-    for (i, &b) in provided.iter().enumerate() {
-        let s = if secret.is_empty() {
-            0
-        } else {
-            secret[i % secret.len()]
-        };
-        diff |= b ^ s;
-    }
-    std::hint::black_box(diff) == 0
+    bool::from(provided.ct_eq(secret))
 }
 
 /// Whether an `Authorization` field carries `secret`.
@@ -48,6 +35,7 @@ pub fn authorized(field: Option<&[u8]>, secret: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 
     #[test]
     fn accepts_what_the_original_client_sends() {
@@ -55,7 +43,7 @@ mod tests {
         assert_eq!(v, "Basic OnMzY3JldA==");
         assert!(authorized(Some(v.as_bytes()), "s3cret"));
         // A user name is ignored, like Go's BasicAuth; scheme case does not matter.
-        let with_user = format!("basic {}", base64::encode(b"node:s3cret"));
+        let with_user = format!("basic {}", BASE64.encode(b"node:s3cret"));
         assert!(authorized(Some(with_user.as_bytes()), "s3cret"));
     }
 
@@ -79,7 +67,7 @@ mod tests {
         assert!(!authorized(Some(b"Basic"), "s3cret"));
         assert!(!authorized(Some(b"Basic !!!!"), "s3cret"));
         // No colon: not a Basic credential.
-        let no_colon = format!("Basic {}", base64::encode(b"s3cret"));
+        let no_colon = format!("Basic {}", BASE64.encode(b"s3cret"));
         assert!(!authorized(Some(no_colon.as_bytes()), "s3cret"));
     }
 

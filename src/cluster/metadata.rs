@@ -7,9 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::base64;
 use crate::cache::meta::EntryMeta;
 use crate::http::field;
+use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 
 /// The JSON object of `X-Chacha-Metadata`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +85,7 @@ impl Metadata {
     /// The `X-Chacha-Metadata` field value.
     pub fn encode(&self) -> String {
         let json = serde_json::to_vec(self).expect("metadata serialises");
-        base64::encode(&json)
+        BASE64.encode(&json)
     }
 
     /// Parses an `X-Chacha-Metadata` field value. Its header fields are replayed verbatim
@@ -94,8 +94,9 @@ impl Metadata {
     /// control); the status must be a final status code (RFC 9110 §15). Anything else is an
     /// error: a KV PUT gets 400 and nothing is stored, a KV GET answer is unusable.
     pub fn decode(field: &[u8]) -> Result<Metadata, String> {
-        let json =
-            base64::decode(field.trim_ascii()).map_err(|e| format!("X-Chacha-Metadata: {e}"))?;
+        let json = BASE64
+            .decode(field.trim_ascii())
+            .map_err(|e| format!("X-Chacha-Metadata: {e}"))?;
         let md: Metadata =
             serde_json::from_slice(&json).map_err(|e| format!("X-Chacha-Metadata: {e}"))?;
         md.validate()
@@ -125,7 +126,7 @@ mod tests {
     #[test]
     fn reads_and_writes_the_originals_shape() {
         // Go: json.Marshal(cache.Metadata{ETag: "\"abc\""}), base64.StdEncoding.
-        let go = base64::encode(br#"{"etag":"\"abc\""}"#);
+        let go = BASE64.encode(br#"{"etag":"\"abc\""}"#);
         let md = Metadata::decode(go.as_bytes()).unwrap();
         assert_eq!(md.etag, "\"abc\"");
         let entry = md.to_entry("k".into());
@@ -133,11 +134,13 @@ mod tests {
         assert_eq!(entry.headers, vec![("ETag".into(), b"\"abc\"".to_vec())]);
         // Empty ETag is omitted, like `omitempty`.
         assert_eq!(
-            base64::decode(Metadata::default().encode().as_bytes()).unwrap(),
+            BASE64
+                .decode(Metadata::default().encode().as_bytes())
+                .unwrap(),
             b"{}"
         );
         // Unknown fields are ignored, as Go's decoder does.
-        let extra = base64::encode(br#"{"etag":"x","future":[1,{"a":null}]}"#);
+        let extra = BASE64.encode(br#"{"etag":"x","future":[1,{"a":null}]}"#);
         assert_eq!(Metadata::decode(extra.as_bytes()).unwrap().etag, "x");
     }
 
@@ -161,13 +164,13 @@ mod tests {
     #[test]
     fn refuses_malformed_fields() {
         assert!(Metadata::decode(b"not base64!").is_err());
-        assert!(Metadata::decode(base64::encode(b"{").as_bytes()).is_err());
-        assert!(Metadata::decode(base64::encode(br#"{"etag":5}"#).as_bytes()).is_err());
+        assert!(Metadata::decode(BASE64.encode(b"{").as_bytes()).is_err());
+        assert!(Metadata::decode(BASE64.encode(br#"{"etag":5}"#).as_bytes()).is_err());
     }
 
     #[test]
     fn refuses_fields_that_would_split_a_response() {
-        let decode = |json: &str| Metadata::decode(base64::encode(json.as_bytes()).as_bytes());
+        let decode = |json: &str| Metadata::decode(BASE64.encode(json.as_bytes()).as_bytes());
         let cases = [
             (
                 r#"{"etag":"\"v\"","headers":[["X-A","1"]],"status":200}"#,

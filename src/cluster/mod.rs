@@ -7,7 +7,6 @@
 //! codec, the claims of remote fills, and per-node up/down flags shared by all cores.
 
 pub mod auth;
-pub mod base64;
 pub mod claims;
 pub mod kv;
 pub mod metadata;

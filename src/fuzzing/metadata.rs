@@ -1,6 +1,6 @@
 use crate::cache::meta::EntryMeta;
-use crate::cluster::base64;
 use crate::cluster::metadata::Metadata;
+use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 
 // KV metadata (X-Chacha-Metadata: base64 of JSON)
 
@@ -16,7 +16,7 @@ use crate::cluster::metadata::Metadata;
 pub fn kv_metadata(data: &[u8]) {
     check_base64(data);
     check_metadata_field(data);
-    check_metadata_field(base64::encode(data).as_bytes());
+    check_metadata_field(BASE64.encode(data).as_bytes());
     check_entry_round_trip(data);
 }
 
@@ -61,8 +61,8 @@ fn valid_fields(fields: &[(String, Vec<u8>)]) -> bool {
 }
 
 fn check_base64(text: &[u8]) {
-    if let Ok(bytes) = base64::decode(text) {
-        assert_eq!(base64::encode(&bytes).as_bytes(), text, "not canonical");
+    if let Ok(bytes) = BASE64.decode(text) {
+        assert_eq!(BASE64.encode(&bytes).as_bytes(), text, "not canonical");
     }
 }
 
@@ -77,7 +77,9 @@ fn check_metadata_field(field: &[u8]) {
             return;
         }
     };
-    let json = base64::decode(field.trim_ascii()).expect("decoded from valid base64");
+    let json = BASE64
+        .decode(field.trim_ascii())
+        .expect("decoded from valid base64");
     let text: usize = md.etag.len()
         + md.headers
             .iter()

@@ -66,6 +66,8 @@ pub struct Worker {
     pub interception: Option<Arc<connect::Interception>>,
     /// `cluster`, when configured (shared by all cores): key owners, peer health, claims.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// `access`: this core's side of proxy authentication (and the shared rules).
+    pub access: crate::access::Local,
 }
 
 impl Worker {
@@ -386,6 +388,19 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
             }
             _ => format!("{} {}", head.method, head.target),
         };
+        // RFC 9110 §11.7.1: using the proxy (CONNECT, absolute form) may need credentials;
+        // chacha's own endpoints and the requests inside a tunnel do not.
+        if matches!(channel, Channel::Direct)
+            && (head.method == "CONNECT" || !head.target.starts_with('/'))
+        {
+            if let Err(refusal) = w.access.authorize(&head).await {
+                if refuse_request(conn, &head, refusal, peer, &line, start, w).await {
+                    conn.shrink();
+                    continue;
+                }
+                return LoopEnd::Closed { clean: true };
+            }
+        }
         let method = crate::metrics::Method::of(&head.method);
         let (outcome, scope) = match channel {
             Channel::Direct if head.method == "CONNECT" => match connect::check(&head, w) {
@@ -462,6 +477,43 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
         }
         conn.shrink();
     }
+}
+
+/// Answers a request that `access.proxy-auth` refused (407 with `Proxy-Authenticate`, or
+/// 503 with `Retry-After`); whether the connection may carry another request (not when
+/// the request has a body, which is left unread).
+async fn refuse_request<S: AsyncReadRent + AsyncWriteRent>(
+    conn: &mut BufConn<S>,
+    head: &RequestHead,
+    refusal: crate::access::auth::Refusal,
+    peer: SocketAddr,
+    line: &str,
+    start: Instant,
+    w: &Worker,
+) -> bool {
+    let no_body = matches!(
+        head.body_kind(),
+        Ok(crate::http::BodyKind::None) | Ok(crate::http::BodyKind::Length(0))
+    );
+    let keep = no_body && w.may_keep_alive(head);
+    let (status, msg) = (refusal.status(), refusal.message());
+    let framing = Framing::close_if(!keep);
+    let bytes = write_simple(&mut conn.io, status, msg, framing, &[refusal.header()]).await;
+    let sent = bytes.as_ref().copied().unwrap_or(0);
+    let method = crate::metrics::Method::of(&head.method);
+    count(method, status, Op::Reject, sent, start, &Default::default());
+    let ms = start.elapsed().as_millis();
+    access_line(
+        peer,
+        Some(line),
+        status,
+        sent,
+        ms,
+        Op::Reject,
+        Detail::Error(msg),
+    )
+    .log(log::Level::Info);
+    bytes.is_ok() && keep
 }
 
 /// Counts one request in the metrics at its log point (`bytes`: body bytes sent).

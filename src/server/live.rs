@@ -137,6 +137,7 @@ impl Worker {
             active: self.active.clone(),
             store: self.store.clone(),
             open_entries: self.open_entries.clone(),
+            access: self.access.clone(),
         });
         *self.live.latest.borrow_mut() = Rc::downgrade(&w);
         w

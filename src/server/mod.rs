@@ -11,6 +11,7 @@ pub mod reload;
 pub mod shutdown;
 pub mod signals;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,6 +50,8 @@ pub struct Settings {
     /// The verifying client config for `https` origins (one for all cores, so the
     /// trust store is read once and TLS sessions resume across cores).
     pub tls_client: Arc<ClientConfig>,
+    /// `access`: client list, proxy authentication, connection limits (one for all cores).
+    pub access: Arc<crate::access::Access>,
 }
 
 /// Runs until SIGTERM/SIGINT and the drain; returns the process exit code.
@@ -388,6 +391,7 @@ async fn worker_body(
         open_entries: Default::default(),
         interception: snap.interception.clone(),
         cluster: snap.cluster.clone(),
+        access: crate::access::Local::new(settings.access.clone()),
     });
     drop(snap);
     if id == 0 {
@@ -399,6 +403,8 @@ async fn worker_body(
         ));
     }
     let mut backoff = AcceptBackoff::default();
+    let deny_log = crate::access::DenyLog::default();
+    let lingering = Rc::new(Cell::new(0usize));
     loop {
         monoio::select! {
             r = listener.accept() => match r {
@@ -407,8 +413,19 @@ async fn worker_body(
                     if let Some(newer) = worker.newer() {
                         worker = newer; // a live reload happened
                     }
-                    let _ = stream.set_nodelay(true);
-                    monoio::spawn(serve_connection(stream, peer, worker.clone()));
+                    // Once per connection, before anything is read (no TLS, no CONNECT,
+                    // no endpoint): access.clients, then access.limits.
+                    match settings.access.admit(peer.ip()) {
+                        Ok(admitted) => {
+                            let _ = stream.set_nodelay(true);
+                            let worker = worker.clone();
+                            monoio::spawn(async move {
+                                serve_connection(stream, peer, worker).await;
+                                drop(admitted);
+                            });
+                        }
+                        Err(refused) => refuse(stream, peer, refused, &deny_log, &lingering),
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors (or memory): pause accepting, keep serving the
@@ -437,6 +454,90 @@ async fn worker_body(
             worker.active.get()
         );
     }
+}
+
+/// Refused connections whose answer is being lingered on per core (see [`refuse`]);
+/// past this many, a refused connection is closed right after its answer.
+const MAX_LINGERING: usize = 64;
+/// How long a refused connection's input is read and dropped after its answer, and how
+/// much of it at most.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Answers a connection refused at accept (403 for `access.clients`, 503 with
+/// `Retry-After` for `access.limits`) and closes it, never looking at the request. The
+/// answer goes first; then, like nginx's lingering close, whatever the client already
+/// sent is read and dropped for a moment, since closing a socket with unread input
+/// resets the connection (RFC 9112 §9.6), which can destroy the answer before the
+/// client reads it. Logged as `refused.log` says (once per client per minute, once
+/// per limit episode).
+fn refuse(
+    stream: monoio::net::TcpStream,
+    peer: SocketAddr,
+    refused: crate::access::Refused,
+    deny_log: &crate::access::DenyLog,
+    lingering: &Rc<Cell<usize>>,
+) {
+    let log = match refused.status {
+        403 => deny_log.should_log(peer.ip()),
+        _ => refused.log,
+    };
+    if log {
+        let again = match refused.status {
+            403 => format!(
+                " (not logged again for {:?})",
+                crate::access::DENY_LOG_INTERVAL
+            ),
+            _ => " (not logged again until below the limit)".to_owned(),
+        };
+        let detail = format!("{}{again}", refused.reason);
+        crate::proxy::access_line(
+            peer,
+            None,
+            refused.status,
+            0,
+            0,
+            crate::proxy::Op::Reject,
+            crate::server::accesslog::Detail::Error(&detail),
+        )
+        .log(log::Level::Warn);
+    }
+    let linger = lingering.get() < MAX_LINGERING;
+    if linger {
+        lingering.set(lingering.get() + 1);
+    }
+    let lingering = lingering.clone();
+    monoio::spawn(async move {
+        use monoio::io::{AsyncReadRent, AsyncWriteRent};
+        let mut stream = stream;
+        let headers: Vec<(&str, &str)> = refused.header.into_iter().collect();
+        let written = crate::proxy::write_simple(
+            &mut stream,
+            refused.status,
+            &refused.reason,
+            crate::proxy::Framing::Close,
+            &headers,
+        )
+        .await;
+        if linger {
+            if written.is_ok() {
+                let _ = stream.shutdown().await;
+                let deadline = Instant::now() + LINGER_TIME;
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut drained = 0;
+                while drained < LINGER_BYTES {
+                    match monoio::time::timeout_at(deadline.into(), stream.read(buf)).await {
+                        Ok((Ok(n), b)) if n > 0 => {
+                            drained += n;
+                            buf = b;
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            lingering.set(lingering.get() - 1);
+        }
+    });
 }
 
 #[cfg(test)]

@@ -158,6 +158,12 @@ impl Reloader {
             ));
             new.metrics = old.metrics;
         }
+        // The access rules (client list, proxy-auth users, limits) are built once at
+        // startup (the htpasswd file is read before any privilege drop).
+        if new.access != old.access {
+            restart.push("access changed: needs a restart; keeping the rules in force".into());
+            new.access = old.access.clone();
+        }
         // Checked against the kept addr (the new one may not be in force).
         if let Some(c) = &new.cluster {
             if new.addr.ip().is_unspecified() || new.addr.port() == 0 {

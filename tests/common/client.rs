@@ -88,6 +88,16 @@ impl Conn {
         }
     }
 
+    /// A connection over an already connected socket (e.g. one bound to a chosen source
+    /// address), with [`DEFAULT_IO_TIMEOUT`] as read and write timeout.
+    pub fn from_stream(stream: TcpStream) -> Conn {
+        wire::set_timeouts(&stream, DEFAULT_IO_TIMEOUT);
+        let _ = stream.set_nodelay(true);
+        Conn {
+            wire: Wire::new(stream),
+        }
+    }
+
     pub fn set_timeout(&mut self, timeout: Duration) {
         wire::set_timeouts(&self.wire.stream, timeout);
     }

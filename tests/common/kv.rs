@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 
-use chacha::cluster::base64;
+use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 
 pub const SECRET: &str = "kv-test-secret";
 
@@ -58,17 +58,17 @@ pub fn go_kv_request(
         }
     }
     if let Some(secret) = auth {
-        let cred = base64::encode(format!(":{secret}").as_bytes());
+        let cred = BASE64.encode(format!(":{secret}").as_bytes());
         s.push_str(&format!("Authorization: Basic {cred}\r\n"));
     }
     s.push_str(&format!(
         "X-Chacha-Key: {}\r\n",
-        base64::encode(key.as_bytes())
+        BASE64.encode(key.as_bytes())
     ));
     if let Some(json) = metadata_json {
         s.push_str(&format!(
             "X-Chacha-Metadata: {}\r\n",
-            base64::encode(json.as_bytes())
+            BASE64.encode(json.as_bytes())
         ));
     }
     s.push_str("Accept-Encoding: gzip\r\n\r\n");

@@ -5,6 +5,7 @@
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code, unused_imports)]
 
+pub mod access;
 pub mod cached;
 pub mod chacha;
 pub mod client;

@@ -282,10 +282,26 @@ pub fn send_connect(
     authority: &str,
     after_head: &[u8],
 ) -> io::Result<(TcpStream, u16, String)> {
+    send_connect_with(proxy, authority, &[], after_head)
+}
+
+/// [`send_connect`] with extra header lines (each without CRLF) in the CONNECT head.
+pub fn send_connect_with(
+    proxy: SocketAddr,
+    authority: &str,
+    headers: &[&str],
+    after_head: &[u8],
+) -> io::Result<(TcpStream, u16, String)> {
     let mut tcp = TcpStream::connect_timeout(&proxy, DEFAULT_IO_TIMEOUT)?;
     wire::set_timeouts(&tcp, DEFAULT_IO_TIMEOUT);
     let _ = tcp.set_nodelay(true);
-    let mut out = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").into_bytes();
+    let mut out = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+    for h in headers {
+        out.push_str(h);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
     out.extend_from_slice(after_head);
     tcp.write_all(&out)?;
     let mut head = Vec::new();
@@ -333,14 +349,23 @@ impl Tunnel {
     /// Opens a tunnel and completes the TLS handshake. `Err` describes a refused
     /// CONNECT (with the status) or a failed handshake.
     pub fn open(proxy: SocketAddr, opts: TunnelOpts<'_>) -> Result<Tunnel, String> {
+        Tunnel::open_with(proxy, opts, &[])
+    }
+
+    /// [`Tunnel::open`] with extra header lines in the CONNECT head.
+    pub fn open_with(
+        proxy: SocketAddr,
+        opts: TunnelOpts<'_>,
+        headers: &[&str],
+    ) -> Result<Tunnel, String> {
         let name = ServerName::try_from(opts.server_name.to_string()).map_err(|e| e.to_string())?;
         let mut conn = ClientConnection::new(opts.client, name).map_err(|e| e.to_string())?;
         let mut hello = Vec::new();
         if opts.eager {
             conn.write_tls(&mut hello).map_err(|e| e.to_string())?;
         }
-        let (mut tcp, status, text) =
-            send_connect(proxy, opts.authority, &hello).map_err(|e| format!("CONNECT: {e}"))?;
+        let (mut tcp, status, text) = send_connect_with(proxy, opts.authority, headers, &hello)
+            .map_err(|e| format!("CONNECT: {e}"))?;
         if status != 200 {
             return Err(format!("CONNECT refused with {status}: {text}"));
         }

@@ -14,13 +14,14 @@ use monoio::net::TcpStream;
 use super::{claim_ttl, FILL_CLAIM, FILL_CLAIMED, FILL_HEADER, KEY_HEADER, METADATA_HEADER};
 use crate::cache::meta::EntryMeta;
 use crate::cluster::metadata::Metadata;
-use crate::cluster::{base64, Cluster, Node};
+use crate::cluster::{Cluster, Node};
 use crate::http::{BodyKind, ResponseHead};
 use crate::server::shutdown::Shutdown;
 use crate::stream::{BodyReader, BodyWriter, BufConn};
 use crate::upstream::exchange::{exchange_bodiless, read_head_by};
 use crate::upstream::Client;
 use crate::upstream::{UpStream, UpstreamConn, UpstreamError};
+use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 
 /// How often the watch task wakes (probes are due by their own backoff).
 pub const WATCH_TICK: Duration = Duration::from_millis(200);
@@ -121,7 +122,7 @@ fn request_head(
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(KEY_HEADER.as_bytes());
     out.extend_from_slice(b": ");
-    out.extend_from_slice(base64::encode(key.as_bytes()).as_bytes());
+    out.extend_from_slice(BASE64.encode(key.as_bytes()).as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in extra {
         out.extend_from_slice(name.as_bytes());

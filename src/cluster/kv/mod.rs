@@ -30,9 +30,9 @@ pub mod client;
 
 use std::time::Duration;
 
-use super::base64;
 use crate::config::Timeouts;
 use crate::http::RequestHead;
+use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 
 pub const KEY_HEADER: &str = "X-Chacha-Key";
 pub const METADATA_HEADER: &str = "X-Chacha-Metadata";
@@ -69,7 +69,8 @@ pub fn key_of(head: &RequestHead) -> Result<String, String> {
             "failed to determine the key: no {KEY_HEADER} header"
         ));
     };
-    let bytes = base64::decode(field.trim_ascii())
+    let bytes = BASE64
+        .decode(field.trim_ascii())
         .map_err(|e| format!("failed to determine the key: {KEY_HEADER}: {e}"))?;
     match String::from_utf8(bytes) {
         Ok(k) if !k.is_empty() => Ok(k),
