@@ -52,9 +52,9 @@ const TOP_KEYS: &[&str] = &[
     "cluster",
     "timeouts",
     "run-as-root",
-    "access",
     "metrics",
     "log-format",
+    "access",
 ];
 const TIMEOUT_KEYS: &[&str] = &[
     "connect",
@@ -107,12 +107,12 @@ pub struct Config {
     /// `run-as-root` (ours, default true): false makes `chacha run` refuse to keep
     /// running as root, i.e. demands `--user NAME`.
     pub run_as_root: bool,
-    /// `access` (ours): who may use the proxy and where it may go.
-    pub access: AccessConfig,
     /// `metrics` (ours): serve `GET /metrics` on this admin address instead of `addr`.
     pub metrics: Option<MetricsConfig>,
     /// `log-format` (ours): `text` (default) or `json`, one JSON object per line.
     pub log_format: LogFormat,
+    /// `access` (ours): who may use the proxy and where it may go.
+    pub access: AccessConfig,
 }
 
 /// `access`: client list, proxy authentication, destination policy, connection limits.

@@ -75,6 +75,7 @@ fn clients_outside_access_clients_get_403_and_nothing_is_forwarded() {
         let allowed = request_from(ONE, &chacha, &raw);
         assert_eq!(allowed.status(), 200, "{}", allowed.body_str());
         assert_eq!(origin.requests_total(), 1);
+        assert!(chacha.wait_log_count("client 127.0.0.2 is not in access.clients", 1, LOG_WAIT));
         assert_eq!(
             chacha
                 .log()
@@ -100,6 +101,41 @@ fn default_clients_allow_loopback() {
             assert_eq!(r.status(), 200, "from {src}: {}", r.body_str());
         }
         assert_eq!(origin.requests_total(), 2);
+        // The limits in force are logged at startup.
+        assert!(
+            chacha
+                .log()
+                .contains("access: clients [127.0.0.0/8, ::1/128, 10.0.0.0/8"),
+            "{}",
+            chacha.log()
+        );
+        assert!(chacha.log().contains("client connections, 500 per client"));
+    });
+}
+
+#[test]
+fn htpasswd_with_other_hash_kinds_is_refused_at_startup() {
+    with_deadline(DEADLINE, || {
+        let dir = TempDir::new("access-htpasswd");
+        let file = dir.path().join("htpasswd");
+        // What `htpasswd -m` (MD5) writes, after a good bcrypt line.
+        let text = format!(
+            "{}old:$apr1$Qv0vZDxT$Oq8bN1c0N5gKJ4s0b8JMr/\n",
+            htpasswd_line("ci", "s3cret")
+        );
+        std::fs::write(&file, text).unwrap();
+        let yaml = config(&format!(
+            "access:\n  proxy-auth:\n    htpasswd: \"{}\"\n",
+            file.display()
+        ));
+        let out = common::run_to_exit("run", &yaml, Duration::from_secs(20));
+        assert_eq!(out.status.and_then(|s| s.code()), Some(2), "{}", out.stderr);
+        let want = format!(
+            "access.proxy-auth.htpasswd: {}:2: user \"old\": an MD5 ($apr1$) hash; only bcrypt is accepted",
+            file.display()
+        );
+        assert!(out.stderr.contains(&want), "{}", out.stderr);
+        assert!(!out.stderr.contains("listening on"));
     });
 }
 
@@ -303,6 +339,8 @@ fn connection_limit_reached_and_recovered() {
             3,
             "nothing forwarded over the limit"
         );
+        // The episode's line may follow the answer: wait for it, then count.
+        assert!(chacha.wait_log_count("too many connections", 1, LOG_WAIT));
         let log = chacha.log();
         assert_eq!(
             log.matches("too many connections").count(),
@@ -322,7 +360,11 @@ fn connection_limit_reached_and_recovered() {
             &request_from(ONE, &chacha, &raw),
             "(access.limits.connections)",
         );
-        assert_eq!(chacha.log().matches("too many connections").count(), 2);
+        assert!(
+            chacha.wait_log_count("too many connections", 2, LOG_WAIT),
+            "a new episode is logged again:\n{}",
+            chacha.log()
+        );
     });
 }
 

@@ -175,8 +175,8 @@ impl Refusal {
 
 type Key = [u8; 32];
 
-/// One core's verified credentials and verifications in flight.
-#[derive(Default)]
+/// One core's verified credentials and verifications in flight (clones share them).
+#[derive(Default, Clone)]
 pub struct AuthCore {
     state: Rc<CoreState>,
 }

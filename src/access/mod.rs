@@ -115,7 +115,9 @@ impl Access {
     }
 }
 
-/// One core's side of the access rules.
+/// One core's side of the access rules (cloned into each reload's worker, so the
+/// credentials cache outlives a reload).
+#[derive(Clone)]
 pub struct Local {
     pub shared: Arc<Access>,
     auth: AuthCore,

@@ -71,14 +71,14 @@ impl Checker {
             Some(value) => self.boolean(value, "run-as-root"),
             None => Some(true),
         };
-        let access = match optional(map, "access") {
-            Some(value) => self.access(value, "access"),
-            None => Some(AccessConfig::default()),
-        };
         let metrics = optional(map, "metrics").map(|value| self.metrics(value, "metrics"));
         let log_format = match optional(map, "log-format") {
             Some(value) => self.log_format(value, "log-format"),
             None => Some(LogFormat::Text),
+        };
+        let access = match optional(map, "access") {
+            Some(value) => self.access(value, "access"),
+            None => Some(AccessConfig::default()),
         };
         if let (Some(addr), true) = (&addr, optional(map, "cluster").is_some()) {
             self.check_cluster_addr(addr);

@@ -68,7 +68,7 @@ pub struct Worker {
     /// `cluster`, when configured (shared by all cores): key owners, peer health, claims.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// `access`: this core's side of proxy authentication (and the shared rules).
-    pub access: Rc<crate::access::Local>,
+    pub access: crate::access::Local,
 }
 
 impl Worker {
@@ -503,12 +503,20 @@ async fn refuse_request<S: AsyncReadRent + AsyncWriteRent>(
     let (status, msg) = (refusal.status(), refusal.message());
     let framing = Framing::close_if(!keep);
     let bytes = write_simple(&mut conn.io, status, msg, framing, &[refusal.header()]).await;
-    log::info!(
-        "{peer} \"{line}\" {status} {} {}ms {}: {msg}",
-        bytes.as_ref().copied().unwrap_or(0),
-        start.elapsed().as_millis(),
-        Op::Reject
-    );
+    let sent = bytes.as_ref().copied().unwrap_or(0);
+    let method = crate::metrics::Method::of(&head.method);
+    count(method, status, Op::Reject, sent, start, &Default::default());
+    let ms = start.elapsed().as_millis();
+    access_line(
+        peer,
+        Some(line),
+        status,
+        sent,
+        ms,
+        Op::Reject,
+        Detail::Error(msg),
+    )
+    .log(log::Level::Info);
     bytes.is_ok() && keep
 }
 

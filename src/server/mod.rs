@@ -402,7 +402,7 @@ async fn worker_body(
         open_entries: Default::default(),
         interception: snap.interception.clone(),
         cluster: snap.cluster.clone(),
-        access: Rc::new(crate::access::Local::new(settings.access.clone())),
+        access: crate::access::Local::new(settings.access.clone()),
     });
     drop(snap);
     if id == 0 {
@@ -501,11 +501,17 @@ fn refuse(
             ),
             _ => " (not logged again until below the limit)".to_owned(),
         };
-        log::warn!(
-            "{peer} - {} 0 0ms reject: {}{again}",
+        let detail = format!("{}{again}", refused.reason);
+        crate::proxy::access_line(
+            peer,
+            None,
             refused.status,
-            refused.reason
-        );
+            0,
+            0,
+            crate::proxy::Op::Reject,
+            crate::server::accesslog::Detail::Error(&detail),
+        )
+        .log(log::Level::Warn);
     }
     let linger = lingering.get() < MAX_LINGERING;
     if linger {

@@ -157,11 +157,10 @@ impl Reloader {
             ));
             new.metrics = old.metrics;
         }
-        // The client list, credentials, limits and destination policy are read at start
-        // (the htpasswd file may be root's; the limits size the descriptor budget).
+        // The access rules (client list, proxy-auth users, limits) are built once at
+        // startup (the htpasswd file is read before any privilege drop).
         if new.access != old.access {
-            restart
-                .push("access changed: needs a restart; keeping the access rules in force".into());
+            restart.push("access changed: needs a restart; keeping the rules in force".into());
             new.access = old.access.clone();
         }
         // Checked against the kept addr (the new one may not be in force).

@@ -236,6 +236,20 @@ impl Chacha {
         true
     }
 
+    /// Waits until `needle` occurs at least `n` times in the log.
+    pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut text = self.log.text.lock().unwrap();
+        while text.matches(needle).count() < n {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            text = self.log.grew.wait_timeout(text, deadline - now).unwrap().0;
+        }
+        true
+    }
+
     pub fn signal(&self, sig: libc::c_int) {
         // SAFETY: plain kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
