@@ -7,6 +7,7 @@
 //! codec, the claims of remote fills, and per-node up/down flags shared by all cores.
 
 pub mod auth;
+pub mod auth_limit;
 pub mod claims;
 pub mod kv;
 pub mod metadata;
@@ -64,6 +65,8 @@ impl Node {
                 tls: false,
                 host: addr.ip().to_string(),
                 port: addr.port(),
+                // A node from `cluster.nodes`: exempt from the destination policy.
+                peer: true,
             },
             down: AtomicBool::new(false),
         }
@@ -105,6 +108,9 @@ pub struct Cluster {
     pub authorization: String,
     /// Fills that other nodes claimed on this node (kept across live reloads).
     pub claims: Arc<Claims>,
+    /// Failed KV authentications per source address (429 once too many; kept across
+    /// live reloads).
+    pub auth_limit: Arc<auth_limit::AuthLimiter>,
 }
 
 impl Cluster {
@@ -131,6 +137,7 @@ impl Cluster {
             local,
             authorization: auth::header_value(&config.secret),
             claims: old.map_or_else(Arc::default, |o| o.claims.clone()),
+            auth_limit: old.map_or_else(Arc::default, |o| o.auth_limit.clone()),
         }
     }
 

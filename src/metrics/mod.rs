@@ -164,7 +164,7 @@ fn status_class(status: u16) -> usize {
 }
 
 /// Every [`Op`], in label order.
-pub const OPS: [Op; 12] = [
+pub const OPS: [Op; 13] = [
     Op::Hit,
     Op::Collapsed,
     Op::Miss,
@@ -177,6 +177,7 @@ pub const OPS: [Op; 12] = [
     Op::KvDelete,
     Op::PeerHit,
     Op::PeerFill,
+    Op::Tunnel,
 ];
 
 fn op_index(op: Op) -> usize {
@@ -193,6 +194,7 @@ fn op_index(op: Op) -> usize {
         Op::KvDelete => 9,
         Op::PeerHit => 10,
         Op::PeerFill => 11,
+        Op::Tunnel => 12,
     }
 }
 
@@ -257,7 +259,9 @@ pub enum HandshakeFailure {
 pub const HANDSHAKE_FAILURES: [&str; 2] = ["error", "timeout"];
 
 /// `chacha_upstream_errors_total{kind}`.
-pub const UPSTREAM_ERRORS: [&str; 6] = ["dns", "connect", "tls", "timeout", "closed", "protocol"];
+pub const UPSTREAM_ERRORS: [&str; 7] = [
+    "dns", "connect", "tls", "timeout", "closed", "protocol", "denied",
+];
 
 fn upstream_error_index(e: &crate::upstream::UpstreamError) -> usize {
     use crate::upstream::UpstreamError::*;
@@ -268,6 +272,7 @@ fn upstream_error_index(e: &crate::upstream::UpstreamError) -> usize {
         ConnectTimeout(_) | HeadTimeout(_) => 3,
         Closed(_) => 4,
         Protocol(_) => 5,
+        Denied(_) => 6,
     }
 }
 
@@ -324,11 +329,11 @@ pub const SPEED_BOUNDS: [u64; 13] = [
 #[derive(Default)]
 #[repr(C, align(128))]
 pub struct CoreBlock {
-    pub requests: [[[Counter; 12]; 5]; 7],
-    pub response_us: [Histogram<16>; 12],
-    pub speed: [Histogram<13>; 12],
-    pub client_bytes: [Counter; 12],
-    pub origin_bytes: [Counter; 12],
+    pub requests: [[[Counter; 13]; 5]; 7],
+    pub response_us: [Histogram<16>; 13],
+    pub speed: [Histogram<13>; 13],
+    pub client_bytes: [Counter; 13],
+    pub origin_bytes: [Counter; 13],
     pub outcomes: [Counter; 5],
     pub not_stored: [Counter; 13],
     pub origin_responses: [Counter; 4],
@@ -339,7 +344,7 @@ pub struct CoreBlock {
     pub connections_opened: Counter,
     pub connections_closed: Counter,
     pub handshake_failures: [Counter; 2],
-    pub upstream_errors: [Counter; 6],
+    pub upstream_errors: [Counter; 7],
     pub kv_requests: [[Counter; 7]; 3],
 }
 

@@ -24,6 +24,8 @@ pub enum ProxyError {
     ClientIo(std::io::Error),
     /// The client's request body stalled for `timeouts.client-body` (408).
     ClientBodyTimeout(std::time::Duration),
+    /// chacha lacks a resource for the request right now, e.g. descriptors (503).
+    Unavailable(String),
 }
 
 impl ProxyError {
@@ -35,11 +37,13 @@ impl ProxyError {
             ProxyError::LoopDetected => 508,
             ProxyError::PortNotAllowed(_) => 406,
             ProxyError::NotFound => 404,
+            ProxyError::Upstream(UpstreamError::Denied(_)) => 403,
             ProxyError::Upstream(UpstreamError::HeadTimeout(_))
             | ProxyError::Upstream(UpstreamError::ConnectTimeout(_)) => 504,
             ProxyError::Upstream(_) => 502,
             ProxyError::ClientIo(_) => 400,
             ProxyError::ClientBodyTimeout(_) => 408,
+            ProxyError::Unavailable(_) => 503,
         }
     }
 }
@@ -64,6 +68,7 @@ impl fmt::Display for ProxyError {
             ProxyError::ClientBodyTimeout(d) => {
                 write!(f, "request body: no bytes received for {d:?}")
             }
+            ProxyError::Unavailable(why) => f.write_str(why),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod origin_body;
 pub mod relay;
 pub mod serve;
 pub mod storage;
+pub mod tunnel;
 pub mod validate;
 
 use std::cell::Cell;
@@ -114,6 +115,8 @@ pub enum Op {
     PeerHit,
     /// Stored on the owner node while served.
     PeerFill,
+    /// A blind CONNECT tunnel (bytes relayed, not intercepted).
+    Tunnel,
 }
 
 impl Op {
@@ -131,6 +134,7 @@ impl Op {
             Op::KvDelete => "kv-delete",
             Op::PeerHit => "peer-hit",
             Op::PeerFill => "peer-fill",
+            Op::Tunnel => "tunnel",
         }
     }
 }
@@ -325,7 +329,7 @@ pub enum LoopEnd {
 }
 
 /// Serves one client connection until it closes, errs, or the worker shuts down.
-pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
+pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + std::os::fd::AsRawFd>(
     io: S,
     peer: SocketAddr,
     w: Rc<Worker>,
@@ -420,7 +424,7 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                     Default::default(),
                 ),
             },
-            _ => crate::metrics::scoped(dispatch(conn, head, w, channel)).await,
+            _ => crate::metrics::scoped(dispatch(conn, head, w, channel, peer)).await,
         };
         let keep = match outcome {
             Outcome::Done(ex) => {
@@ -539,6 +543,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
     head: RequestHead,
     w: &Worker,
     channel: Channel<'_>,
+    peer: SocketAddr,
 ) -> Outcome {
     if head.method == "CONNECT" {
         // RFC 9110 §9.3.6. Direct CONNECTs are handled by the loop; a CONNECT inside a
@@ -561,7 +566,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
             // chacha's own address: the KV protocol in cluster mode, else its endpoints.
             return match &w.cluster {
                 Some(c) if crate::cluster::kv::is_kv_request(&head) => {
-                    kv::handle(conn, head, w, c).await
+                    kv::handle(conn, head, w, c, peer).await
                 }
                 _ => internal::handle(conn, head, w).await,
             };
