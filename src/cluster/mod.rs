@@ -10,6 +10,7 @@ pub mod auth;
 pub mod claims;
 pub mod kv;
 pub mod metadata;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -24,6 +24,8 @@ pub enum ProxyError {
     ClientIo(std::io::Error),
     /// The client's request body stalled for `timeouts.client-body` (408).
     ClientBodyTimeout(std::time::Duration),
+    /// `GET /direct-connect` refused: 401 (token), 404 (no entry), 410 (entry replaced).
+    DirectConnect(u16, String),
 }
 
 impl ProxyError {
@@ -40,6 +42,7 @@ impl ProxyError {
             ProxyError::Upstream(_) => 502,
             ProxyError::ClientIo(_) => 400,
             ProxyError::ClientBodyTimeout(_) => 408,
+            ProxyError::DirectConnect(status, _) => *status,
         }
     }
 }
@@ -64,6 +67,7 @@ impl fmt::Display for ProxyError {
             ProxyError::ClientBodyTimeout(d) => {
                 write!(f, "request body: no bytes received for {d:?}")
             }
+            ProxyError::DirectConnect(_, reason) => f.write_str(reason),
         }
     }
 }

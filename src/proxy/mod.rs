@@ -6,6 +6,7 @@ pub mod cached;
 pub mod client_side;
 pub mod connect;
 pub mod decide;
+pub mod direct_connect;
 pub mod error;
 pub mod fill;
 pub mod handoff;
@@ -114,6 +115,10 @@ pub enum Op {
     PeerHit,
     /// Stored on the owner node while served.
     PeerFill,
+    /// A validated hit answered with a 307 to its owner's `/direct-connect`.
+    Redirect,
+    /// `GET /direct-connect` on the owner.
+    DirectConnect,
 }
 
 impl Op {
@@ -131,6 +136,8 @@ impl Op {
             Op::KvDelete => "kv-delete",
             Op::PeerHit => "peer-hit",
             Op::PeerFill => "peer-fill",
+            Op::Redirect => "redirect",
+            Op::DirectConnect => "direct-connect",
         }
     }
 }
