@@ -354,7 +354,7 @@ pub const SPEED_BOUNDS: [u64; 13] = [
 #[derive(Default)]
 #[repr(C, align(128))]
 pub struct CoreBlock {
-    pub requests: [[[Counter; 12]; 5]; 7],
+    pub requests: [[[Counter; N_OPS]; 5]; 7],
     pub response_us: [Histogram<16>; N_OPS],
     pub speed: [Histogram<13>; N_OPS],
     pub client_bytes: [Counter; N_OPS],
