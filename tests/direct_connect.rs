@@ -36,7 +36,7 @@ fn reserve_addrs(n: usize) -> Vec<SocketAddr> {
     );
     let listeners: Vec<TcpListener> = (1..=n)
         .map(|i| {
-            // 251..: away from tests/cluster.rs's addresses in the same process id range.
+            // .248, .249: apart from tests/cluster.rs's .1, .2, .3 in the same nets.
             TcpListener::bind(format!("127.{}.{}.{}:0", net.0, net.1, 250 - i))
                 .expect("bind a loopback address")
         })
