@@ -11,6 +11,7 @@ pub mod auth_limit;
 pub mod claims;
 pub mod kv;
 pub mod metadata;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -544,10 +544,11 @@ fn example_config_commented_settings_parse_when_enabled() {
         .collect();
     let config = parse(&enabled).unwrap_or_else(|err| panic!("{err}\n{enabled}"));
     assert_eq!(config.workers, 2);
-    assert_eq!(config.rules.len(), 2);
+    assert_eq!(config.rules.len(), 3);
     assert!(config.rules[0]
         .pattern
         .is_match("https://ghcr.io/v2/a/b/blobs/sha256:0"));
+    assert!(config.rules[2].direct_connect && config.rules[2].direct_connect_header);
     assert_eq!(config.tls_interceptor.unwrap().ports, [443]);
     assert_eq!(config.cluster.unwrap().nodes.len(), 2);
 }

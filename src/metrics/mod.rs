@@ -164,7 +164,8 @@ fn status_class(status: u16) -> usize {
 }
 
 /// Every [`Op`], in label order.
-pub const OPS: [Op; 13] = [
+pub const N_OPS: usize = 15;
+pub const OPS: [Op; N_OPS] = [
     Op::Hit,
     Op::Collapsed,
     Op::Miss,
@@ -178,6 +179,8 @@ pub const OPS: [Op; 13] = [
     Op::PeerHit,
     Op::PeerFill,
     Op::Tunnel,
+    Op::Redirect,
+    Op::DirectConnect,
 ];
 
 fn op_index(op: Op) -> usize {
@@ -195,6 +198,8 @@ fn op_index(op: Op) -> usize {
         Op::PeerHit => 10,
         Op::PeerFill => 11,
         Op::Tunnel => 12,
+        Op::Redirect => 13,
+        Op::DirectConnect => 14,
     }
 }
 
@@ -300,6 +305,31 @@ fn kv_result(status: u16) -> usize {
     }
 }
 
+/// `chacha_direct_connect_total{result}`: 307s to an owner (`redirect`), and how this
+/// node answered `GET /direct-connect`.
+pub const DIRECT_CONNECT_RESULTS: [&str; 7] = [
+    "redirect",
+    "ok",
+    "partial",
+    "unauthorized",
+    "not_found",
+    "replaced",
+    "other",
+];
+
+fn direct_connect_result(op: Op, status: u16) -> Option<usize> {
+    match (op, status) {
+        (Op::Redirect, _) => Some(0),
+        (Op::DirectConnect, 200) => Some(1),
+        (Op::DirectConnect, 206) => Some(2),
+        (Op::DirectConnect, 401) => Some(3),
+        (Op::DirectConnect, 404) => Some(4),
+        (Op::DirectConnect, 410) => Some(5),
+        (Op::DirectConnect, _) => Some(6),
+        _ => None,
+    }
+}
+
 /// Upper bounds of `chacha_response_seconds`, in microseconds.
 pub const RESPONSE_BOUNDS_US: [u64; 16] = [
     500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
@@ -329,11 +359,11 @@ pub const SPEED_BOUNDS: [u64; 13] = [
 #[derive(Default)]
 #[repr(C, align(128))]
 pub struct CoreBlock {
-    pub requests: [[[Counter; 13]; 5]; 7],
-    pub response_us: [Histogram<16>; 13],
-    pub speed: [Histogram<13>; 13],
-    pub client_bytes: [Counter; 13],
-    pub origin_bytes: [Counter; 13],
+    pub requests: [[[Counter; N_OPS]; 5]; 7],
+    pub response_us: [Histogram<16>; N_OPS],
+    pub speed: [Histogram<13>; N_OPS],
+    pub client_bytes: [Counter; N_OPS],
+    pub origin_bytes: [Counter; N_OPS],
     pub outcomes: [Counter; 5],
     pub not_stored: [Counter; 13],
     pub origin_responses: [Counter; 4],
@@ -346,6 +376,7 @@ pub struct CoreBlock {
     pub handshake_failures: [Counter; 2],
     pub upstream_errors: [Counter; 7],
     pub kv_requests: [[Counter; 7]; 3],
+    pub direct_connect: [Counter; 7],
 }
 
 impl Merge for CoreBlock {
@@ -367,6 +398,7 @@ impl Merge for CoreBlock {
         self.handshake_failures.merge_from(&o.handshake_failures);
         self.upstream_errors.merge_from(&o.upstream_errors);
         self.kv_requests.merge_from(&o.kv_requests);
+        self.direct_connect.merge_from(&o.direct_connect);
     }
 }
 
@@ -430,6 +462,9 @@ pub fn request(
         };
         if let Some(k) = kv {
             b.kv_requests[k][kv_result(status)].add(1);
+        }
+        if let Some(r) = direct_connect_result(op, status) {
+            b.direct_connect[r].add(1);
         }
     });
 }

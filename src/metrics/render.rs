@@ -299,6 +299,19 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
 
+    o.family(
+        "chacha_direct_connect_total",
+        "counter",
+        "Direct-connect: 307s to a key's owner, and this node's GET /direct-connect answers.",
+    );
+    for (r, result) in DIRECT_CONNECT_RESULTS.iter().enumerate() {
+        let labels = format!("result=\"{result}\"");
+        o.sample(
+            "chacha_direct_connect_total",
+            &labels,
+            t.direct_connect[r].get(),
+        );
+    }
     if let Some(peers) = &s.peers {
         o.family(
             "chacha_peer_up",

@@ -26,6 +26,8 @@ pub enum ProxyError {
     ClientBodyTimeout(std::time::Duration),
     /// chacha lacks a resource for the request right now, e.g. descriptors (503).
     Unavailable(String),
+    /// `GET /direct-connect` refused: 401 (token), 404 (no entry), 410 (entry replaced).
+    DirectConnect(u16, String),
 }
 
 impl ProxyError {
@@ -44,6 +46,7 @@ impl ProxyError {
             ProxyError::ClientIo(_) => 400,
             ProxyError::ClientBodyTimeout(_) => 408,
             ProxyError::Unavailable(_) => 503,
+            ProxyError::DirectConnect(status, _) => *status,
         }
     }
 }
@@ -69,6 +72,7 @@ impl fmt::Display for ProxyError {
                 write!(f, "request body: no bytes received for {d:?}")
             }
             ProxyError::Unavailable(why) => f.write_str(why),
+            ProxyError::DirectConnect(_, reason) => f.write_str(reason),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod cached;
 pub mod client_side;
 pub mod connect;
 pub mod decide;
+pub mod direct_connect;
 pub mod error;
 pub mod fill;
 pub mod handoff;
@@ -117,6 +118,10 @@ pub enum Op {
     PeerFill,
     /// A blind CONNECT tunnel (bytes relayed, not intercepted).
     Tunnel,
+    /// A validated hit answered with a 307 to its owner's `/direct-connect`.
+    Redirect,
+    /// `GET /direct-connect` on the owner.
+    DirectConnect,
 }
 
 impl Op {
@@ -135,6 +140,8 @@ impl Op {
             Op::PeerHit => "peer-hit",
             Op::PeerFill => "peer-fill",
             Op::Tunnel => "tunnel",
+            Op::Redirect => "redirect",
+            Op::DirectConnect => "direct-connect",
         }
     }
 }

@@ -91,6 +91,15 @@ impl Lookup {
         }
     }
 
+    /// The head of the complete entry held, if any.
+    pub(crate) fn entry_meta(&self) -> Option<&EntryMeta> {
+        match &self.holding {
+            Holding::Entry(Entry::Disk(e)) => Some(&e.entry.meta),
+            Holding::Entry(Entry::Peer(f)) => Some(&f.meta),
+            _ => None,
+        }
+    }
+
     pub(crate) fn has_entry(&self) -> bool {
         matches!(self.holding, Holding::Entry(_))
     }
