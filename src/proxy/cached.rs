@@ -46,14 +46,10 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         _ => return forward(client, req, uri, w, not_stored(false, NotStorable::Method)).await,
     }
     let key = cache_key(&uri, rule);
-    // This node's disk, or the key's owner in cluster mode (uncached: no disk, or the
-    // owner is down or gives no usable answer).
-    let storage = match Storage::of(&key, w) {
-        Ok(s) => s,
-        Err(uncached) => return forward(client, req, uri, w, uncached).await,
-    };
-    let found = match storage.lookup(&key, &req, w).await {
-        Ok(found) => found,
+    // This node's disk, or in cluster mode the key's owner or its stand-in (uncached: no
+    // disk, or no node up, or the node gives no usable answer).
+    let (storage, found) = match Storage::find(&key, &req, w).await {
+        Ok(x) => x,
         Err(uncached) => return forward(client, req, uri, w, uncached).await,
     };
     let had_entry = found.has_entry();

@@ -36,7 +36,7 @@ use crate::stream::BufConn;
 pub(crate) enum Storage<'a> {
     /// This node's disk; the key's hash.
     Local(&'a Arc<Store>, u64),
-    /// The node that owns the key.
+    /// The node that owns the key, or its stand-in while the owner is down.
     Peer(peer::OwnerNode<'a>),
 }
 
@@ -182,11 +182,38 @@ impl ReadBack<'_> {
 pub(crate) type NoFill = String;
 
 impl<'a> Storage<'a> {
-    /// The storage of `key`: the owner's in cluster mode, else this node's disk; or how
-    /// the request is served uncached (no disk, or an owner marked down).
+    /// The storage of `key` and what it holds: [`Storage::of`], then
+    /// [`Storage::lookup`]. A peer found unreachable on the way is marked down and the
+    /// key goes, once, to its stand-in (`Cluster::serving`), so that a node dying does
+    /// not send its keys to the origin uncached.
+    pub(crate) async fn find(
+        key: &str,
+        req: &RequestHead,
+        w: &'a Worker,
+    ) -> Result<(Storage<'a>, Lookup), Uncached> {
+        let storage = Storage::of(key, w)?;
+        match storage.lookup(key, req, w).await {
+            Ok(found) => Ok((storage, found)),
+            Err(uncached) => {
+                let Storage::Peer(owner) = &storage else {
+                    return Err(uncached);
+                };
+                if !owner.node.is_down() {
+                    return Err(uncached); // it answered, uselessly: not a health matter
+                }
+                let stand_in = Storage::of(key, w)?;
+                let found = stand_in.lookup(key, req, w).await?;
+                Ok((stand_in, found))
+            }
+        }
+    }
+
+    /// The storage of `key`: in cluster mode the node that serves it (its owner, or the
+    /// owner's stand-in while the owner is down: `Cluster::serving`), else this node's
+    /// disk; or how the request is served uncached (no disk, or no node up).
     pub(crate) fn of(key: &str, w: &'a Worker) -> Result<Storage<'a>, Uncached> {
         if let Some(cluster) = &w.cluster {
-            if let Owner::Peer(node) = cluster.owner(key) {
+            if let Owner::Peer(node) = cluster.serving(key) {
                 if node.is_down() {
                     return Err(peer::owner_down);
                 }
