@@ -74,7 +74,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     match action {
         Action::ServeEntry | Action::ServeFill => {
             release_bodyless(&mut up, &resp, w);
-            storage.serve(client, &req, found, &resp, w).await
+            storage.serve(client, &req, &uri, found, &resp, w).await
         }
         Action::Fill => {
             let target = FillTarget {

@@ -29,6 +29,7 @@ use crate::cache::policy::Validators;
 use crate::cache::store::{FillWriter, Store};
 use crate::cluster::kv::client::Found;
 use crate::cluster::Owner;
+use crate::http::uri::Uri;
 use crate::http::{RequestHead, ResponseHead};
 use crate::stream::BufConn;
 
@@ -255,6 +256,7 @@ impl<'a> Storage<'a> {
         &self,
         client: &mut BufConn<C>,
         req: &RequestHead,
+        uri: &Uri,
         lookup: Lookup,
         not_modified: &ResponseHead,
         w: &Worker,
@@ -264,7 +266,10 @@ impl<'a> Storage<'a> {
                 serve_entry(client, req, open, not_modified, w).await
             }
             Holding::Entry(Entry::Peer(found)) => {
-                peer::serve(client, req, *found, not_modified, w).await
+                let Storage::Peer(owner) = self else {
+                    unreachable!("a peer's entry comes from a peer")
+                };
+                peer::serve(client, req, uri, *found, *owner, not_modified, w).await
             }
             Holding::Filling(fill, info) => {
                 serve_fill(client, req, &fill, &info, not_modified, w).await
