@@ -291,6 +291,40 @@ fn owner_killed_mid_peer_hit_and_origin_without_ranges_cuts_the_client_never_wro
 }
 
 #[test]
+fn owner_killed_while_a_peer_fills_client_reads_back_the_client_gets_the_whole_body() {
+    with_deadline(DEADLINE, || {
+        let body = body_of(48 << 20);
+        let to = TestOrigin::start(body.clone(), true);
+        let mut c = Cluster::start(2);
+        let o = to.origin.authority();
+        let path = c.paths_owned_by(&to.origin, 0, "/fill/", 1).remove(0);
+        let url = to.origin.url(&path);
+        let owner_dir = c.nodes[0].dir().to_path_buf();
+        // A miss through the non-owner: it fills the owner with a KV PUT at the origin's
+        // speed while its client reads 256 KiB and stops; the client falls behind the
+        // fill (its hand-off queue holds a few pieces) and reads the rest back from the
+        // owner. The owner dies once the entry is committed there.
+        let proxy = c.nodes[1].addr();
+        let nodes = &mut c;
+        let (status, len, got) = stream_get(proxy, &o, &path, 256 << 10, || {
+            assert!(
+                wait_until(Duration::from_secs(30), || stored_in(&owner_dir, &url)),
+                "the fill never committed on the owner"
+            );
+            nodes.kill(0);
+        });
+        assert_eq!(status, 200);
+        assert_eq!(len, body.len());
+        assert_eq!(got.len(), body.len(), "the client's body was cut");
+        assert!(got == *body, "the body is not byte-exact");
+        assert_eq!(to.full_bodies(&path), 1);
+        assert_eq!(to.ranged_requests(), 1);
+        let log = c.nodes[1].log();
+        assert!(log.contains("the rest comes from the origin"), "{log}");
+    });
+}
+
+#[test]
 fn a_down_owners_keys_are_cached_and_single_flighted_on_its_stand_in() {
     with_deadline(DEADLINE, || {
         let body = body_of(256 << 10);
