@@ -620,6 +620,8 @@ pub struct Snapshot {
     pub scan: Option<Duration>,
     /// Cluster mode: each node (its configured address) and whether it is up.
     pub peers: Option<Vec<(String, bool)>>,
+    /// Cluster mode: each node and how often its state changed (up ↔ down).
+    pub peer_changes: Option<Vec<(String, u64)>>,
     /// With `tls-interceptor`: leaves signed so far.
     pub leaves_minted: Option<u64>,
 }
@@ -650,6 +652,12 @@ pub fn snapshot() -> Snapshot {
                 c.nodes
                     .iter()
                     .map(|n| (n.name.clone(), !n.is_down()))
+                    .collect()
+            }),
+            peer_changes: live.and_then(|l| l.cluster.as_ref()).map(|c| {
+                c.nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), n.state_changes()))
                     .collect()
             }),
             leaves_minted: live

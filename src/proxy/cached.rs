@@ -49,23 +49,16 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         _ => return forward(client, req, uri, w, not_stored(false, NotStorable::Method)).await,
     }
     let key = cache_key(&uri, rule);
-    // This node's disk, or the key's owner in cluster mode (uncached: no disk, or the
-    // owner is down or gives no usable answer).
-    let storage = match Storage::of(&key, w) {
-        Ok(s) => s,
+    // This node's disk, or in cluster mode the key's owner or its stand-in (uncached: no
+    // disk, or no node up, or the node gives no usable answer). Direct-connect: a
+    // validated hit is a 307, so the owner need only say whether it has the entry (and
+    // its head): ask it for one byte.
+    let probe = |s: &Storage<'_>| direct_connect_owner(rule, &req, s).map(|_| one_byte(&req));
+    let (storage, found) = match Storage::find(&key, &req, probe, w).await {
+        Ok(x) => x,
         Err(uncached) => return forward(client, req, uri, w, uncached).await,
     };
-    // Direct-connect: a validated hit is a 307, so the owner need only say whether it
-    // has the entry (and its head): ask it for one byte.
     let direct = direct_connect_owner(rule, &req, &storage);
-    let probe = direct.map(|_| one_byte(&req));
-    let found = match storage
-        .lookup(&key, probe.as_ref().unwrap_or(&req), w)
-        .await
-    {
-        Ok(found) => found,
-        Err(uncached) => return forward(client, req, uri, w, uncached).await,
-    };
     let had_entry = found.has_entry();
     let validators = found.validators();
     let (mut up, resp) = match revalidate(client, &req, &uri, validators.as_ref(), w).await {
@@ -95,7 +88,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
                     drop(found);
                     redirect(client, &req, cluster, owner, &key, &validator, rule, w).await
                 }
-                _ => storage.serve(client, &req, found, &resp, w).await,
+                _ => storage.serve(client, &req, &uri, found, &resp, w).await,
             }
         }
         Action::Fill => {

@@ -20,6 +20,14 @@
 //!   neither);
 //! - a PUT of a key that another fill is writing gets `409` (the body is not read; the
 //!   connection closes): the entry being written is the same object.
+//!
+//! A node serves KV requests for any key, not only the keys it owns: while a key's owner
+//! is down the next node in rendezvous order stands in for it (`Cluster::serving`), and
+//! the other nodes' GETs (with claims) and PUTs for the key arrive there; it stores and
+//! single-flights them on its disk as the owner would. When the owner is back, routing
+//! returns to it (its own copy is revalidated as usual) and the stand-in's copy is no
+//! longer asked for and ages out of its disk by LRU. A node that does not serve a key
+//! never forwards its KV request: the requester chose it on its view of the cluster.
 
 use std::rc::Rc;
 use std::time::Instant;
