@@ -28,7 +28,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde_yaml_ng::Value;
 
-use crate::access::CidrList;
+use crate::access::cidr::CidrList;
 use check::Checker;
 use lines::KeyLines;
 pub use size::parse_size;
@@ -120,7 +120,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessConfig {
     /// `access.clients`: peers allowed to connect; default
-    /// [`crate::access::DEFAULT_CLIENTS`].
+    /// [`crate::access::defaults::DEFAULT_CLIENTS`].
     pub clients: CidrList,
     /// `access.proxy-auth`: when set, every proxied request and CONNECT needs
     /// `Proxy-Authorization: Basic` of a user in the htpasswd file.
@@ -134,7 +134,7 @@ pub struct AccessConfig {
 impl Default for AccessConfig {
     fn default() -> Self {
         AccessConfig {
-            clients: CidrList::of(crate::access::DEFAULT_CLIENTS),
+            clients: CidrList::of(crate::access::defaults::DEFAULT_CLIENTS),
             proxy_auth: None,
             destinations: DestinationsConfig::default(),
             limits: LimitsConfig::default(),
@@ -181,7 +181,7 @@ pub struct DestinationsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitsConfig {
     /// `connections`: all clients together. `None` (absent): the default
-    /// [`crate::access::DEFAULT_CONNECTIONS`], capped at startup by what the file
+    /// [`crate::access::defaults::DEFAULT_CONNECTIONS`], capped at startup by what the file
     /// descriptor limit leaves room for.
     pub connections: Option<usize>,
     /// `connections-per-client`: per client IP address.
@@ -192,7 +192,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             connections: None,
-            connections_per_client: crate::access::DEFAULT_CONNECTIONS_PER_CLIENT,
+            connections_per_client: crate::access::defaults::DEFAULT_CONNECTIONS_PER_CLIENT,
         }
     }
 }

@@ -20,3 +20,6 @@ pub fn name() -> &'static str {
         "io_uring"
     }
 }
+
+/// Threads that run blocking work (DNS lookups, bcrypt) for all workers.
+pub const BLOCKING_THREADS: usize = 4;

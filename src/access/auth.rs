@@ -33,8 +33,8 @@ pub const FAIL_TTL: Duration = Duration::from_secs(60);
 /// Remembered credentials per core; past it the expired ones go, then all.
 pub const CACHE_ENTRIES: usize = 4096;
 /// bcrypt verifications in flight in the whole process (the blocking pool has
-/// [`crate::server::BLOCKING_THREADS`] threads; one stays free for DNS).
-pub const MAX_VERIFYING: usize = crate::server::BLOCKING_THREADS - 1;
+/// [`crate::driver::BLOCKING_THREADS`] threads; one stays free for DNS).
+pub const MAX_VERIFYING: usize = crate::driver::BLOCKING_THREADS - 1;
 
 /// The `Proxy-Authenticate` challenge of a 407 (RFC 9110 §11.7.1, RFC 7617 §2).
 pub const CHALLENGE: &str = "Basic realm=\"chacha\", charset=\"UTF-8\"";

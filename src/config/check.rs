@@ -192,7 +192,7 @@ impl Checker {
                                 .map(Some),
                         };
                         let per_client = match optional(limits, "connections-per-client") {
-                            None => Some(crate::access::DEFAULT_CONNECTIONS_PER_CLIENT),
+                            None => Some(crate::access::defaults::DEFAULT_CONNECTIONS_PER_CLIENT),
                             Some(value) => {
                                 self.count(value, &join_key(&limits_path, "connections-per-client"))
                             }
@@ -215,7 +215,7 @@ impl Checker {
         })
     }
 
-    /// A list of address ranges (see [`crate::access::Cidr`]), each problem at its item.
+    /// A list of address ranges (see [`crate::access::cidr::Cidr`]), each problem at its item.
     fn cidrs(&mut self, value: &Value, path: &str) -> Option<CidrList> {
         let items = self.sequence(value, path, "a list of address ranges such as 10.0.0.0/8")?;
         let mut ranges = Vec::new();
@@ -225,7 +225,7 @@ impl Checker {
             else {
                 continue;
             };
-            match text.parse::<crate::access::Cidr>() {
+            match text.parse::<crate::access::cidr::Cidr>() {
                 Ok(range) => ranges.push(range),
                 Err(e) => self.report(&item_path, e.0),
             }
@@ -233,9 +233,9 @@ impl Checker {
         (ranges.len() == items.len()).then_some(CidrList(ranges))
     }
 
-    /// A positive count up to [`crate::access::MAX_CONNECTIONS`].
+    /// A positive count up to [`crate::access::defaults::MAX_CONNECTIONS`].
     fn count(&mut self, value: &Value, path: &str) -> Option<usize> {
-        let max = crate::access::MAX_CONNECTIONS;
+        let max = crate::access::defaults::MAX_CONNECTIONS;
         let n = match value {
             Value::Number(n) => n.as_u64().and_then(|n| usize::try_from(n).ok()),
             _ => None,

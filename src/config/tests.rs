@@ -642,7 +642,7 @@ fn access_defaults_when_absent() {
     let access = &config.access;
     assert_eq!(
         access.clients,
-        crate::access::CidrList::of(crate::access::DEFAULT_CLIENTS)
+        crate::access::cidr::CidrList::of(crate::access::defaults::DEFAULT_CLIENTS)
     );
     for (addr, allowed) in [
         ("127.0.0.1", true),
@@ -670,7 +670,7 @@ fn access_defaults_when_absent() {
     assert_eq!(access.limits.connections, None);
     assert_eq!(
         access.limits.connections_per_client,
-        crate::access::DEFAULT_CONNECTIONS_PER_CLIENT
+        crate::access::defaults::DEFAULT_CONNECTIONS_PER_CLIENT
     );
     // An empty `access:` is all defaults too.
     assert_eq!(ok("addr: :8080\naccess:\n").access, *access);

@@ -34,8 +34,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const RING_ENTRIES: u32 = 4096;
 /// Listen backlog per worker.
 pub const BACKLOG: i32 = 4096;
-/// Threads that run blocking work (DNS lookups) for all workers.
-pub const BLOCKING_THREADS: usize = 4;
+pub use crate::driver::BLOCKING_THREADS;
 
 #[derive(Clone)]
 pub struct Settings {
