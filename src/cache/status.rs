@@ -9,6 +9,7 @@
 //! (an RFC 8941 sf-list); `true` booleans are written bare (`stored`, `collapsed`).
 
 use super::policy::NotStorable;
+use crate::metrics::CacheCount;
 
 /// The identifier of this cache in `Cache-Status` (RFC 9211 §2).
 pub const CACHE_NAME: &str = "chacha";
@@ -60,11 +61,38 @@ fn fwd(had_entry: bool) -> &'static str {
 }
 
 impl Outcome {
+    /// What `chacha_cache_outcomes_total` / `chacha_cache_not_stored_total` count for it
+    /// (indices into `metrics::OUTCOMES` / `metrics::NOT_STORED_REASONS`).
+    fn count(&self) -> CacheCount {
+        match *self {
+            Outcome::Revalidated => CacheCount::Outcome(0),
+            Outcome::Collapsed => CacheCount::Outcome(1),
+            Outcome::Stored { replaced: false } => CacheCount::Outcome(2),
+            Outcome::Stored { replaced: true } => CacheCount::Outcome(3),
+            Outcome::NotStored { reason, .. } => CacheCount::NotStored(match reason {
+                NotStorable::Method => 0,
+                NotStorable::Status => 1,
+                NotStorable::NoStoreRequest => 2,
+                NotStorable::NoStoreResponse => 3,
+                NotStorable::Private => 4,
+                NotStorable::PragmaNoCache => 5,
+                NotStorable::Vary => 6,
+                NotStorable::Authorization => 7,
+                NotStorable::NoValidator => 8,
+                NotStorable::TooLarge => 9,
+            }),
+            Outcome::NotFilled(NotFilled::FillInProgress) => CacheCount::NotStored(10),
+            Outcome::NotFilled(NotFilled::DiskError) => CacheCount::NotStored(11),
+            Outcome::OwnerUnreachable { .. } => CacheCount::NotStored(12),
+            Outcome::UpstreamError { .. } => CacheCount::Nothing,
+        }
+    }
+
     /// The `Cache-Status` field value, e.g. `chacha; fwd=uri-miss; fwd-status=200; stored`.
     /// Every proxied response's value is made here, once: this is also where the outcome
     /// is counted (`chacha_cache_outcomes_total`, `chacha_cache_not_stored_total`).
     pub fn header_value(&self) -> String {
-        crate::metrics::cache_outcome(self);
+        crate::metrics::cache_outcome(self.count());
         match *self {
             Outcome::Revalidated => format!("{CACHE_NAME}; hit"),
             Outcome::Stored { replaced } => {

@@ -27,9 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::cache::policy::NotStorable;
-use crate::cache::status::{NotFilled, Outcome as CacheOutcome};
-use crate::proxy::Op;
+use crate::proxy::op::Op;
 
 pub use scope::{scoped, Metered, RequestScope};
 
@@ -223,21 +221,6 @@ pub const NOT_STORED_REASONS: [&str; 13] = [
     "owner-unreachable",
 ];
 
-fn not_storable_index(r: NotStorable) -> usize {
-    match r {
-        NotStorable::Method => 0,
-        NotStorable::Status => 1,
-        NotStorable::NoStoreRequest => 2,
-        NotStorable::NoStoreResponse => 3,
-        NotStorable::Private => 4,
-        NotStorable::PragmaNoCache => 5,
-        NotStorable::Vary => 6,
-        NotStorable::Authorization => 7,
-        NotStorable::NoValidator => 8,
-        NotStorable::TooLarge => 9,
-    }
-}
-
 /// `chacha_origin_responses_total{kind}`: how origins answered chacha's requests.
 pub const ORIGIN_RESPONSES: [&str; 4] = ["not_modified", "full", "partial", "other"];
 
@@ -267,19 +250,6 @@ pub const HANDSHAKE_FAILURES: [&str; 2] = ["error", "timeout"];
 pub const UPSTREAM_ERRORS: [&str; 7] = [
     "dns", "connect", "tls", "timeout", "closed", "protocol", "denied",
 ];
-
-fn upstream_error_index(e: &crate::upstream::UpstreamError) -> usize {
-    use crate::upstream::UpstreamError::*;
-    match e {
-        Resolve(_) => 0,
-        Connect(_) => 1,
-        Tls(_) => 2,
-        ConnectTimeout(_) | HeadTimeout(_) => 3,
-        Closed(_) => 4,
-        Protocol(_) => 5,
-        Denied(_) => 6,
-    }
-}
 
 /// `chacha_kv_requests_total{kind,result}` (KV requests this node served).
 pub const KV_KINDS: [&str; 3] = ["get", "put", "delete"];
@@ -469,27 +439,28 @@ pub fn request(
     });
 }
 
-/// A `Cache-Status` value was made for a response (see `CacheOutcome::header_value`).
+/// What a response's `Cache-Status` says, as metric indices (made by
+/// `cache::status::Outcome::header_value`, which maps its outcome here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheCount {
+    /// An index into [`OUTCOMES`].
+    Outcome(usize),
+    /// `not_stored`, with the index of its reason in [`NOT_STORED_REASONS`].
+    NotStored(usize),
+    /// Nothing counted (an upstream error made no cache decision).
+    Nothing,
+}
+
+/// A `Cache-Status` value was made for a response.
 #[inline]
-pub fn cache_outcome(o: &CacheOutcome) {
-    let (outcome, reason) = match *o {
-        CacheOutcome::Revalidated => (Some(0), None),
-        CacheOutcome::Collapsed => (Some(1), None),
-        CacheOutcome::Stored { replaced: false } => (Some(2), None),
-        CacheOutcome::Stored { replaced: true } => (Some(3), None),
-        CacheOutcome::NotStored { reason, .. } => (Some(4), Some(not_storable_index(reason))),
-        CacheOutcome::NotFilled(NotFilled::FillInProgress) => (Some(4), Some(10)),
-        CacheOutcome::NotFilled(NotFilled::DiskError) => (Some(4), Some(11)),
-        CacheOutcome::OwnerUnreachable { .. } => (Some(4), Some(12)),
-        CacheOutcome::UpstreamError { .. } => (None, None),
-    };
-    with(|b| {
-        if let Some(i) = outcome {
-            b.outcomes[i].add(1);
-        }
-        if let Some(r) = reason {
+pub fn cache_outcome(c: CacheCount) {
+    with(|b| match c {
+        CacheCount::Outcome(i) => b.outcomes[i].add(1),
+        CacheCount::NotStored(r) => {
+            b.outcomes[4].add(1);
             b.not_stored[r].add(1);
         }
+        CacheCount::Nothing => {}
     });
 }
 
@@ -542,19 +513,32 @@ pub fn tls_handshake_failure(why: HandshakeFailure) {
 }
 
 /// Talking to an origin failed before a response head.
-pub fn upstream_error(e: &crate::upstream::UpstreamError) {
-    let i = upstream_error_index(e);
-    with(|b| b.upstream_errors[i].add(1));
+/// `kind`: an index into [`UPSTREAM_ERRORS`] (see `upstream::UpstreamError::metric_kind`).
+pub fn upstream_error(kind: usize) {
+    with(|b| b.upstream_errors[kind].add(1));
 }
 
 // ---- shared state read at scrape ----
 
+/// What the shared state holds at a scrape (read by the function the server registers
+/// with [`set_gauges`]: the metrics depend on nothing above them).
+#[derive(Default)]
+pub struct Gauges {
+    pub disk: Option<Disk>,
+    /// Cluster mode: each node (its configured address) and whether it is up.
+    pub peers: Option<Vec<(String, bool)>>,
+    /// Cluster mode: each node and how often its state changed (up ↔ down).
+    pub peer_changes: Option<Vec<(String, u64)>>,
+    /// Whether `tls-interceptor` is in force.
+    pub interception: bool,
+}
+
+type GaugeFn = Box<dyn Fn() -> Gauges + Send>;
+
 /// What the gauges are read from (set once at startup).
 #[derive(Default)]
 struct Sources {
-    store: Option<Arc<crate::cache::store::Store>>,
-    /// The reloadable settings in force (cluster nodes, interception).
-    live: Option<Arc<crate::server::live::Live>>,
+    gauges: Option<GaugeFn>,
     scan: Option<Duration>,
 }
 
@@ -573,15 +557,9 @@ fn sources<R>(f: impl FnOnce(&mut Sources) -> R) -> R {
     f(s.get_or_insert_with(Sources::default))
 }
 
-/// Registers the shared state the gauges are read from.
-pub fn set_sources(
-    store: Option<Arc<crate::cache::store::Store>>,
-    live: Arc<crate::server::live::Live>,
-) {
-    sources(|s| {
-        s.store = store;
-        s.live = Some(live);
-    });
+/// Registers how the gauges are read from the shared state at each scrape.
+pub fn set_gauges(read: impl Fn() -> Gauges + Send + 'static) {
+    sources(|s| s.gauges = Some(Box::new(read)));
 }
 
 /// How long the startup scan of the cache dir took.
@@ -637,32 +615,13 @@ pub fn snapshot() -> Snapshot {
         snap.totals.merge_from(b);
     }
     sources(|s| {
-        let live = s.live.as_ref().map(|l| l.snapshot());
-        let live = live.as_deref();
+        let g = s.gauges.as_ref().map(|read| read()).unwrap_or_default();
         Snapshot {
-            disk: s.store.as_ref().map(|store| Disk {
-                used: store.index.used(),
-                limit: store.index.limit(),
-                entries: store.index.len() as u64,
-                fills_in_flight: store.fills.len() as u64,
-                readers_waiting: store.fills.waiting() as u64,
-            }),
+            disk: g.disk,
             scan: s.scan,
-            peers: live.and_then(|l| l.cluster.as_ref()).map(|c| {
-                c.nodes
-                    .iter()
-                    .map(|n| (n.name.clone(), !n.is_down()))
-                    .collect()
-            }),
-            peer_changes: live.and_then(|l| l.cluster.as_ref()).map(|c| {
-                c.nodes
-                    .iter()
-                    .map(|n| (n.name.clone(), n.state_changes()))
-                    .collect()
-            }),
-            leaves_minted: live
-                .and_then(|l| l.interception.as_ref())
-                .map(|_| LEAVES_MINTED.load(Relaxed)),
+            peers: g.peers,
+            peer_changes: g.peer_changes,
+            leaves_minted: g.interception.then(|| LEAVES_MINTED.load(Relaxed)),
             ..snap
         }
     })

@@ -9,15 +9,14 @@ use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
+pub use super::target::{Target, ESTABLISHED};
 use super::{request_loop, write_simple, Channel, Framing, LoopEnd, Op, ProxyError, Worker};
-use crate::http::uri::{parse_absolute, parse_authority, Scheme, Uri};
+use crate::http::uri::parse_authority;
 use crate::http::RequestHead;
 use crate::server::accesslog::{Detail, Line};
 use crate::stream::{BufConn, Prefixed};
 use crate::tls::Interceptor;
 
-/// The answer that opens a tunnel (RFC 9110 §9.3.6: any 2xx; this is the customary one).
-pub const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection Established\r\n\r\n";
 /// How long our TLS close_notify may take to go out before the tunnel is just dropped.
 pub const CLOSE_NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -41,52 +40,6 @@ impl Interception {
                 .intercept
                 .as_ref()
                 .is_some_and(|set| !set.is_match(&target.host))
-    }
-}
-
-/// The origin a tunnel leads to: the CONNECT target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// Lower-case name, or an IP literal without brackets.
-    pub host: String,
-    pub port: u16,
-}
-
-impl Target {
-    /// `host[:port]` as it appears in `https://` URLs: the port only when it is not
-    /// the https default (RFC 9110 §4.2.2), IPv6 literals bracketed.
-    pub fn authority(&self) -> String {
-        Uri {
-            scheme: Scheme::Https,
-            host: self.host.clone(),
-            port: (self.port != Scheme::Https.default_port()).then_some(self.port),
-            path_and_query: String::new(),
-        }
-        .authority()
-    }
-
-    /// The URL a request inside the tunnel names. Origin form (`/path?q`, the usual
-    /// case, RFC 9112 §3.2.1) is resolved against the tunnel's origin; absolute form
-    /// (which servers must accept, RFC 9112 §3.2.2) must name that same origin, so a
-    /// tunnel can never be used to reach another host.
-    pub fn uri_for(&self, target: &str) -> Result<Uri, ProxyError> {
-        let bad = || ProxyError::BadTarget(target.to_string());
-        if target.starts_with('/') {
-            return parse_absolute(&format!("https://{}{target}", self.authority()))
-                .map_err(|_| bad());
-        }
-        let uri = parse_absolute(target).map_err(|_| bad())?;
-        if uri.scheme == Scheme::Https
-            && uri.host == self.host
-            && uri.port_or_default() == self.port
-        {
-            // Normalise to the tunnel's spelling so rules and cache keys agree.
-            return Ok(Uri {
-                port: (self.port != Scheme::Https.default_port()).then_some(self.port),
-                ..uri
-            });
-        }
-        Err(bad())
     }
 }
 

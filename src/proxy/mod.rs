@@ -13,10 +13,13 @@ pub mod handoff;
 pub mod head;
 pub mod internal;
 pub mod kv;
+pub mod op;
 pub mod origin_body;
+pub mod refresh;
 pub mod relay;
 pub mod serve;
 pub mod storage;
+pub mod target;
 pub mod tunnel;
 pub mod validate;
 
@@ -29,6 +32,7 @@ use std::time::Instant;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 pub use error::ProxyError;
+pub use op::Op;
 
 use crate::server::accesslog::Detail;
 
@@ -51,7 +55,7 @@ pub struct Worker {
     pub id: usize,
     /// The [`crate::server::live::Snapshot`] generation this worker was built from.
     pub generation: u64,
-    pub live: Rc<crate::server::live::CoreLive>,
+    pub live: Rc<refresh::CoreLive>,
     pub timeouts: Timeouts,
     pub upstream: Rc<Upstream>,
     pub shutdown: Arc<Shutdown>,
@@ -89,66 +93,6 @@ impl crate::upstream::Client for Worker {
     }
     fn timeouts(&self) -> &Timeouts {
         &self.timeouts
-    }
-}
-
-/// What one request did, as its log line names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// Served from this node's disk after a 304.
-    Hit,
-    /// Served from another request's fill in progress after a 304.
-    Collapsed,
-    /// Nothing reached the client: the conditional request (or the head) failed.
-    Miss,
-    /// Stored while served.
-    Fill,
-    /// Relayed, not stored.
-    Pass,
-    /// Refused before reaching an origin.
-    Reject,
-    /// One of chacha's own endpoints.
-    Internal,
-    KvGet,
-    KvPut,
-    KvDelete,
-    /// Served from the owner node after a 304.
-    PeerHit,
-    /// Stored on the owner node while served.
-    PeerFill,
-    /// A blind CONNECT tunnel (bytes relayed, not intercepted).
-    Tunnel,
-    /// A validated hit answered with a 307 to its owner's `/direct-connect`.
-    Redirect,
-    /// `GET /direct-connect` on the owner.
-    DirectConnect,
-}
-
-impl Op {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Hit => "hit",
-            Op::Collapsed => "collapsed",
-            Op::Miss => "miss",
-            Op::Fill => "fill",
-            Op::Pass => "pass",
-            Op::Reject => "reject",
-            Op::Internal => "internal",
-            Op::KvGet => "kv-get",
-            Op::KvPut => "kv-put",
-            Op::KvDelete => "kv-delete",
-            Op::PeerHit => "peer-hit",
-            Op::PeerFill => "peer-fill",
-            Op::Tunnel => "tunnel",
-            Op::Redirect => "redirect",
-            Op::DirectConnect => "direct-connect",
-        }
-    }
-}
-
-impl std::fmt::Display for Op {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -574,6 +518,17 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
             return match &w.cluster {
                 Some(c) if crate::cluster::kv::is_kv_request(&head) => {
                     kv::handle(conn, head, w, c, peer).await
+                }
+                // Direct-connect's other end (cluster mode; 404 without a cluster). A
+                // GET with a body goes to `internal` (404, body read or closed).
+                _ if head.method == "GET"
+                    && head.target.split('?').next() == Some(crate::cluster::token::PATH)
+                    && matches!(
+                        head.body_kind(),
+                        Ok(crate::http::BodyKind::None) | Ok(crate::http::BodyKind::Length(0))
+                    ) =>
+                {
+                    direct_connect::handle(conn, head, w).await
                 }
                 _ => internal::handle(conn, head, w).await,
             };

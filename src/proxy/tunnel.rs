@@ -24,7 +24,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use super::connect::{Target, ESTABLISHED};
+use super::target::{Target, ESTABLISHED};
 use super::{write_simple, Framing, Op, ProxyError, Worker};
 use crate::server::accesslog::{Detail, Line};
 use crate::stream::fair::Budget;

@@ -23,9 +23,10 @@ use rustls::ClientConfig;
 
 use crate::access::destinations::{local_addresses, Destinations};
 use crate::cache::store::Store;
+use crate::proxy::refresh::CoreLive;
 use crate::proxy::{serve_connection, Worker};
 use crate::upstream::Upstream;
-use live::{CoreLive, Live};
+use live::Live;
 use shutdown::Shutdown;
 
 /// How long in-flight requests may run after a stop signal.
@@ -192,7 +193,7 @@ pub fn serve(mut settings: Settings, listeners: Listeners) -> i32 {
     } else if crate::driver::uses_legacy() {
         log::warn!("CHACHA_DRIVER=legacy: using the epoll driver although io_uring is available");
     }
-    crate::metrics::set_sources(settings.store.clone(), settings.live.clone());
+    set_gauges(settings.store.clone(), settings.live.clone());
     let pool = monoio::blocking::DefaultThreadPool::new(BLOCKING_THREADS);
     let mut handles = Vec::new();
     let mut shutdowns = Vec::new();
@@ -546,6 +547,38 @@ fn refuse(
                 }
             }
             lingering.set(lingering.get() - 1);
+        }
+    });
+}
+
+/// Registers what the metrics' gauges read at each scrape: the disk, and the cluster
+/// and interception in force (they follow live reloads).
+fn set_gauges(store: Option<Arc<Store>>, live: Arc<live::Live>) {
+    use crate::metrics::{Disk, Gauges};
+    crate::metrics::set_gauges(move || {
+        let snap = live.snapshot();
+        let cluster = snap.cluster.as_ref();
+        Gauges {
+            disk: store.as_ref().map(|store| Disk {
+                used: store.index.used(),
+                limit: store.index.limit(),
+                entries: store.index.len() as u64,
+                fills_in_flight: store.fills.len() as u64,
+                readers_waiting: store.fills.waiting() as u64,
+            }),
+            peers: cluster.map(|c| {
+                c.nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), !n.is_down()))
+                    .collect()
+            }),
+            peer_changes: cluster.map(|c| {
+                c.nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), n.state_changes()))
+                    .collect()
+            }),
+            interception: snap.interception.is_some(),
         }
     });
 }

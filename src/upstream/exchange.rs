@@ -150,7 +150,7 @@ pub async fn send_upstream<C: AsyncReadRent>(
             None => match x.pool().connect_new(key).await {
                 Ok(c) => c,
                 Err(e) => {
-                    crate::metrics::upstream_error(&e);
+                    crate::metrics::upstream_error(e.metric_kind());
                     return Err(SendFailure::upstream(e, body));
                 }
             },
@@ -169,7 +169,7 @@ pub async fn send_upstream<C: AsyncReadRent>(
                 );
             }
             Err(SendError::Upstream(e)) => {
-                crate::metrics::upstream_error(&e);
+                crate::metrics::upstream_error(e.metric_kind());
                 return Err(SendFailure::upstream(e, body));
             }
             Err(SendError::Client(e)) => {

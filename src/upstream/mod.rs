@@ -36,6 +36,22 @@ pub enum UpstreamError {
     Denied(String),
 }
 
+impl UpstreamError {
+    /// Its `kind` in `chacha_upstream_errors_total` (an index into
+    /// `metrics::UPSTREAM_ERRORS`: dns, connect, tls, timeout, closed, protocol, denied).
+    pub fn metric_kind(&self) -> usize {
+        match self {
+            UpstreamError::Resolve(_) => 0,
+            UpstreamError::Connect(_) => 1,
+            UpstreamError::Tls(_) => 2,
+            UpstreamError::ConnectTimeout(_) | UpstreamError::HeadTimeout(_) => 3,
+            UpstreamError::Closed(_) => 4,
+            UpstreamError::Protocol(_) => 5,
+            UpstreamError::Denied(_) => 6,
+        }
+    }
+}
+
 impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
