@@ -41,11 +41,13 @@
 //! Mutex poisoning is ignored: no code under a shard lock can leave a shard inconsistent
 //! before panicking, and one panicking core must not take the others down.
 
-use std::collections::HashMap;
+mod shard;
+
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use shard::{Shard, ShardSlot};
 
 /// Number of shards (a power of two). 64 keeps lock contention negligible with tens of cores
 /// while an eviction scan reads only 64 atomics.
@@ -169,183 +171,6 @@ impl Drop for Reservation {
                 .charged
                 .fetch_sub(self.bytes, Ordering::AcqRel);
         }
-    }
-}
-
-/// The map's keys are already xxh3 hashes: pass them through instead of re-hashing.
-#[derive(Default)]
-struct PassThroughHasher(u64);
-
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Not used for u64 keys; a simple fold keeps it correct for anything else.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-struct Node {
-    info: EntryInfo,
-    tick: u64,
-    prev: u32,
-    next: u32,
-}
-
-/// One shard: map + slab + LRU list (head = most recent).
-struct Shard {
-    map: HashMap<u64, u32, BuildHasherDefault<PassThroughHasher>>,
-    nodes: Vec<Node>,
-    free: Vec<u32>,
-    head: u32,
-    tail: u32,
-}
-
-impl Shard {
-    fn new() -> Self {
-        Shard {
-            map: HashMap::default(),
-            nodes: Vec::new(),
-            free: Vec::new(),
-            head: NIL,
-            tail: NIL,
-        }
-    }
-
-    fn node(&self, i: u32) -> &Node {
-        &self.nodes[i as usize]
-    }
-
-    fn node_mut(&mut self, i: u32) -> &mut Node {
-        &mut self.nodes[i as usize]
-    }
-
-    fn tail_tick(&self) -> u64 {
-        if self.tail == NIL {
-            EMPTY
-        } else {
-            self.node(self.tail).tick
-        }
-    }
-
-    fn unlink(&mut self, i: u32) {
-        let (prev, next) = (self.node(i).prev, self.node(i).next);
-        if prev == NIL {
-            self.head = next;
-        } else {
-            self.node_mut(prev).next = next;
-        }
-        if next == NIL {
-            self.tail = prev;
-        } else {
-            self.node_mut(next).prev = prev;
-        }
-    }
-
-    /// Links node `i` just before `at` (`at == NIL` appends at the tail).
-    fn link_before(&mut self, i: u32, at: u32) {
-        let prev = if at == NIL {
-            self.tail
-        } else {
-            self.node(at).prev
-        };
-        {
-            let n = self.node_mut(i);
-            n.prev = prev;
-            n.next = at;
-        }
-        if prev == NIL {
-            self.head = i;
-        } else {
-            self.node_mut(prev).next = i;
-        }
-        if at == NIL {
-            self.tail = i;
-        } else {
-            self.node_mut(at).prev = i;
-        }
-    }
-
-    /// Links `i` (whose tick is set) where its tick belongs: O(1) at either end, which is
-    /// every case except startup loading out of order.
-    fn link_sorted(&mut self, i: u32) {
-        let tick = self.node(i).tick;
-        if self.head == NIL || tick >= self.node(self.head).tick {
-            self.link_before(i, self.head);
-        } else if tick <= self.tail_tick() {
-            self.link_before(i, NIL);
-        } else {
-            let mut at = self.head;
-            while at != NIL && self.node(at).tick > tick {
-                at = self.node(at).next;
-            }
-            self.link_before(i, at);
-        }
-    }
-
-    fn touch(&mut self, i: u32, tick: u64) {
-        self.node_mut(i).tick = tick;
-        if self.head != i {
-            self.unlink(i);
-            self.link_before(i, self.head);
-        }
-    }
-
-    /// Allocates a slab slot (unlinked) and maps `info.hash` to it.
-    fn alloc(&mut self, info: EntryInfo, tick: u64) -> u32 {
-        let hash = info.hash;
-        let node = Node {
-            info,
-            tick,
-            prev: NIL,
-            next: NIL,
-        };
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.nodes[i as usize] = node;
-                i
-            }
-            None => {
-                let i = u32::try_from(self.nodes.len()).expect("under 2^32 entries per shard");
-                assert!(i != NIL, "under 2^32 entries per shard");
-                self.nodes.push(node);
-                i
-            }
-        };
-        self.map.insert(hash, i);
-        i
-    }
-
-    /// Unmaps, unlinks and frees node `i`, returning its info.
-    fn remove_node(&mut self, i: u32) -> EntryInfo {
-        self.unlink(i);
-        let info = std::mem::take(&mut self.node_mut(i).info);
-        self.map.remove(&info.hash);
-        self.free.push(i);
-        info
-    }
-}
-
-#[repr(align(64))] // one cache line per shard header: no false sharing between shards
-struct ShardSlot {
-    shard: Mutex<Shard>,
-    /// The tick of this shard's LRU tail ([`EMPTY`] if none); written under the lock.
-    tail_tick: AtomicU64,
-}
-
-impl ShardSlot {
-    fn lock(&self) -> MutexGuard<'_, Shard> {
-        self.shard.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn publish_tail(&self, shard: &Shard) {
-        self.tail_tick.store(shard.tail_tick(), Ordering::Release);
     }
 }
 
@@ -702,7 +527,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashMap};
 
     /// A hash that lands in shard `shard` (to spread test entries deliberately).
     fn hash_in(shard: u64, n: u64) -> u64 {
