@@ -311,6 +311,8 @@ res = {
     "origin_full_ranged_304": [st.get("storage_full", 0), st.get("storage_ranged", 0), st.get("storage_not_modified", 0)],
     "origin_cuts": st.get("cuts", 0),
     "retries": sum(r["retries"] for r in runs if r),
+    "client_cuts": sum(r["client_cuts"] for r in runs if r),
+    "runner_206s": sum(r["http_statuses"].get("206", 0) for r in runs if r),
     "chacha_307s": s307 - origin307,
     "cache_status": cache,
     "chacha_tx_mib": [round(t / 1048576, 1) for t in tx],
