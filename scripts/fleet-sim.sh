@@ -211,6 +211,9 @@ run_one() {
   done
   for ((i = 0; i < n; i++)); do wait_http "$P-c$i" "http://$(chacha_ip $i):8080/health"; done
 
+  # A direct-connect 307 points at a chacha host: runners reach those directly.
+  local nop=""
+  for ((i = 0; i < n; i++)); do nop+="${nop:+,}$(chacha_ip $i):8080"; done
   local -a tx0=() rpids=()
   for ((i = 0; i < n; i++)); do tx0+=("$(ns_counter "$P-c$i" tx_bytes)"); done
   local busy0 t0 node first=0 span=$n
@@ -221,7 +224,7 @@ run_one() {
     node=$((first + i % span))
     ip netns exec "$P-r$i" env -u HTTP_PROXY -u HTTPS_PROXY -u http_proxy -u https_proxy \
       HOME="$dir/home" timeout "$PULL_TIMEOUT" "$PULL_BIN" --proxy "http://$(chacha_ip $node):8080" \
-      --runners 1 ${CUT_EVERY:+--cut-every "$CUT_EVERY"} --json "$dir/r$i.json" \
+      --runners 1 --no-proxy "$nop" ${CUT_EVERY:+--cut-every "$CUT_EVERY"} --json "$dir/r$i.json" \
       "http://$ORIGIN_IP:$REG_PORT/fleet/vm:latest" >"$dir/r$i.out" 2>&1 &
     rpids+=($!)
   done
