@@ -351,7 +351,10 @@ print("| N | direct-connect | kill | pulls ok/failed | aggregate MiB/s | pull p5
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     kill = f"host 0 at {r['killed_at_s']} s" if r["kill"] else "-"
-    print(f"| {r['nodes']} | {r['direct_connect']} | {kill} | {r['pulls_ok']}/{r['pulls_failed']} | {r['aggregate_mib_s']} "
+    dc = r["direct_connect"]
+    if dc == "on" and r["chacha_307s"] == 0:
+        dc = "on (no 307: not in this build)"
+    print(f"| {r['nodes']} | {dc} | {kill} | {r['pulls_ok']}/{r['pulls_failed']} | {r['aggregate_mib_s']} "
           f"| {r['pull_p50_s']} | {r['pull_p99_s']} | {r['origin_bytes'] / 1048576:.0f} ({r['origin_images']}) "
           f"| {'/'.join(map(str, r['origin_full_ranged_304']))} | {r['chacha_307s']} | {r['retries']} "
           f"| {' '.join(f'{u:.0%}' for u in r['chacha_link_util'])} | {' '.join(f'{c:.1f}' for c in r['chacha_cpu_s'])} | {r['machine_busy']:.0%} |")
