@@ -35,7 +35,9 @@
 #   PULL_TIMEOUT     seconds one run's pulls may take (default 300)
 #   CHACHA_BIN PULL_BIN   the binaries (default target/release/{chacha,chacha-pull})
 #   OUT              where results go (default: a new dir under /tmp); results.jsonl (one
-#                    JSON object per run) and table.md
+#                    JSON object per run), table.md, and per run run-n<N>-dc-<on|off>[-kill]/
+#                    with the chacha logs and configs, the origin's stats and each runner's
+#                    chacha-pull output and JSON summary
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -327,6 +329,10 @@ res = {
 print(json.dumps(res))
 EOF
   for pid in "${cpids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Keep the run's logs, configs and summaries (not the caches) next to the results.
+  local keep="$OUT/run-n$n-dc-$dc${kill:+-kill}"
+  mkdir -p "$keep"
+  cp "$dir"/*.log "$dir"/*.out "$dir"/*.json "$dir"/*.yaml "$keep"/ 2>/dev/null || true
   tail -n1 "$OUT/results.jsonl" >&2
   cleanup
 }
