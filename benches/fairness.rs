@@ -195,7 +195,7 @@ impl Proxy {
         std::fs::write(
             &config,
             format!(
-                "addr: 127.0.0.1:0\nworkers: 2\ndisk:\n  dir: {}\n  limit: 4GiB\n",
+                "addr: 127.0.0.1:0\nworkers: 2\ndisk:\n  dir: {}\n  limit: 4GiB\naccess:\n  destinations:\n    allow: [127.0.0.0/8]\n",
                 root.join("cache").display()
             ),
         )

@@ -18,10 +18,24 @@ pub const EXIT_CONFIG: i32 = 2;
 /// The error names the offending file.
 pub fn load_interception(tls: &TlsConfig) -> Result<Interception, crate::tls::TlsError> {
     let ca = Ca::load(&tls.cert, &tls.key)?;
-    Ok(Interception {
-        interceptor: Interceptor::new(Arc::new(CertCache::new(ca))),
+    Ok(interception_with(
+        Interceptor::new(Arc::new(CertCache::new(ca))),
+        tls,
+    ))
+}
+
+/// `tls-interceptor`'s choices (ports, what is intercepted, the SNI check) around an
+/// interceptor (a freshly loaded CA, or the one in force on a reload).
+pub fn interception_with(interceptor: Interceptor, tls: &TlsConfig) -> Interception {
+    Interception {
+        interceptor: interceptor.allow_sni_mismatch(tls.allow_sni_mismatch),
         ports: tls.ports.clone(),
-    })
+        // Each pattern compiled when the config was checked.
+        intercept: tls.intercept.as_ref().map(|patterns| {
+            regex::RegexSet::new(patterns).expect("patterns checked by the config loader")
+        }),
+        passthrough_ports: tls.passthrough_ports.clone(),
+    }
 }
 
 /// How `chacha run` was started, beyond the config file.
@@ -83,9 +97,17 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         Some(tls) => match load_interception(tls) {
             Ok(i) => {
                 log::info!(
-                    "tls-interceptor: CA {} loaded; intercepting CONNECT to ports {:?}",
+                    "tls-interceptor: CA {} loaded; intercepting CONNECT to ports {:?} ({}){}",
                     tls.cert.display(),
-                    tls.ports
+                    tls.ports,
+                    match &tls.intercept {
+                        None => "every host".to_string(),
+                        Some(p) => format!("hosts matching {p:?}, others tunnelled blind"),
+                    },
+                    match tls.passthrough_ports.is_empty() {
+                        true => String::new(),
+                        false => format!("; ports {:?} tunnelled blind", tls.passthrough_ports),
+                    }
                 );
                 Some(Arc::new(i))
             }
@@ -153,6 +175,18 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         None => None,
     };
     let disk = config.disk.clone();
+    // `access.destinations` (read at start; [`server::serve`] adds the bound listening
+    // addresses to it).
+    let mut destinations = crate::access::destinations::Destinations::new(
+        config.access.destinations.allow.clone(),
+        config.access.destinations.deny.clone(),
+    );
+    // The admin listener is chacha's own address too (loop protection).
+    if let Some(admin) = metrics.as_ref().and_then(|l| l.local_addr().ok()) {
+        destinations =
+            destinations.with_own(&[admin], crate::access::destinations::local_addresses());
+    }
+    let destinations = Arc::new(destinations);
     let live = Live::new(Snapshot {
         generation: 0,
         rules: Arc::new(config.rules.clone()),
@@ -170,6 +204,7 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
             config,
         }),
         tls_client,
+        destinations,
         access,
     };
     let Some(user) = user else {

@@ -5,8 +5,9 @@
 //! `addr`, `disk: {dir, limit}`, `tls-interceptor: {cert, key}`,
 //! `rules: [{pattern, ignore-authorization-header, ignore-parameters,
 //! direct-connect, direct-connect-header}]`, `cluster: {secret, nodes: [{addr}]}`.
-//! Additions of ours: `workers`, `run-as-root`, `metrics: {addr}`, `log-format`, `access`,
-//! `tls-interceptor.ports`, and the
+//! Additions of ours: `workers`, `run-as-root`, `metrics: {addr}`, `log-format`,
+//! `tls-interceptor.ports` (and `intercept`, `passthrough-ports`, `allow-sni-mismatch`),
+//! `access`, and the
 //! `rules: {paths: [...]}` form that the original's README documents (its code
 //! only reads the list form).
 //!
@@ -64,7 +65,14 @@ const TIMEOUT_KEYS: &[&str] = &[
     "idle",
 ];
 const DISK_KEYS: &[&str] = &["dir", "limit"];
-const TLS_KEYS: &[&str] = &["cert", "key", "ports"];
+const TLS_KEYS: &[&str] = &[
+    "cert",
+    "key",
+    "ports",
+    "intercept",
+    "passthrough-ports",
+    "allow-sni-mismatch",
+];
 const RULES_MAPPING_KEYS: &[&str] = &["paths"];
 const RULE_KEYS: &[&str] = &[
     "pattern",
@@ -214,6 +222,15 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// `CONNECT` target ports to intercept (ours; default [`DEFAULT_TLS_PORTS`]).
     pub ports: Vec<u16>,
+    /// `intercept` (ours): host regexes (unanchored, like `rules`); a CONNECT whose
+    /// host matches none is tunnelled blind. `None` (absent): intercept every host.
+    pub intercept: Option<Vec<String>>,
+    /// `passthrough-ports` (ours): CONNECT to these ports is tunnelled blind, whatever
+    /// the host (allowed even when not in `ports`).
+    pub passthrough_ports: Vec<u16>,
+    /// `allow-sni-mismatch` (ours, default false): accept a ClientHello whose SNI names
+    /// another host than the CONNECT target (the leaf is then minted for the SNI).
+    pub allow_sni_mismatch: bool,
 }
 
 /// One entry of `rules`.

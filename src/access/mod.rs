@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod basic;
 pub mod cidr;
+pub mod destinations;
 
 pub use cidr::{Cidr, CidrList};
 

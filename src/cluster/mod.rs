@@ -7,12 +7,14 @@
 //! codec, the claims of remote fills, and per-node up/down flags shared by all cores.
 
 pub mod auth;
+pub mod auth_limit;
 pub mod claims;
 pub mod kv;
 pub mod metadata;
+pub mod token;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use xxhash_rust::xxh3::Xxh3;
@@ -53,6 +55,8 @@ pub struct Node {
     /// Where the per-core keep-alive connections to it are pooled.
     pub pool_key: PoolKey,
     down: AtomicBool,
+    /// How often its state changed (up → down or back), for the metrics.
+    changes: AtomicU64,
 }
 
 impl Node {
@@ -64,8 +68,11 @@ impl Node {
                 tls: false,
                 host: addr.ip().to_string(),
                 port: addr.port(),
+                // A node from `cluster.nodes`: exempt from the destination policy.
+                peer: true,
             },
             down: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -75,12 +82,25 @@ impl Node {
 
     /// Marks the node unreachable; true when this changed its state (log it then).
     pub fn mark_down(&self) -> bool {
-        !self.down.swap(true, Ordering::AcqRel)
+        let changed = !self.down.swap(true, Ordering::AcqRel);
+        if changed {
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
+        changed
     }
 
     /// Marks the node reachable again; true when this changed its state.
     pub fn mark_up(&self) -> bool {
-        self.down.swap(false, Ordering::AcqRel)
+        let changed = self.down.swap(false, Ordering::AcqRel);
+        if changed {
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
+        changed
+    }
+
+    /// How many times its state changed since this process started.
+    pub fn state_changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
     }
 }
 
@@ -105,6 +125,9 @@ pub struct Cluster {
     pub authorization: String,
     /// Fills that other nodes claimed on this node (kept across live reloads).
     pub claims: Arc<Claims>,
+    /// Failed KV authentications per source address (429 once too many; kept across
+    /// live reloads).
+    pub auth_limit: Arc<auth_limit::AuthLimiter>,
 }
 
 impl Cluster {
@@ -131,6 +154,7 @@ impl Cluster {
             local,
             authorization: auth::header_value(&config.secret),
             claims: old.map_or_else(Arc::default, |o| o.claims.clone()),
+            auth_limit: old.map_or_else(Arc::default, |o| o.auth_limit.clone()),
         }
     }
 
@@ -144,6 +168,32 @@ impl Cluster {
             Owner::Local
         } else {
             Owner::Peer(&self.nodes[i])
+        }
+    }
+
+    /// The node that serves `key` now: the highest score among the nodes this node
+    /// believes up (itself always counts as up). That is the owner while it is up, and
+    /// while it is down the next node in rendezvous order, its *stand-in*, which caches
+    /// and single-flights the key as the owner would. Every node applies the same rule
+    /// to the same health, so they agree on the stand-in once they agree the owner is
+    /// down; while they disagree (a moment after a failure or a recovery) a key may be
+    /// filled twice, never more. `Owner::Peer` of a down node only when no node is up (a
+    /// front end whose every node is down).
+    pub fn serving(&self, key: &str) -> Owner<'_> {
+        let up = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| Some(*i) == self.local || !n.is_down());
+        let best = up
+            .max_by(|(_, a), (_, b)| {
+                (score(&a.name, key), &a.name).cmp(&(score(&b.name, key), &b.name))
+            })
+            .map_or_else(|| self.owner_index(key), |(i, _)| i);
+        if Some(best) == self.local {
+            Owner::Local
+        } else {
+            Owner::Peer(&self.nodes[best])
         }
     }
 
@@ -278,6 +328,52 @@ mod tests {
         assert!(n.is_down());
         assert!(n.mark_up());
         assert!(!n.mark_up());
+        assert_eq!(n.state_changes(), 2);
         assert_eq!(n.pool_key.host, "127.0.0.1");
+    }
+
+    #[test]
+    fn a_down_owner_has_the_next_node_in_rendezvous_order_stand_in() {
+        let config = ClusterConfig {
+            secret: "s".into(),
+            nodes: (1..=4)
+                .map(|i| format!("127.0.0.1:{i}").parse().unwrap())
+                .collect(),
+        };
+        let c = Cluster::new("127.0.0.1:9".parse().unwrap(), &config);
+        for k in 0..200 {
+            let key = format!("k{k}");
+            let mut order: Vec<usize> = (0..4).collect();
+            order.sort_by_key(|&i| std::cmp::Reverse(score(&c.nodes[i].name, &key)));
+            let name = |o: Owner<'_>| match o {
+                Owner::Peer(n) => n.name.clone(),
+                Owner::Local => unreachable!("a front end owns nothing"),
+            };
+            assert_eq!(name(c.serving(&key)), c.nodes[order[0]].name);
+            c.nodes[order[0]].mark_down();
+            assert_eq!(name(c.serving(&key)), c.nodes[order[1]].name);
+            c.nodes[order[1]].mark_down();
+            assert_eq!(name(c.serving(&key)), c.nodes[order[2]].name);
+            for n in &c.nodes {
+                n.mark_up();
+            }
+            assert_eq!(name(c.serving(&key)), c.nodes[order[0]].name);
+        }
+        // A member is its own stand-in when it comes next, and always counts as up.
+        let member = Cluster::new("127.0.0.1:2".parse().unwrap(), &config);
+        let key = (0..1000)
+            .map(|k| format!("k{k}"))
+            .find(|k| {
+                let mut order: Vec<usize> = (0..4).collect();
+                order.sort_by_key(|&i| std::cmp::Reverse(score(&member.nodes[i].name, k)));
+                order[1] == 1
+            })
+            .unwrap();
+        assert!(matches!(member.serving(&key), Owner::Peer(_)));
+        let owner = member.owner_index(&key);
+        member.nodes[owner].mark_down();
+        assert!(matches!(member.serving(&key), Owner::Local));
+        member.nodes[1].mark_down();
+        assert!(matches!(member.serving(&key), Owner::Local));
     }
 }

@@ -105,6 +105,9 @@ cluster:
             cert: PathBuf::from("ca.pem"),
             key: PathBuf::from("ca-key.pem"),
             ports: vec![443, 8443],
+            intercept: None,
+            passthrough_ports: vec![],
+            allow_sni_mismatch: false,
         })
     );
     assert_eq!(config.rules.len(), 2);
@@ -205,6 +208,53 @@ fn sizes_in_config() {
 fn tls_ports_default_to_443() {
     let config = ok("addr: :1\ntls-interceptor:\n  cert: c.pem\n  key: k.pem\n");
     assert_eq!(config.tls_interceptor.unwrap().ports, DEFAULT_TLS_PORTS);
+}
+
+#[test]
+fn tls_interception_choices() {
+    let tls = ok("addr: :1\ntls-interceptor:\n  cert: c.pem\n  key: k.pem\n")
+        .tls_interceptor
+        .unwrap();
+    assert_eq!(tls.intercept, None, "absent: intercept every host");
+    assert!(tls.passthrough_ports.is_empty());
+    assert!(!tls.allow_sni_mismatch);
+    let tls = ok("addr: :1\ntls-interceptor:\n  cert: c.pem\n  key: k.pem\n  intercept: ['(^|\\.)ghcr\\.io$']\n  passthrough-ports: [8443, 22]\n  allow-sni-mismatch: true\n")
+        .tls_interceptor
+        .unwrap();
+    assert_eq!(tls.intercept, Some(vec![r"(^|\.)ghcr\.io$".to_string()]));
+    assert_eq!(tls.passthrough_ports, [8443, 22]);
+    assert!(tls.allow_sni_mismatch);
+    let tls = ok("addr: :1\ntls-interceptor:\n  cert: c\n  key: k\n  intercept: []\n  passthrough-ports: []\n")
+        .tls_interceptor
+        .unwrap();
+    assert_eq!(
+        tls.intercept,
+        Some(vec![]),
+        "an empty list intercepts nothing"
+    );
+    assert!(tls.passthrough_ports.is_empty());
+    for (text, key, line, needle) in [
+        (
+            "addr: :1\ntls-interceptor:\n  cert: c\n  key: k\n  intercept: ['ok', '(']\n",
+            "tls-interceptor.intercept[1]",
+            Some(5),
+            "invalid regular expression",
+        ),
+        (
+            "addr: :1\ntls-interceptor:\n  cert: c\n  key: k\n  passthrough-ports: [0]\n",
+            "tls-interceptor.passthrough-ports[0]",
+            Some(5),
+            "expected a port 1-65535",
+        ),
+        (
+            "addr: :1\ntls-interceptor:\n  cert: c\n  key: k\n  allow-sni-mismatch: maybe\n",
+            "tls-interceptor.allow-sni-mismatch",
+            Some(5),
+            "",
+        ),
+    ] {
+        assert_problem(text, key, line, needle);
+    }
 }
 
 #[test]
@@ -494,10 +544,11 @@ fn example_config_commented_settings_parse_when_enabled() {
         .collect();
     let config = parse(&enabled).unwrap_or_else(|err| panic!("{err}\n{enabled}"));
     assert_eq!(config.workers, 2);
-    assert_eq!(config.rules.len(), 2);
+    assert_eq!(config.rules.len(), 3);
     assert!(config.rules[0]
         .pattern
         .is_match("https://ghcr.io/v2/a/b/blobs/sha256:0"));
+    assert!(config.rules[2].direct_connect && config.rules[2].direct_connect_header);
     assert_eq!(config.tls_interceptor.unwrap().ports, [443]);
     assert_eq!(config.cluster.unwrap().nodes.len(), 2);
 }

@@ -151,14 +151,25 @@ fn config_yaml(config: &Config) -> String {
     if let Some(tls) = &config.tls_interceptor {
         let path = |p: &std::path::Path| s(p.to_str().expect("read from UTF-8 text"));
         let ports = tls.ports.iter().map(|&p| Value::Number(p.into())).collect();
-        root.insert(
-            s("tls-interceptor"),
-            map([
-                ("cert", path(&tls.cert)),
-                ("key", path(&tls.key)),
-                ("ports", Value::Sequence(ports)),
-            ]),
-        );
+        let passthrough = tls
+            .passthrough_ports
+            .iter()
+            .map(|&p| Value::Number(p.into()))
+            .collect();
+        let mut t = map([
+            ("cert", path(&tls.cert)),
+            ("key", path(&tls.key)),
+            ("ports", Value::Sequence(ports)),
+            ("passthrough-ports", Value::Sequence(passthrough)),
+            ("allow-sni-mismatch", Value::Bool(tls.allow_sni_mismatch)),
+        ]);
+        if let (Some(intercept), Value::Mapping(m)) = (&tls.intercept, &mut t) {
+            m.insert(
+                s("intercept"),
+                Value::Sequence(intercept.iter().map(|p| s(p)).collect()),
+            );
+        }
+        root.insert(s("tls-interceptor"), t);
     }
     let rules = config
         .rules

@@ -164,7 +164,99 @@ fn parse_host_port(authority: &str) -> Result<(String, Option<u16>), HeadError> 
         None | Some("") => None,
         Some(p) => Some(parse_port(p)?),
     };
-    Ok((host.to_ascii_lowercase(), port))
+    Ok((canonical_host(host, authority.starts_with('['))?, port))
+}
+
+/// The one spelling of a host every later check sees: IPv6 literals in their canonical
+/// text form (an IPv4-mapped one, `::ffff:a.b.c.d`, as the IPv4 address it means), a
+/// host that ends in a number parsed as IPv4 the way browsers and `inet_aton` do
+/// (WHATWG URL "IPv4 parser": `2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`, a trailing
+/// dot) and written as a dotted quad, or refused when it is not one; names lowercased,
+/// one trailing dot dropped (`localhost.` is the fully qualified `localhost`: one cache
+/// key, one resolution).
+/// The destination policy checks resolved addresses anyway; this makes the URL (cache
+/// key, `Host`) name the address that is connected to, and the 403 name it too.
+fn canonical_host(host: &str, bracketed: bool) -> Result<String, HeadError> {
+    if bracketed {
+        let v6: std::net::Ipv6Addr = host
+            .parse()
+            .map_err(|_| malformed(format!("invalid IPv6 literal {host:?}")))?;
+        return Ok(match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        });
+    }
+    if ends_in_a_number(host) {
+        return parse_ipv4(host)
+            .map(|v4| v4.to_string())
+            .ok_or_else(|| malformed(format!("invalid IPv4 address {host:?}")));
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return Err(malformed("empty host"));
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+/// WHATWG URL "ends in a number": the last label (a single trailing dot ignored) is all
+/// digits, or parses as an IPv4 number (`0x..` hex, `0..` octal).
+fn ends_in_a_number(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let last = host.rsplit('.').next().unwrap_or("");
+    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+        return true;
+    }
+    ipv4_number(last).is_some()
+}
+
+/// WHATWG URL "IPv4 number parser": `0x`/`0X` prefix hex (an empty rest is 0), a
+/// leading `0` octal, else decimal. `None` for anything else (or an empty part).
+fn ipv4_number(part: &str) -> Option<u64> {
+    if part.is_empty() {
+        return None;
+    }
+    let (digits, radix) =
+        if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+            (hex, 16)
+        } else if part.len() > 1 && part.starts_with('0') {
+            (&part[1..], 8)
+        } else {
+            (part, 10)
+        };
+    if digits.is_empty() {
+        return Some(0);
+    }
+    if !digits.bytes().all(|b| (b as char).is_digit(radix)) {
+        return None;
+    }
+    // Longer than any valid part: refuse rather than overflow.
+    if digits.len() > 12 {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
+}
+
+/// WHATWG URL "IPv4 parser": 1 to 4 dot-separated numbers (one trailing dot allowed),
+/// every one but the last at most 255, the last filling the remaining bytes.
+pub fn parse_ipv4(host: &str) -> Option<std::net::Ipv4Addr> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let numbers: Vec<u64> = parts
+        .iter()
+        .map(|p| ipv4_number(p))
+        .collect::<Option<_>>()?;
+    let (last, init) = numbers.split_last()?;
+    if init.iter().any(|&n| n > 255) || *last >= 1u64 << (8 * (5 - numbers.len())) {
+        return None;
+    }
+    let mut v = *last;
+    for (i, n) in init.iter().enumerate() {
+        v += n << (8 * (3 - i));
+    }
+    Some(std::net::Ipv4Addr::from(v as u32))
 }
 
 /// reg-name = *( unreserved / pct-encoded / sub-delims ) (RFC 3986 §3.2.2); IPv4
@@ -305,6 +397,70 @@ mod tests {
         ] {
             let err = parse_absolute(text).expect_err(text);
             assert_eq!(err.status(), 400, "{text}");
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_an_ipv4_address_is_normalised() {
+        for text in [
+            "127.0.0.1",
+            "2130706433",
+            "0x7f000001",
+            "0x7f.1",
+            "0X7F.0.0.1",
+            "0177.0.0.1",
+            "0177.0.0.01",
+            "127.1",
+            "127.0.1",
+            "127.0.0.1.",
+            "127.1.",
+            "[::ffff:127.0.0.1]",
+            "[::FFFF:7f00:1]",
+            "[0:0:0:0:0:ffff:7f00:0001]",
+        ] {
+            let uri = parse_absolute(&format!("http://{text}:81/x"))
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(uri.host, "127.0.0.1", "{text}");
+            let (host, port) = parse_authority(&format!("{text}:443")).unwrap();
+            assert_eq!((host.as_str(), port), ("127.0.0.1", 443), "{text}");
+        }
+        assert_eq!(parse_absolute("http://0/").unwrap().host, "0.0.0.0");
+        assert_eq!(parse_absolute("http://0x/").unwrap().host, "0.0.0.0");
+        assert_eq!(
+            parse_absolute("http://4294967295/").unwrap().host,
+            "255.255.255.255"
+        );
+        assert_eq!(parse_absolute("http://10.0.0.1/").unwrap().host, "10.0.0.1");
+        assert_eq!(parse_absolute("http://[0:0::1]/").unwrap().host, "::1");
+        // Names stay names, without the trailing dot of a fully qualified one (the
+        // resolved address is what the destination policy checks).
+        assert_eq!(
+            parse_absolute("http://Localhost./").unwrap().host,
+            "localhost"
+        );
+        assert!(parse_absolute("http://./").is_err());
+        assert_eq!(
+            parse_absolute("http://a1.example/").unwrap().host,
+            "a1.example"
+        );
+        assert_eq!(
+            parse_absolute("http://0x7g.example/").unwrap().host,
+            "0x7g.example"
+        );
+        // Ends in a number but is no IPv4 address: refused, never resolved.
+        for bad in [
+            "4294967296",
+            "256.0.0.1",
+            "1.2.3.4.5",
+            "1.256.0.0.1",
+            "example.123",
+            "foo.0x10",
+            "08.0.0.1",
+            "0x1.0x100.0.0",
+            "99999999999999999999",
+        ] {
+            assert!(parse_absolute(&format!("http://{bad}/")).is_err(), "{bad}");
+            assert!(parse_authority(&format!("{bad}:443")).is_err(), "{bad}");
         }
     }
 

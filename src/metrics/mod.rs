@@ -164,7 +164,8 @@ fn status_class(status: u16) -> usize {
 }
 
 /// Every [`Op`], in label order.
-pub const OPS: [Op; 12] = [
+pub const N_OPS: usize = 15;
+pub const OPS: [Op; N_OPS] = [
     Op::Hit,
     Op::Collapsed,
     Op::Miss,
@@ -177,6 +178,9 @@ pub const OPS: [Op; 12] = [
     Op::KvDelete,
     Op::PeerHit,
     Op::PeerFill,
+    Op::Tunnel,
+    Op::Redirect,
+    Op::DirectConnect,
 ];
 
 fn op_index(op: Op) -> usize {
@@ -193,6 +197,9 @@ fn op_index(op: Op) -> usize {
         Op::KvDelete => 9,
         Op::PeerHit => 10,
         Op::PeerFill => 11,
+        Op::Tunnel => 12,
+        Op::Redirect => 13,
+        Op::DirectConnect => 14,
     }
 }
 
@@ -257,7 +264,9 @@ pub enum HandshakeFailure {
 pub const HANDSHAKE_FAILURES: [&str; 2] = ["error", "timeout"];
 
 /// `chacha_upstream_errors_total{kind}`.
-pub const UPSTREAM_ERRORS: [&str; 6] = ["dns", "connect", "tls", "timeout", "closed", "protocol"];
+pub const UPSTREAM_ERRORS: [&str; 7] = [
+    "dns", "connect", "tls", "timeout", "closed", "protocol", "denied",
+];
 
 fn upstream_error_index(e: &crate::upstream::UpstreamError) -> usize {
     use crate::upstream::UpstreamError::*;
@@ -268,6 +277,7 @@ fn upstream_error_index(e: &crate::upstream::UpstreamError) -> usize {
         ConnectTimeout(_) | HeadTimeout(_) => 3,
         Closed(_) => 4,
         Protocol(_) => 5,
+        Denied(_) => 6,
     }
 }
 
@@ -292,6 +302,31 @@ fn kv_result(status: u16) -> usize {
         401 => 4,
         400 => 5,
         _ => 6,
+    }
+}
+
+/// `chacha_direct_connect_total{result}`: 307s to an owner (`redirect`), and how this
+/// node answered `GET /direct-connect`.
+pub const DIRECT_CONNECT_RESULTS: [&str; 7] = [
+    "redirect",
+    "ok",
+    "partial",
+    "unauthorized",
+    "not_found",
+    "replaced",
+    "other",
+];
+
+fn direct_connect_result(op: Op, status: u16) -> Option<usize> {
+    match (op, status) {
+        (Op::Redirect, _) => Some(0),
+        (Op::DirectConnect, 200) => Some(1),
+        (Op::DirectConnect, 206) => Some(2),
+        (Op::DirectConnect, 401) => Some(3),
+        (Op::DirectConnect, 404) => Some(4),
+        (Op::DirectConnect, 410) => Some(5),
+        (Op::DirectConnect, _) => Some(6),
+        _ => None,
     }
 }
 
@@ -324,11 +359,11 @@ pub const SPEED_BOUNDS: [u64; 13] = [
 #[derive(Default)]
 #[repr(C, align(128))]
 pub struct CoreBlock {
-    pub requests: [[[Counter; 12]; 5]; 7],
-    pub response_us: [Histogram<16>; 12],
-    pub speed: [Histogram<13>; 12],
-    pub client_bytes: [Counter; 12],
-    pub origin_bytes: [Counter; 12],
+    pub requests: [[[Counter; N_OPS]; 5]; 7],
+    pub response_us: [Histogram<16>; N_OPS],
+    pub speed: [Histogram<13>; N_OPS],
+    pub client_bytes: [Counter; N_OPS],
+    pub origin_bytes: [Counter; N_OPS],
     pub outcomes: [Counter; 5],
     pub not_stored: [Counter; 13],
     pub origin_responses: [Counter; 4],
@@ -339,8 +374,9 @@ pub struct CoreBlock {
     pub connections_opened: Counter,
     pub connections_closed: Counter,
     pub handshake_failures: [Counter; 2],
-    pub upstream_errors: [Counter; 6],
+    pub upstream_errors: [Counter; 7],
     pub kv_requests: [[Counter; 7]; 3],
+    pub direct_connect: [Counter; 7],
 }
 
 impl Merge for CoreBlock {
@@ -362,6 +398,7 @@ impl Merge for CoreBlock {
         self.handshake_failures.merge_from(&o.handshake_failures);
         self.upstream_errors.merge_from(&o.upstream_errors);
         self.kv_requests.merge_from(&o.kv_requests);
+        self.direct_connect.merge_from(&o.direct_connect);
     }
 }
 
@@ -425,6 +462,9 @@ pub fn request(
         };
         if let Some(k) = kv {
             b.kv_requests[k][kv_result(status)].add(1);
+        }
+        if let Some(r) = direct_connect_result(op, status) {
+            b.direct_connect[r].add(1);
         }
     });
 }
@@ -580,6 +620,8 @@ pub struct Snapshot {
     pub scan: Option<Duration>,
     /// Cluster mode: each node (its configured address) and whether it is up.
     pub peers: Option<Vec<(String, bool)>>,
+    /// Cluster mode: each node and how often its state changed (up ↔ down).
+    pub peer_changes: Option<Vec<(String, u64)>>,
     /// With `tls-interceptor`: leaves signed so far.
     pub leaves_minted: Option<u64>,
 }
@@ -610,6 +652,12 @@ pub fn snapshot() -> Snapshot {
                 c.nodes
                     .iter()
                     .map(|n| (n.name.clone(), !n.is_down()))
+                    .collect()
+            }),
+            peer_changes: live.and_then(|l| l.cluster.as_ref()).map(|c| {
+                c.nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), n.state_changes()))
                     .collect()
             }),
             leaves_minted: live

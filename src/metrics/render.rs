@@ -299,6 +299,19 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
 
+    o.family(
+        "chacha_direct_connect_total",
+        "counter",
+        "Direct-connect: 307s to a key's owner, and this node's GET /direct-connect answers.",
+    );
+    for (r, result) in DIRECT_CONNECT_RESULTS.iter().enumerate() {
+        let labels = format!("result=\"{result}\"");
+        o.sample(
+            "chacha_direct_connect_total",
+            &labels,
+            t.direct_connect[r].get(),
+        );
+    }
     if let Some(peers) = &s.peers {
         o.family(
             "chacha_peer_up",
@@ -309,6 +322,19 @@ pub fn render(s: &Snapshot) -> String {
             let labels = format!("peer=\"{}\"", escape(name));
             o.sample("chacha_peer_up", &labels, u8::from(*up));
         }
+    }
+    if let Some(changes) = &s.peer_changes {
+        o.family(
+            "chacha_peer_state_changes_total",
+            "counter",
+            "Cluster nodes' state changes (up to down or back) seen from this one.",
+        );
+        for (name, n) in changes {
+            let labels = format!("peer=\"{}\"", escape(name));
+            o.sample("chacha_peer_state_changes_total", &labels, *n);
+        }
+    }
+    if s.peers.is_some() {
         o.family(
             "chacha_kv_requests_total",
             "counter",
@@ -412,6 +438,7 @@ mod tests {
                 ("10.0.0.1:8080".into(), true),
                 ("[::1]:8080".into(), false),
             ]),
+            peer_changes: Some(vec![("[::1]:8080".into(), 3)]),
             leaves_minted: Some(5),
             scan: Some(Duration::from_millis(1500)),
             ..Default::default()
@@ -432,6 +459,7 @@ mod tests {
             "chacha_tls_leaves_minted_total 5",
             "chacha_peer_up{peer=\"10.0.0.1:8080\"} 1",
             "chacha_peer_up{peer=\"[::1]:8080\"} 0",
+            "chacha_peer_state_changes_total{peer=\"[::1]:8080\"} 3",
             "chacha_kv_requests_total{kind=\"get\",result=\"ok\"} 0",
         ] {
             assert!(l.contains(&want), "missing {want} in\n{text}");

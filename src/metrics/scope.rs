@@ -93,6 +93,13 @@ fn client_write() {
 /// a request's scope).
 pub struct Metered<S>(pub S);
 
+/// The socket under it (a blind CONNECT tunnel splices on it directly).
+impl<S: std::os::fd::AsRawFd> std::os::fd::AsRawFd for Metered<S> {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 impl<S: AsyncReadRent> AsyncReadRent for Metered<S> {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         self.0.read(buf).await

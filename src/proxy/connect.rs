@@ -1,13 +1,15 @@
 //! CONNECT with TLS interception (RFC 9110 §9.3.6): answer 200, terminate the client's
 //! TLS with a leaf minted for the requested host, and run the decrypted requests through
-//! the same request loop as plain ones, with scheme `https`.
+//! the same request loop as plain ones, with scheme `https`. Hosts that
+//! `tls-interceptor.intercept` does not match, and ports in
+//! `tls-interceptor.passthrough-ports`, get a blind tunnel instead ([`super::tunnel`]).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use super::{request_loop, Channel, LoopEnd, ProxyError, Worker};
+use super::{request_loop, write_simple, Channel, Framing, LoopEnd, Op, ProxyError, Worker};
 use crate::http::uri::{parse_absolute, parse_authority, Scheme, Uri};
 use crate::http::RequestHead;
 use crate::server::accesslog::{Detail, Line};
@@ -24,6 +26,22 @@ pub const CLOSE_NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Interception {
     pub interceptor: Interceptor,
     pub ports: Vec<u16>,
+    /// `tls-interceptor.intercept`: hosts to intercept; `None` = every host.
+    pub intercept: Option<regex::RegexSet>,
+    /// `tls-interceptor.passthrough-ports`: always tunnelled blind.
+    pub passthrough_ports: Vec<u16>,
+}
+
+impl Interception {
+    /// Whether a CONNECT to `target` is tunnelled blind rather than intercepted: its
+    /// port is a passthrough port, or `intercept` is given and matches no host.
+    pub fn is_blind(&self, target: &Target) -> bool {
+        self.passthrough_ports.contains(&target.port)
+            || self
+                .intercept
+                .as_ref()
+                .is_some_and(|set| !set.is_match(&target.host))
+    }
 }
 
 /// The origin a tunnel leads to: the CONNECT target.
@@ -85,16 +103,17 @@ fn tunnel_line<'a>(peer: SocketAddr, line: &'a str, ms: u128, detail: Detail<'a>
     }
 }
 
-/// Decides whether a CONNECT may open an intercepted tunnel: 405 without
-/// `tls-interceptor`, 406 for a port not in `tls-interceptor.ports` (as the original
-/// does), 400 for a malformed authority (RFC 9112 §3.2.3).
+/// Decides whether a CONNECT may open a tunnel: 405 without `tls-interceptor`, 406
+/// for a port neither in `tls-interceptor.ports` (as the original does) nor in
+/// `passthrough-ports`, 400 for a malformed authority (RFC 9112 §3.2.3; every spelling
+/// of an IPv4 address is normalised by the parser, see [`parse_authority`]).
 pub fn check(head: &RequestHead, w: &Worker) -> Result<Target, ProxyError> {
     let Some(icpt) = &w.interception else {
         return Err(ProxyError::MethodNotAllowed("CONNECT".into()));
     };
     let (host, port) =
         parse_authority(&head.target).map_err(|_| ProxyError::BadTarget(head.target.clone()))?;
-    if !icpt.ports.contains(&port) {
+    if !icpt.ports.contains(&port) && !icpt.passthrough_ports.contains(&port) {
         return Err(ProxyError::PortNotAllowed(port));
     }
     Ok(Target { host, port })
@@ -103,7 +122,7 @@ pub fn check(head: &RequestHead, w: &Worker) -> Result<Target, ProxyError> {
 /// Opens the tunnel on `conn` (whose CONNECT head was consumed and accepted by
 /// [`check`]), terminates TLS and serves the requests inside. Failures close the
 /// tunnel; they are logged, never answered (there is no HTTP channel to answer on).
-pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent>(
+pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent + std::os::fd::AsRawFd>(
     mut conn: BufConn<S>,
     target: Target,
     peer: SocketAddr,
@@ -114,6 +133,31 @@ pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent>(
     let Some(icpt) = &w.interception else {
         return; // check() let it through only with an interceptor
     };
+    if icpt.is_blind(&target) {
+        return super::tunnel::blind(conn, target, peer, w, line, start).await;
+    }
+    // A target whose every address the destination policy refuses gets its 403 here,
+    // before a leaf is minted (each request inside is checked again when it connects,
+    // on the addresses it resolves then). A name that does not resolve now is left to
+    // the requests inside, which answer 502 as before.
+    if let Err(e @ crate::upstream::UpstreamError::Denied(_)) =
+        w.upstream.resolve_allowed(&target.host, target.port).await
+    {
+        let error = ProxyError::Upstream(e);
+        let (status, msg) = (error.status(), error.to_string());
+        let bytes = write_simple(&mut conn.io, status, &msg, Framing::Close, &[]).await;
+        Line {
+            client: peer,
+            request: Some(line),
+            status,
+            bytes: bytes.unwrap_or(0),
+            duration_ms: start.elapsed().as_millis(),
+            op: Op::Reject.as_str(),
+            detail: Detail::Error(&msg),
+        }
+        .log(log::Level::Warn);
+        return;
+    }
     if let Err(e) = conn.io.write_all(ESTABLISHED.to_vec()).await.0 {
         let why = format!("client gone: {e}");
         let ms = start.elapsed().as_millis();
@@ -123,7 +167,7 @@ pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent>(
     // Bytes the client sent right behind the CONNECT head (an eager ClientHello) are in
     // the read buffer: the acceptor reads them first.
     let (io, early) = conn.into_parts();
-    let acceptor = icpt.interceptor.acceptor_for(&target.host);
+    let (acceptor, sni_mismatch) = icpt.interceptor.acceptor_checked(&target.host);
     // Bounded like a request head: a client that never completes the handshake cannot
     // hold the connection open.
     let handshake = monoio::time::timeout(
@@ -135,12 +179,24 @@ pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent>(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             crate::metrics::tls_handshake_failure(crate::metrics::HandshakeFailure::Error);
-            let why = format!(
-                "client TLS handshake failed: {}",
-                crate::tls::handshake_error_reason(e)
-            );
             let ms = start.elapsed().as_millis();
-            tunnel_line(peer, line, ms, Detail::Closed(&why)).log(log::Level::Info);
+            match sni_mismatch.get() {
+                // Refused by the leaf resolver (see crate::tls::server).
+                Some(sni) => {
+                    let why = format!(
+                        "TLS SNI {sni:?} does not match the CONNECT host {:?} (tls-interceptor.allow-sni-mismatch: true allows it)",
+                        target.host
+                    );
+                    tunnel_line(peer, line, ms, Detail::Closed(&why)).log(log::Level::Warn);
+                }
+                None => {
+                    let why = format!(
+                        "client TLS handshake failed: {}",
+                        crate::tls::handshake_error_reason(e)
+                    );
+                    tunnel_line(peer, line, ms, Detail::Closed(&why)).log(log::Level::Info);
+                }
+            }
             return;
         }
         Err(_) => {

@@ -24,6 +24,10 @@ pub enum ProxyError {
     ClientIo(std::io::Error),
     /// The client's request body stalled for `timeouts.client-body` (408).
     ClientBodyTimeout(std::time::Duration),
+    /// chacha lacks a resource for the request right now, e.g. descriptors (503).
+    Unavailable(String),
+    /// `GET /direct-connect` refused: 401 (token), 404 (no entry), 410 (entry replaced).
+    DirectConnect(u16, String),
 }
 
 impl ProxyError {
@@ -35,11 +39,14 @@ impl ProxyError {
             ProxyError::LoopDetected => 508,
             ProxyError::PortNotAllowed(_) => 406,
             ProxyError::NotFound => 404,
+            ProxyError::Upstream(UpstreamError::Denied(_)) => 403,
             ProxyError::Upstream(UpstreamError::HeadTimeout(_))
             | ProxyError::Upstream(UpstreamError::ConnectTimeout(_)) => 504,
             ProxyError::Upstream(_) => 502,
             ProxyError::ClientIo(_) => 400,
             ProxyError::ClientBodyTimeout(_) => 408,
+            ProxyError::Unavailable(_) => 503,
+            ProxyError::DirectConnect(status, _) => *status,
         }
     }
 }
@@ -64,6 +71,8 @@ impl fmt::Display for ProxyError {
             ProxyError::ClientBodyTimeout(d) => {
                 write!(f, "request body: no bytes received for {d:?}")
             }
+            ProxyError::Unavailable(why) => f.write_str(why),
+            ProxyError::DirectConnect(_, reason) => f.write_str(reason),
         }
     }
 }

@@ -10,7 +10,7 @@ use monoio::io::AsyncWriteRent;
 
 use super::client_side::ClientSide;
 use super::handoff::Handoff;
-use super::origin_body::OriginBody;
+use super::origin_body::{strong_etag, OriginBody};
 use super::serve::stream_fill;
 use super::storage::{peer, ReadBack, Sink};
 use super::{Op, Outcome, Worker};
@@ -61,7 +61,7 @@ pub(crate) async fn fill<C: AsyncWriteRent>(
     };
     let (origin_result, mut cs) = monoio::join!(
         origin_to_sink(req, up, &resp, kind, sink, &target, &handoff, owner, w),
-        client_of_fill(client, req, &resp, kind, stored, read_back, &handoff, w, op)
+        client_of_fill(client, req, target.uri, &resp, kind, stored, read_back, &handoff, w, op)
     );
     if let (Err(origin), Some(_)) = (origin_result, &cs.error) {
         // The client was cut because the fill failed: say why.
@@ -183,6 +183,7 @@ async fn commit(sink: Option<Sink<'_>>, handoff: &Handoff, req: &RequestHead, w:
 async fn client_of_fill<C: AsyncWriteRent>(
     client: &mut BufConn<C>,
     req: &RequestHead,
+    uri: &Uri,
     resp: &ResponseHead,
     kind: BodyKind,
     stored: CacheOutcome,
@@ -215,8 +216,15 @@ async fn client_of_fill<C: AsyncWriteRent>(
                         (Some(Err(e)), _) => cs.error = Some(e),
                         (_, Some(from)) => {
                             debug_assert_eq!(from, next);
-                            peer::read_back(client, &mut cs, next, resp, kind, owner, &key, w)
-                                .await;
+                            // Should the owner fail, the origin continues the body.
+                            let r = peer::Resume {
+                                req,
+                                uri,
+                                etag: strong_etag(&resp.headers),
+                                len: kind.known_len(),
+                            };
+                            let (k, o) = (&key, owner);
+                            peer::read_back(client, &mut cs, next, resp, kind, o, k, &r, w).await;
                             break;
                         }
                         (Some(Ok(())), None) => {

@@ -1,7 +1,8 @@
 //! chacha's own endpoints, reached with origin-form requests to its own address:
 //! `GET /health`, `GET /metrics` (see [`crate::metrics`]; in cluster mode the dispatch
-//! sends the KV protocol's requests to `kv.rs` first); anything else gets 404, as a KV
-//! request without a cluster does from the original.
+//! sends the KV protocol's requests to `kv.rs` first), `GET /direct-connect`
+//! (`direct_connect.rs`); anything else gets 404, as a KV request without a cluster does
+//! from the original.
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
@@ -37,6 +38,10 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
                     reason: e.to_string(),
                 },
             }
+        }
+        // Direct-connect's other end (cluster mode; 404 without a cluster).
+        ("GET", crate::cluster::token::PATH) if !has_body => {
+            super::direct_connect::handle(conn, head, w).await
         }
         // The Prometheus exposition, unless `metrics.addr` serves it elsewhere.
         ("GET", "/metrics") if crate::metrics::served_on_proxy_port() => {

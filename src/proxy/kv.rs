@@ -20,6 +20,14 @@
 //!   neither);
 //! - a PUT of a key that another fill is writing gets `409` (the body is not read; the
 //!   connection closes): the entry being written is the same object.
+//!
+//! A node serves KV requests for any key, not only the keys it owns: while a key's owner
+//! is down the next node in rendezvous order stands in for it (`Cluster::serving`), and
+//! the other nodes' GETs (with claims) and PUTs for the key arrive there; it stores and
+//! single-flights them on its disk as the owner would. When the owner is back, routing
+//! returns to it (its own copy is revalidated as usual) and the stand-in's copy is no
+//! longer asked for and ages out of its disk by LRU. A node that does not serve a key
+//! never forwards its KV request: the requester chose it on its view of the cluster.
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -49,6 +57,7 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     head: RequestHead,
     w: &Worker,
     cluster: &Cluster,
+    peer: std::net::SocketAddr,
 ) -> Outcome {
     let op = match head.method.as_str() {
         "GET" => Op::KvGet,
@@ -60,8 +69,21 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
         head.body_kind(),
         Ok(BodyKind::None) | Ok(BodyKind::Length(0))
     );
+    // A source that failed too often lately is refused without a check (a check would
+    // tell its right guess from a wrong one): RFC 6585 §4, 429 with Retry-After, and
+    // the connection closed, so each further guess costs a new connection.
+    let now = Instant::now();
+    if let crate::cluster::auth_limit::Verdict::Refuse { retry_after } =
+        cluster.auth_limit.admit(peer.ip(), now)
+    {
+        let secs = retry_after.as_secs().max(1).to_string();
+        let extra = [("Retry-After", secs.as_str())];
+        let msg = "too many failed KV authentications from this address";
+        return reply(conn, &head, w, 429, msg, true, op, &extra).await;
+    }
     // First of all: nothing about keys or the disk for a caller without the secret.
     if !cluster.authorized(head.headers.get("authorization")) {
+        cluster.auth_limit.failed(peer.ip(), now);
         let msg = if head.headers.contains("authorization") {
             "invalid secret"
         } else {

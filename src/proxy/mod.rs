@@ -6,6 +6,7 @@ pub mod cached;
 pub mod client_side;
 pub mod connect;
 pub mod decide;
+pub mod direct_connect;
 pub mod error;
 pub mod fill;
 pub mod handoff;
@@ -16,6 +17,7 @@ pub mod origin_body;
 pub mod relay;
 pub mod serve;
 pub mod storage;
+pub mod tunnel;
 pub mod validate;
 
 use std::cell::Cell;
@@ -114,6 +116,12 @@ pub enum Op {
     PeerHit,
     /// Stored on the owner node while served.
     PeerFill,
+    /// A blind CONNECT tunnel (bytes relayed, not intercepted).
+    Tunnel,
+    /// A validated hit answered with a 307 to its owner's `/direct-connect`.
+    Redirect,
+    /// `GET /direct-connect` on the owner.
+    DirectConnect,
 }
 
 impl Op {
@@ -131,6 +139,9 @@ impl Op {
             Op::KvDelete => "kv-delete",
             Op::PeerHit => "peer-hit",
             Op::PeerFill => "peer-fill",
+            Op::Tunnel => "tunnel",
+            Op::Redirect => "redirect",
+            Op::DirectConnect => "direct-connect",
         }
     }
 }
@@ -325,7 +336,7 @@ pub enum LoopEnd {
 }
 
 /// Serves one client connection until it closes, errs, or the worker shuts down.
-pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
+pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + std::os::fd::AsRawFd>(
     io: S,
     peer: SocketAddr,
     w: Rc<Worker>,
@@ -420,7 +431,7 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent>(
                     Default::default(),
                 ),
             },
-            _ => crate::metrics::scoped(dispatch(conn, head, w, channel)).await,
+            _ => crate::metrics::scoped(dispatch(conn, head, w, channel, peer)).await,
         };
         let keep = match outcome {
             Outcome::Done(ex) => {
@@ -539,6 +550,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
     head: RequestHead,
     w: &Worker,
     channel: Channel<'_>,
+    peer: SocketAddr,
 ) -> Outcome {
     if head.method == "CONNECT" {
         // RFC 9110 §9.3.6. Direct CONNECTs are handled by the loop; a CONNECT inside a
@@ -561,7 +573,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
             // chacha's own address: the KV protocol in cluster mode, else its endpoints.
             return match &w.cluster {
                 Some(c) if crate::cluster::kv::is_kv_request(&head) => {
-                    kv::handle(conn, head, w, c).await
+                    kv::handle(conn, head, w, c, peer).await
                 }
                 _ => internal::handle(conn, head, w).await,
             };

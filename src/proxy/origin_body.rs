@@ -167,10 +167,32 @@ async fn resume_fill<C: AsyncReadRent>(
     let BodyKind::Length(len) = kind else {
         return None;
     };
-    let etag = resp
-        .headers
-        .get_str("etag")
-        .filter(|e| e.starts_with('"'))?;
+    let etag = strong_etag(&resp.headers)?;
+    resume_at(client, req, uri, etag, len, pos, w).await
+}
+
+/// The `ETag` of `headers` when it is a strong validator (RFC 9110 §8.8.1: no `W/`).
+pub(crate) fn strong_etag(headers: &crate::http::Headers) -> Option<&str> {
+    headers.get_str("etag").filter(|e| e.starts_with('"'))
+}
+
+/// Asks the origin for the representation tagged `etag` (strong), `len` bytes long, from
+/// body offset `pos` on: `Range: bytes=pos-` and `If-Range: etag` (RFC 9110 §13.1.5,
+/// §14.2). Only a 206 with exactly `Content-Range: bytes pos-(len-1)/len` (§14.4), the
+/// same `ETag` and the rest's length continues it; anything else (a 200: the
+/// representation changed or the origin ignores ranges) is `None`.
+pub(crate) async fn resume_at<C: AsyncReadRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    uri: &Uri,
+    etag: &str,
+    len: u64,
+    pos: u64,
+    w: &Worker,
+) -> Option<(UpstreamConn, BodyKind)> {
+    if pos >= len {
+        return None;
+    }
     let range = format!("bytes={pos}-");
     let extra = [("Range", range.as_str()), ("If-Range", etag)];
     let mut head = Vec::with_capacity(512);

@@ -48,6 +48,9 @@ pub enum Detail<'a> {
     Closed(&'a str),
     /// A tunnel's TLS handshake completed (text: `OP established`).
     Established,
+    /// What a request did, when it was no error (text: `OP: SUMMARY`; JSON `summary`),
+    /// e.g. a blind tunnel's byte counts.
+    Summary(&'a str),
 }
 
 /// One request's line.
@@ -93,7 +96,7 @@ impl Line<'_> {
         );
         let _ = match self.detail {
             Detail::None => Ok(()),
-            Detail::Error(r) => write!(s, ": {r}"),
+            Detail::Error(r) | Detail::Summary(r) => write!(s, ": {r}"),
             Detail::Aborted(r) => write!(s, " aborted: {r}"),
             Detail::Closed(r) => write!(s, " closed: {r}"),
             Detail::Established => write!(s, " established"),
@@ -119,6 +122,9 @@ impl Line<'_> {
             Detail::None => {}
             Detail::Established => {
                 m.insert("established".into(), true.into());
+            }
+            Detail::Summary(r) => {
+                m.insert("summary".into(), r.into());
             }
             Detail::Error(r) | Detail::Closed(r) => {
                 m.insert("error".into(), r.into());

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpListener;
 use rustls::ClientConfig;
 
+use crate::access::destinations::{local_addresses, Destinations};
 use crate::cache::store::Store;
 use crate::proxy::{serve_connection, Worker};
 use crate::upstream::Upstream;
@@ -50,6 +51,8 @@ pub struct Settings {
     /// The verifying client config for `https` origins (one for all cores, so the
     /// trust store is read once and TLS sessions resume across cores).
     pub tls_client: Arc<ClientConfig>,
+    /// `access.destinations`; [`serve`] adds the bound listening address to it.
+    pub destinations: Arc<Destinations>,
     /// `access`: client list, proxy authentication, connection limits (one for all cores).
     pub access: Arc<crate::access::Access>,
 }
@@ -173,7 +176,14 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 /// Runs the workers on `listeners` until SIGTERM/SIGINT and the drain; returns the
 /// process exit code.
-pub fn serve(settings: Settings, listeners: Listeners) -> i32 {
+pub fn serve(mut settings: Settings, listeners: Listeners) -> i32 {
+    // Loop protection: the proxy's own address (the bound one: port 0 resolved) is
+    // never a destination, whatever `access.destinations.allow` says.
+    settings.destinations = Arc::new(
+        (*settings.destinations)
+            .clone()
+            .with_own(&[listeners.addr], local_addresses()),
+    );
     if let Err(e) = signals::block_stop_signals() {
         log::error!("cannot set up signal handling: {e}");
         return 1;
@@ -376,7 +386,8 @@ async fn worker_body(
     crate::metrics::register_core();
     let snap = settings.live.snapshot();
     let upstream = Upstream::with_tls(snap.timeouts.connect, settings.tls_client.clone())
-        .with_body_timeout(snap.timeouts.upstream_body);
+        .with_body_timeout(snap.timeouts.upstream_body)
+        .with_destinations(settings.destinations.clone());
     let mut worker = Rc::new(Worker {
         id,
         generation: snap.generation,

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use crate::cache::store::Store;
 use crate::cluster::Cluster;
 use crate::config::{self, Config, Rule, Timeouts};
-use crate::proxy::connect::Interception;
 
 use super::live::{Live, Snapshot};
 
@@ -197,10 +196,7 @@ impl Reloader {
                             "tls-interceptor: cannot re-read the CA ({e}); keeping the CA in force"
                         );
                         let i = snap.interception.clone().expect("checked");
-                        Interception {
-                            interceptor: i.interceptor.clone(),
-                            ports: tls.ports.clone(),
-                        }
+                        crate::app::interception_with(i.interceptor.clone(), tls)
                     }
                     Err(e) => return Err(format!("tls-interceptor: {e}")),
                 };
@@ -209,13 +205,12 @@ impl Reloader {
                         == loaded.interceptor.cache().ca().cert_der()
                 });
                 let interception = match &snap.interception {
-                    // Same CA and ports: nothing changes.
-                    Some(i) if same_ca && i.ports == tls.ports => i.clone(),
+                    // Same CA and settings: nothing changes.
+                    Some(i) if same_ca && before.as_ref() == Some(tls) => i.clone(),
                     // Same CA: keep its minted leaves.
-                    Some(i) if same_ca => Arc::new(Interception {
-                        interceptor: i.interceptor.clone(),
-                        ports: tls.ports.clone(),
-                    }),
+                    Some(i) if same_ca => {
+                        Arc::new(crate::app::interception_with(i.interceptor.clone(), tls))
+                    }
                     _ => Arc::new(loaded),
                 };
                 match before {

@@ -15,10 +15,15 @@
 //! because monoio-rustls cannot resume a handshake started that way
 //! (shared/design/MONOIO-NOTES.md).
 //!
-//! SNI, when present, wins over the CONNECT host: it is the name the client
-//! will verify the certificate against.
+//! SNI, when present, must name the CONNECT host (case and one trailing dot
+//! aside): a client that CONNECTs to one host and asks for another in its
+//! ClientHello gets no certificate (the handshake is aborted with a
+//! `handshake_failure` alert), as Squid's `host_verify_strict` refuses it;
+//! otherwise a tunnel opened to an allowed host could be used to obtain (and
+//! have chacha fetch as) another one. `tls-interceptor.allow-sni-mismatch:
+//! true` restores the old behaviour, where SNI wins over the CONNECT host.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use monoio_rustls::TlsAcceptor;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -32,10 +37,29 @@ struct LeafResolver {
     cache: Arc<CertCache>,
     /// The CONNECT target, used when the client sends no SNI.
     fallback: Option<String>,
+    /// Refuse a ClientHello whose SNI is not the CONNECT target.
+    strict: bool,
+    /// Set to the SNI when the handshake was refused for a mismatch (for the
+    /// tunnel's log line).
+    mismatch: Arc<OnceLock<String>>,
+}
+
+/// Whether `sni` names `connect_host` (already normalised): equal after
+/// [`normalize_host`] (ASCII case and one trailing dot do not count).
+pub fn sni_matches(sni: &str, connect_host: &str) -> bool {
+    normalize_host(sni) == connect_host
 }
 
 impl ResolvesServerCert for LeafResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let (true, Some(sni), Some(host)) =
+            (self.strict, hello.server_name(), self.fallback.as_deref())
+        {
+            if !sni_matches(sni, host) {
+                let _ = self.mismatch.set(sni.to_string());
+                return None;
+            }
+        }
         let Some(host) = hello.server_name().or(self.fallback.as_deref()) else {
             log::debug!("TLS client sent no SNI and no CONNECT host is known: aborting handshake");
             return None;
@@ -69,6 +93,8 @@ pub fn server_config(cache: Arc<CertCache>) -> Arc<ServerConfig> {
     Arc::new(build(LeafResolver {
         cache,
         fallback: None,
+        strict: false,
+        mismatch: Arc::default(),
     }))
 }
 
@@ -78,14 +104,28 @@ pub fn server_config(cache: Arc<CertCache>) -> Arc<ServerConfig> {
 pub struct Interceptor {
     cache: Arc<CertCache>,
     base: Arc<ServerConfig>,
+    /// `tls-interceptor.allow-sni-mismatch`: SNI may name another host than the
+    /// CONNECT target (and then wins).
+    allow_sni_mismatch: bool,
 }
+
+/// Set, after a refused handshake, to the SNI that did not match the CONNECT host.
+pub type SniMismatch = Arc<OnceLock<String>>;
 
 impl Interceptor {
     pub fn new(cache: Arc<CertCache>) -> Interceptor {
         Interceptor {
             base: server_config(cache.clone()),
             cache,
+            allow_sni_mismatch: false,
         }
+    }
+
+    /// With `allow`, a ClientHello whose SNI names another host than the CONNECT
+    /// target gets a leaf for the SNI instead of being refused.
+    pub fn allow_sni_mismatch(mut self, allow: bool) -> Interceptor {
+        self.allow_sni_mismatch = allow;
+        self
     }
 
     /// An acceptor for one tunnel to `connect_host` (the CONNECT target's
@@ -95,14 +135,27 @@ impl Interceptor {
         TlsAcceptor::from(self.config_for(connect_host))
     }
 
+    /// [`Interceptor::acceptor_for`], and where a refused SNI is reported.
+    pub fn acceptor_checked(&self, connect_host: &str) -> (TlsAcceptor, SniMismatch) {
+        let (cfg, mismatch) = self.config_checked(connect_host);
+        (TlsAcceptor::from(cfg), mismatch)
+    }
+
     /// The config behind [`Interceptor::acceptor_for`].
     pub fn config_for(&self, connect_host: &str) -> Arc<ServerConfig> {
+        self.config_checked(connect_host).0
+    }
+
+    fn config_checked(&self, connect_host: &str) -> (Arc<ServerConfig>, SniMismatch) {
+        let mismatch = SniMismatch::default();
         let mut cfg = (*self.base).clone();
         cfg.cert_resolver = Arc::new(LeafResolver {
             cache: self.cache.clone(),
             fallback: Some(normalize_host(connect_host)),
+            strict: !self.allow_sni_mismatch,
+            mismatch: mismatch.clone(),
         });
-        Arc::new(cfg)
+        (Arc::new(cfg), mismatch)
     }
 
     pub fn cache(&self) -> &Arc<CertCache> {
@@ -230,8 +283,32 @@ mod tests {
     }
 
     #[test]
-    fn sni_wins_over_connect_host() {
+    fn sni_naming_another_host_is_refused() {
         let (icpt, client) = setup();
+        let (cfg, mismatch) = icpt.config_checked("a.test");
+        let err = handshake(cfg, client.clone(), name("b.test")).unwrap_err();
+        assert!(!err.is_empty());
+        assert_eq!(mismatch.get().map(String::as_str), Some("b.test"));
+        assert_eq!(icpt.cache().mints(), 0, "no leaf minted for either name");
+        // An IP literal CONNECT with a name in SNI is a mismatch too.
+        assert!(handshake(
+            icpt.config_for("203.0.113.9"),
+            client.clone(),
+            name("sni.test")
+        )
+        .is_err());
+        // Case and a trailing dot do not count.
+        let (cfg, mismatch) = icpt.config_checked("A.Test.");
+        handshake(cfg, client, name("a.test")).unwrap();
+        assert!(mismatch.get().is_none());
+        assert!(sni_matches("A.TEST.", "a.test"));
+        assert!(!sni_matches("a.test.evil", "a.test"));
+    }
+
+    #[test]
+    fn sni_wins_over_connect_host_when_allowed() {
+        let (icpt, client) = setup();
+        let icpt = icpt.allow_sni_mismatch(true);
         handshake(icpt.config_for("203.0.113.9"), client, name("sni.test")).unwrap();
         assert_eq!(icpt.cache().len(), 1);
         assert_eq!(icpt.cache().mints(), 1);

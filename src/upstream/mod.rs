@@ -31,6 +31,9 @@ pub enum UpstreamError {
     /// The origin sent something that is not HTTP/1.x.
     Protocol(String),
     Tls(String),
+    /// The destination policy refuses every address of the origin (403); nothing was
+    /// connected to. The text names the rule and how to allow it.
+    Denied(String),
 }
 
 impl fmt::Display for UpstreamError {
@@ -47,6 +50,7 @@ impl fmt::Display for UpstreamError {
             }
             UpstreamError::Protocol(e) => write!(f, "origin sent an invalid response: {e}"),
             UpstreamError::Tls(e) => write!(f, "TLS with origin failed: {e}"),
+            UpstreamError::Denied(e) => f.write_str(e),
         }
     }
 }

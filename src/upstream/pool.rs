@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use rustls::ClientConfig;
 
 use super::dns::Resolver;
 use super::{UpStream, UpstreamError};
+use crate::access::destinations::Destinations;
 use crate::stream::BufConn;
 
 /// An idle pooled connection older than this is closed instead of reused (origins
@@ -36,6 +38,9 @@ pub struct PoolKey {
     pub tls: bool,
     pub host: String,
     pub port: u16,
+    /// A cluster peer (its address comes from the config, not from a client): exempt
+    /// from the destination policy. Pooled apart from client-named origins.
+    pub peer: bool,
 }
 
 pub struct UpstreamConn {
@@ -57,6 +62,9 @@ pub struct Upstream {
     body_timeout: Cell<Duration>,
     /// Connector for `https` origins (verification always on).
     tls: Option<TlsConnector>,
+    /// Where client-named origins may be (checked on every resolved address before
+    /// connecting; cluster peers are exempt).
+    destinations: Arc<Destinations>,
 }
 
 impl Upstream {
@@ -68,7 +76,63 @@ impl Upstream {
             connect_timeout: Cell::new(connect_timeout),
             body_timeout: Cell::new(DEFAULT_BODY_TIMEOUT),
             tls: None,
+            destinations: Arc::new(Destinations::allow_all()),
         }
+    }
+
+    /// Sets the destination policy (`access.destinations`); without it every address
+    /// is allowed.
+    pub fn with_destinations(mut self, d: Arc<Destinations>) -> Self {
+        self.destinations = d;
+        self
+    }
+
+    /// The addresses of `host:port` that the destination policy allows, in resolver
+    /// order (DNS off the core thread; IP literals as they are). A name resolving to
+    /// both denied and allowed addresses connects only to the allowed ones; when none
+    /// is allowed the first refusal is the error, and nothing was connected to.
+    pub async fn resolve_allowed(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, UpstreamError> {
+        let addrs = self.resolver.resolve(host, port).await?;
+        let mut first_denial = None;
+        let allowed: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter(|a| match self.destinations.check(*a) {
+                Ok(()) => true,
+                Err(d) => {
+                    first_denial.get_or_insert(d);
+                    false
+                }
+            })
+            .collect();
+        match (allowed.is_empty(), first_denial) {
+            (true, Some(d)) => Err(UpstreamError::Denied(d.to_string())),
+            _ => Ok(allowed),
+        }
+    }
+
+    /// A plain TCP connection to an allowed address of `host:port` (each in turn,
+    /// each within the connect timeout): the far end of a blind tunnel.
+    pub async fn connect_tcp(&self, host: &str, port: u16) -> Result<TcpStream, UpstreamError> {
+        let addrs = self.resolve_allowed(host, port).await?;
+        let mut last = UpstreamError::Connect("no address".into());
+        for addr in addrs {
+            match monoio::time::timeout(self.connect_timeout.get(), TcpStream::connect_addr(addr))
+                .await
+            {
+                Ok(Ok(tcp)) => {
+                    let _ = tcp.set_nodelay(true);
+                    set_keepalive(&tcp);
+                    return Ok(tcp);
+                }
+                Ok(Err(e)) => last = UpstreamError::Connect(format!("{addr}: {e}")),
+                Err(_) => last = UpstreamError::ConnectTimeout(self.connect_timeout.get()),
+            }
+        }
+        Err(last)
     }
 
     /// Sets the idle bound on body reads (`timeouts.upstream-body`).
@@ -147,7 +211,13 @@ impl Upstream {
                 ))
             }
         };
-        let addrs = self.resolver.resolve(&key.host, key.port).await?;
+        // Checked on the resolved addresses, so that no spelling of a name or an
+        // address, and no DNS answer, reaches a denied one (peers are config).
+        let addrs = if key.peer {
+            self.resolver.resolve(&key.host, key.port).await?
+        } else {
+            self.resolve_allowed(&key.host, key.port).await?
+        };
         let mut last = UpstreamError::Connect("no address".into());
         for addr in addrs {
             let deadline = Instant::now() + self.connect_timeout.get();
@@ -258,5 +328,59 @@ fn set_keepalive(tcp: &TcpStream) {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::CidrList;
+
+    fn key(port: u16, peer: bool) -> PoolKey {
+        PoolKey {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port,
+            peer,
+        }
+    }
+
+    /// Client-named origins are checked on the resolved address and never connected to
+    /// when denied; cluster peers (config) are exempt.
+    #[test]
+    fn denied_destinations_are_not_connected_and_peers_are_exempt() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(1)))
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let up = Upstream::new(Duration::from_secs(5)).with_destinations(Arc::new(
+                Destinations::new(CidrList::default(), CidrList::default()),
+            ));
+            match up.connect_new(&key(port, false)).await {
+                Err(UpstreamError::Denied(why)) => assert_eq!(
+                    why,
+                    "destination 127.0.0.1 is loopback (denied by default; allow with access.destinations.allow: [127.0.0.0/8])"
+                ),
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("connected to a denied destination"),
+            }
+            // A spelling that reached the resolver unnormalised (getaddrinfo reads it
+            // as inet_aton does) is still checked on what it resolves to.
+            assert!(
+                matches!(
+                    up.connect_tcp("0x7f.1", port).await,
+                    Err(UpstreamError::Denied(_))
+                ),
+                "a raw spelling never reaches loopback"
+            );
+            assert!(listener.accept().is_err(), "nothing connected");
+            up.connect_new(&key(port, true)).await.expect("a peer is exempt");
+        });
+        assert!(listener.accept().is_ok(), "the peer connection arrived");
     }
 }

@@ -90,5 +90,6 @@ pub fn pool_key(uri: &Uri) -> PoolKey {
         tls: uri.scheme == Scheme::Https,
         host: uri.host.clone(),
         port: uri.port_or_default(),
+        peer: false,
     }
 }

@@ -70,6 +70,38 @@ impl Drop for TempDir {
     }
 }
 
+/// What [`Chacha`] adds to a config that says nothing about destinations: the tests'
+/// origins live on loopback, which the destination policy denies by default (the
+/// proxy's own port stays denied whatever this says).
+pub const ALLOW_LOOPBACK: &str = "access:\n  destinations:\n    allow: [127.0.0.0/8]\n";
+
+/// `yaml` with loopback destinations allowed, unless it mentions `destinations` itself
+/// (a test of the policy states it, e.g. `destinations: {}` for the defaults): the
+/// [`ALLOW_LOOPBACK`] block appended when there is no top-level `access:` key, else its
+/// `destinations:` lines put right under a block-style `access:` line.
+pub fn with_loopback_allowed(yaml: &str) -> String {
+    if yaml.contains("destinations") {
+        return yaml.to_string();
+    }
+    if let Some(at) = yaml
+        .find("\naccess:\n")
+        .map(|i| i + 1)
+        .or_else(|| yaml.starts_with("access:\n").then_some(0))
+    {
+        let after = at + "access:\n".len();
+        let mut out = yaml[..after].to_string();
+        out.push_str(&ALLOW_LOOPBACK["access:\n".len()..]);
+        out.push_str(&yaml[after..]);
+        return out;
+    }
+    let mut out = yaml.to_string();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(ALLOW_LOOPBACK);
+    out
+}
+
 /// Writes `yaml` (with `@DIR@` → `<root>/data`, created empty) to `<root>/config.yaml`.
 fn write_config(root: &TempDir, yaml: &str) -> (PathBuf, PathBuf) {
     let data = root.path().join("data");
@@ -146,7 +178,7 @@ impl Chacha {
         args: &[&str],
     ) -> Chacha {
         let root = TempDir::new("run");
-        let (config, data) = write_config(&root, yaml);
+        let (config, data) = write_config(&root, &with_loopback_allowed(yaml));
         let log = Arc::new(Log::default());
         let env: Vec<(String, String)> = env
             .iter()

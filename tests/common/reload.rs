@@ -24,11 +24,12 @@ pub fn reload_ends(log: &str) -> Vec<String> {
         .collect()
 }
 
-/// Writes `yaml` (`@DIR@` → the cache dir) as `c`'s config file, sends SIGHUP and
-/// returns the line that ends this reload; panics if none comes within
-/// [`RELOAD_WAIT`].
+/// Writes `yaml` (`@DIR@` → the cache dir; loopback destinations allowed as
+/// [`Chacha::start`] does) as `c`'s config file, sends SIGHUP and returns the line that
+/// ends this reload; panics if none comes within [`RELOAD_WAIT`].
 pub fn reload(c: &Chacha, yaml: &str) -> String {
-    let yaml = yaml.replace(DIR_PLACEHOLDER, c.dir().to_str().unwrap());
+    let yaml = super::chacha::with_loopback_allowed(yaml)
+        .replace(DIR_PLACEHOLDER, c.dir().to_str().unwrap());
     std::fs::write(c.config_path(), yaml).unwrap();
     sighup(c)
 }

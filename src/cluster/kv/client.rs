@@ -1,8 +1,8 @@
 //! The KV protocol, client side: a non-owner's requests to a key's owner, over the same
 //! per-core keep-alive pool as origins (`PoolKey { tls: false, host: peer ip, port }`),
 //! so steady-state hits set up no connection between nodes. Also the watch task: probes
-//! peers marked down with `GET /health` (backing off) until they answer, and expires
-//! claims that other nodes never completed.
+//! peers with `GET /health`, with hysteresis ([`watch`]), and expires claims that other
+//! nodes never completed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,7 +99,7 @@ fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
 pub fn mark_down(node: &Node, reason: &str) {
     if node.mark_down() {
         log::warn!(
-            "cluster: node {} is unreachable ({reason}); its keys go to the origin uncached until it answers /health",
+            "cluster: node {} is unreachable ({reason}); its keys go to their stand-ins until it answers /health",
             node.name
         );
     }
@@ -353,14 +353,21 @@ async fn probe(node: &Node) -> Result<(), String> {
     }
 }
 
-/// Runs on one core for the whole process (worker 0): probes down peers until they
-/// answer (backing off from [`PROBE_BACKOFF_MIN`] to [`PROBE_BACKOFF_MAX`]) and expires
-/// claims whose claimant never came back. Each tick it takes the cluster in force (a
-/// live reload may add or remove nodes, or the whole cluster): nodes that were added are
-/// watched from then on, removed ones no longer.
+/// Runs on one core for the whole process (worker 0): probes every peer with
+/// `GET /health`, with hysteresis so that a slow node is not flapped:
+/// - an up peer every [`HEALTH_INTERVAL`]; it goes down after [`DOWN_AFTER`] failed
+///   probes in a row (no answer, or none within [`PROBE_TIMEOUT`]: a slow answer in time
+///   counts as up). A KV request that cannot reach it marks it down at once
+///   ([`mark_down`]): a refused connection is not slowness;
+/// - a down peer backing off from [`PROBE_BACKOFF_MIN`] to [`PROBE_BACKOFF_MAX`]; it
+///   comes back up after [`UP_AFTER`] good probes in a row.
+///
+/// Every state change is logged once and counted (`chacha_peer_state_changes_total`).
+/// Also expires claims whose claimant never came back. Each tick it takes the cluster in
+/// force (a live reload may add or remove nodes, or the whole cluster): nodes that were
+/// added are watched from then on, removed ones no longer.
 pub async fn watch(shutdown: Arc<Shutdown>, live: Arc<crate::server::live::Live>) {
-    // Probe state per node address: the current backoff and the next probe time.
-    let mut probes: HashMap<std::net::SocketAddr, (Duration, Instant)> = HashMap::new();
+    let mut probes: HashMap<std::net::SocketAddr, Probes> = HashMap::new();
     let mut cluster: Option<Arc<Cluster>> = None;
     let mut generation = None;
     loop {
@@ -390,29 +397,100 @@ pub async fn watch(shutdown: Arc<Shutdown>, live: Arc<crate::server::live::Live>
             if Some(i) == cluster.local {
                 continue;
             }
-            let (backoff, next) = probes.entry(node.addr).or_insert((PROBE_BACKOFF_MIN, now));
-            if !node.is_down() {
-                *backoff = PROBE_BACKOFF_MIN;
-                *next = now;
+            let p = probes.entry(node.addr).or_insert_with(|| Probes::new(now));
+            let down = node.is_down();
+            if down != p.down {
+                // Marked down by a request (or up by a reload): start over from there.
+                *p = Probes {
+                    down,
+                    ..Probes::new(now)
+                };
+            }
+            if now < p.next {
                 continue;
             }
-            if now < *next {
-                continue;
+            let result = probe(node).await;
+            p.observe(node, result);
+        }
+    }
+}
+
+/// How often an up peer is probed.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Failed probes in a row that take an up peer down.
+pub const DOWN_AFTER: u32 = 3;
+/// Good probes in a row that bring a down peer back up.
+pub const UP_AFTER: u32 = 2;
+
+/// The watch's view of one peer.
+struct Probes {
+    /// The state the counts below are about.
+    down: bool,
+    /// Probes in a row that disagreed with `down` (failures while up, answers while
+    /// down).
+    streak: u32,
+    backoff: Duration,
+    next: Instant,
+}
+
+impl Probes {
+    fn new(now: Instant) -> Probes {
+        Probes {
+            down: false,
+            streak: 0,
+            backoff: PROBE_BACKOFF_MIN,
+            next: now,
+        }
+    }
+
+    /// Takes a probe's result; changes the node's state after enough in a row.
+    fn observe(&mut self, node: &Node, result: Result<(), String>) {
+        let now = Instant::now();
+        match (self.down, result) {
+            (false, Ok(())) => {
+                self.streak = 0;
+                self.next = now + HEALTH_INTERVAL;
             }
-            match probe(node).await {
-                Ok(()) => {
+            (false, Err(e)) => {
+                self.streak += 1;
+                log::debug!(
+                    "cluster: probe {} of {} failed: {e}",
+                    self.streak,
+                    node.name
+                );
+                self.next = now + HEALTH_INTERVAL.min(self.backoff * 2);
+                if self.streak >= DOWN_AFTER {
+                    mark_down(
+                        node,
+                        &format!("{DOWN_AFTER} health probes failed, the last: {e}"),
+                    );
+                    *self = Probes {
+                        down: true,
+                        ..Probes::new(now + PROBE_BACKOFF_MIN)
+                    };
+                }
+            }
+            (true, Ok(())) => {
+                self.streak += 1;
+                self.next = now + PROBE_BACKOFF_MIN;
+                if self.streak >= UP_AFTER {
                     if node.mark_up() {
                         log::warn!(
-                            "cluster: node {} answers /health again; its keys are served through it again",
+                            "cluster: node {} answers /health again ({UP_AFTER} probes in a row); its keys are served through it again",
                             node.name
                         );
                     }
+                    *self = Probes {
+                        next: now + HEALTH_INTERVAL,
+                        ..Probes::new(now)
+                    };
                 }
-                Err(e) => {
-                    log::debug!("cluster: probe of {} failed: {e}", node.name);
-                    *next = Instant::now() + *backoff;
-                    *backoff = (*backoff * 2).min(PROBE_BACKOFF_MAX);
-                }
+            }
+            (true, Err(e)) => {
+                log::debug!("cluster: probe of down node {} failed: {e}", node.name);
+                self.streak = 0;
+                self.next = now + self.backoff;
+                self.backoff = (self.backoff * 2).min(PROBE_BACKOFF_MAX);
             }
         }
     }

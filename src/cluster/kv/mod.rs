@@ -45,12 +45,12 @@ pub const FILL_CLAIMED: &str = "claimed";
 pub const CLAIM_MARGIN: Duration = Duration::from_secs(5);
 
 /// Whether an origin-form request is for the KV protocol (in cluster mode). Like the
-/// original, any GET other than `/health` (and ours, `/metrics`) is a KV GET, any PUT a
-/// KV PUT.
+/// original, any GET other than `/health`, `/direct-connect` (and ours, `/metrics`) is a
+/// KV GET, any PUT a KV PUT.
 pub fn is_kv_request(head: &RequestHead) -> bool {
     let path = head.target.split('?').next().unwrap_or("");
     match head.method.as_str() {
-        "GET" => path != "/health" && path != "/metrics",
+        "GET" => path != "/health" && path != "/metrics" && path != super::token::PATH,
         "PUT" | "DELETE" => true,
         _ => false,
     }

@@ -29,6 +29,7 @@ use crate::cache::policy::Validators;
 use crate::cache::store::{FillWriter, Store};
 use crate::cluster::kv::client::Found;
 use crate::cluster::Owner;
+use crate::http::uri::Uri;
 use crate::http::{RequestHead, ResponseHead};
 use crate::stream::BufConn;
 
@@ -36,7 +37,7 @@ use crate::stream::BufConn;
 pub(crate) enum Storage<'a> {
     /// This node's disk; the key's hash.
     Local(&'a Arc<Store>, u64),
-    /// The node that owns the key.
+    /// The node that owns the key, or its stand-in while the owner is down.
     Peer(peer::OwnerNode<'a>),
 }
 
@@ -88,6 +89,15 @@ impl Lookup {
             Holding::Entry(_) => Held::Entry,
             Holding::Filling(..) => Held::Filling,
             Holding::Nothing => Held::Nothing,
+        }
+    }
+
+    /// The head of the complete entry held, if any.
+    pub(crate) fn entry_meta(&self) -> Option<&EntryMeta> {
+        match &self.holding {
+            Holding::Entry(Entry::Disk(e)) => Some(&e.entry.meta),
+            Holding::Entry(Entry::Peer(f)) => Some(&f.meta),
+            _ => None,
         }
     }
 
@@ -182,11 +192,44 @@ impl ReadBack<'_> {
 pub(crate) type NoFill = String;
 
 impl<'a> Storage<'a> {
-    /// The storage of `key`: the owner's in cluster mode, else this node's disk; or how
-    /// the request is served uncached (no disk, or an owner marked down).
+    /// The storage of `key` and what it holds: [`Storage::of`], then
+    /// [`Storage::lookup`] (with the request `probe` makes for that storage, if any:
+    /// direct-connect asks for one byte). A peer found unreachable on the way is marked down and the
+    /// key goes, once, to its stand-in (`Cluster::serving`), so that a node dying does
+    /// not send its keys to the origin uncached.
+    pub(crate) async fn find(
+        key: &str,
+        req: &RequestHead,
+        probe: impl Fn(&Storage<'a>) -> Option<RequestHead>,
+        w: &'a Worker,
+    ) -> Result<(Storage<'a>, Lookup), Uncached> {
+        let storage = Storage::of(key, w)?;
+        let asked = probe(&storage);
+        match storage.lookup(key, asked.as_ref().unwrap_or(req), w).await {
+            Ok(found) => Ok((storage, found)),
+            Err(uncached) => {
+                let Storage::Peer(owner) = &storage else {
+                    return Err(uncached);
+                };
+                if !owner.node.is_down() {
+                    return Err(uncached); // it answered, uselessly: not a health matter
+                }
+                let stand_in = Storage::of(key, w)?;
+                let asked = probe(&stand_in);
+                let found = stand_in
+                    .lookup(key, asked.as_ref().unwrap_or(req), w)
+                    .await?;
+                Ok((stand_in, found))
+            }
+        }
+    }
+
+    /// The storage of `key`: in cluster mode the node that serves it (its owner, or the
+    /// owner's stand-in while the owner is down: `Cluster::serving`), else this node's
+    /// disk; or how the request is served uncached (no disk, or no node up).
     pub(crate) fn of(key: &str, w: &'a Worker) -> Result<Storage<'a>, Uncached> {
         if let Some(cluster) = &w.cluster {
-            if let Owner::Peer(node) = cluster.owner(key) {
+            if let Owner::Peer(node) = cluster.serving(key) {
                 if node.is_down() {
                     return Err(peer::owner_down);
                 }
@@ -228,6 +271,7 @@ impl<'a> Storage<'a> {
         &self,
         client: &mut BufConn<C>,
         req: &RequestHead,
+        uri: &Uri,
         lookup: Lookup,
         not_modified: &ResponseHead,
         w: &Worker,
@@ -237,7 +281,10 @@ impl<'a> Storage<'a> {
                 serve_entry(client, req, open, not_modified, w).await
             }
             Holding::Entry(Entry::Peer(found)) => {
-                peer::serve(client, req, *found, not_modified, w).await
+                let Storage::Peer(owner) = self else {
+                    unreachable!("a peer's entry comes from a peer")
+                };
+                peer::serve(client, req, uri, *found, *owner, not_modified, w).await
             }
             Holding::Filling(fill, info) => {
                 serve_fill(client, req, &fill, &info, not_modified, w).await
