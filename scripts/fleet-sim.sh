@@ -358,7 +358,9 @@ print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     kill = f"host 0 at {r['killed_at_s']} s" if r["kill"] else "-"
     dc = r["direct_connect"]
-    if dc == "on" and r["chacha_307s"] == 0:
+    if dc == "on" and r["nodes"] == 1:
+        dc = "on (one host: nothing to redirect to)"
+    elif dc == "on" and r["chacha_307s"] == 0:
         dc = "on (no 307: not in this build)"
     print(f"| {r['nodes']} | {dc} | {kill} | {r['pulls_ok']}/{r['pulls_failed']} | {r['aggregate_mib_s']} "
           f"| {r['pull_p50_s']} | {r['pull_p99_s']} | {r['origin_bytes'] / 1048576:.0f} ({r['origin_images']}) "
