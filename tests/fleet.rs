@@ -1,10 +1,12 @@
 //! Issue 14 (scale-out): `scripts/fleet-sim.sh` in a small mode — an origin host, two chacha
 //! hosts in a cluster and two runner hosts, each in its own network namespace on a bridge,
-//! addresses from 198.18.0.0/15 only, links shaped with tbf — run as a real test: every
-//! pull completes with every blob's SHA-256 verified, the origin sends the image about once
-//! for the whole cluster (its first response of every blob is cut, so chacha resumes with
-//! `Range`, RFC 9110 §14.2; runners' transfers are cut too and resumed through chacha), and
-//! the teardown leaves no namespace, bridge or veth behind.
+//! addresses from 198.18.0.0/15 only, links shaped with tbf — run as a real test, with
+//! direct-connect off, on, and with chacha host 0 killed mid-pull: every pull completes
+//! with every blob's SHA-256 verified and no failure reaching a runner, the origin sends
+//! the image about once for the whole cluster (at most twice across the kill; its first
+//! response of every blob is cut, so chacha resumes with `Range`, RFC 9110 §14.2;
+//! runners' transfers are cut too and resumed through chacha), direct-connect redirects
+//! runners to owners, and the teardown leaves no namespace, bridge or veth behind.
 //!
 //! Needs root and iproute2 (`ip netns`, `tc`), as CI has (.ci/run installs iproute2): without
 //! them the test FAILS saying so; it never passes silently.
@@ -93,8 +95,9 @@ fn small_fleet_pulls_complete_origin_sends_image_once_and_teardown_is_clean() {
             .env("RUNNERS", RUNNERS.to_string())
             .env("LAYERS", LAYERS.to_string())
             .env("LAYER_MIB", LAYER_MIB.to_string())
-            .env("DIRECT_CONNECT", "off")
-            .env("KILL_RUN", "0")
+            .env("DIRECT_CONNECT", "off on")
+            .env("KILL_RUN", "1")
+            .env("KILL_N", "2")
             .env("CHACHA_RATE", "400mbit")
             .env("ORIGIN_RATE", "200mbit")
             // The storage cuts its first response of every blob; runners cut theirs too.
@@ -120,46 +123,61 @@ fn small_fleet_pulls_complete_origin_sends_image_once_and_teardown_is_clean() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(
-            rows.len(),
-            1,
-            "one run (N=2, direct-connect off):\n{results}"
-        );
-        let r = &rows[0];
-        let ctx = format!("{r}\n{stderr}");
-        assert_eq!(n(&r["nodes"]), 2, "{ctx}");
-        // Every pull complete, every blob verified against its digest exactly once per
-        // runner, no pull exited non-zero.
-        assert_eq!(n(&r["pulls_ok"]), RUNNERS, "{ctx}");
-        assert_eq!(n(&r["pulls_failed"]), 0, "{ctx}");
-        assert_eq!(r["blobs_verified"], Value::Bool(true), "{ctx}");
-        assert!(
-            r["exit_codes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|c| n(c) == 0),
-            "{ctx}"
-        );
-        let image = n(&r["image_bytes"]);
-        assert!(image > (LAYERS * LAYER_MIB) << 20, "{ctx}");
-        assert_eq!(n(&r["bytes"]), RUNNERS * image, "{ctx}");
-        // The cuts happened and were resumed: the storage's first response of every layer
-        // was cut (chacha resumed each with a Range request), and every runner's transfer of
-        // every layer was cut once at 10 MiB and resumed through chacha with a 206.
-        assert_eq!(n(&r["origin_cuts"]), LAYERS, "{ctx}");
-        assert!(n(&r["origin_full_ranged_304"][1]) >= LAYERS, "{ctx}");
-        assert_eq!(n(&r["client_cuts"]), RUNNERS * LAYERS, "{ctx}");
-        assert!(n(&r["runner_206s"]) >= RUNNERS * LAYERS, "{ctx}");
-        // The origin sent about one image for the whole cluster (resumes included).
-        let origin = n(&r["origin_bytes"]);
-        assert!(
-            origin >= image && origin * 10 <= image * 11,
-            "origin sent {origin} bytes for an image of {image}: {ctx}"
-        );
+        // N=2 with direct-connect off, on, then the kill run (host 0 killed mid-pull,
+        // runners through host 1).
+        assert_eq!(rows.len(), 3, "three runs:\n{results}");
+        let image = n(&rows[0]["image_bytes"]);
+        assert!(image > (LAYERS * LAYER_MIB) << 20, "{results}");
+        for (r, (dc, kill)) in rows
+            .iter()
+            .zip([("off", false), ("on", false), ("off", true)])
+        {
+            let ctx = format!("{r}\n{stderr}");
+            assert_eq!(n(&r["nodes"]), 2, "{ctx}");
+            assert_eq!(r["direct_connect"], dc, "{ctx}");
+            assert_eq!(r["kill"], kill, "{ctx}");
+            // Every pull complete, every blob verified against its digest exactly once per
+            // runner, no pull exited non-zero.
+            assert_eq!(n(&r["pulls_ok"]), RUNNERS, "{ctx}");
+            assert_eq!(n(&r["pulls_failed"]), 0, "{ctx}");
+            assert_eq!(r["blobs_verified"], Value::Bool(true), "{ctx}");
+            assert!(
+                r["exit_codes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|c| n(c) == 0),
+                "{ctx}"
+            );
+            assert_eq!(n(&r["bytes"]), RUNNERS * image, "{ctx}");
+            // The cuts happened and were resumed: the storage's first response of every
+            // layer was cut (chacha resumed each with a Range request), and every runner's
+            // transfer of every layer was cut once at 10 MiB and resumed through chacha
+            // with a 206 (or at the owner, after a direct-connect redirect).
+            assert_eq!(n(&r["origin_cuts"]), LAYERS, "{ctx}");
+            assert!(n(&r["origin_full_ranged_304"][1]) >= LAYERS, "{ctx}");
+            assert_eq!(n(&r["client_cuts"]), RUNNERS * LAYERS, "{ctx}");
+            assert!(n(&r["runner_206s"]) >= RUNNERS * LAYERS, "{ctx}");
+            // No failure reached a runner: no retries beyond the injected cuts, even when
+            // a node died mid-pull.
+            assert_eq!(n(&r["retries"]), 0, "{ctx}");
+            // The origin sent about one image for the whole cluster (resumes included);
+            // across an owner's death at most two full fetches per blob.
+            let origin = n(&r["origin_bytes"]);
+            let max_tenths = if kill { 21 } else { 11 };
+            assert!(
+                origin >= image && origin * 10 <= image * max_tenths,
+                "origin sent {origin} bytes for an image of {image}: {ctx}"
+            );
+            if dc == "on" {
+                // Direct-connect acted: runners were redirected to owners.
+                assert!(n(&r["chacha_307s"]) > 0, "{ctx}");
+            }
+        }
         // The table was written.
         let table = std::fs::read_to_string(out_dir.join("table.md")).unwrap();
         assert!(table.contains("| 2 | off | - | 2/0 |"), "{table}");
+        assert!(table.contains("| 2 | on | - | 2/0 |"), "{table}");
     });
     let left = namespaces(&prefix);
     assert!(left.is_empty(), "teardown left namespaces {left:?}");
