@@ -163,6 +163,8 @@ type Key = (bool, String, u16);
 pub struct Client {
     tls: Arc<rustls::ClientConfig>,
     proxy: Option<Url>,
+    /// Hosts (`host` or `host:port`) reached directly, not through `proxy`.
+    no_proxy: Arc<Vec<String>>,
     idle: HashMap<Key, Conn>,
 }
 
@@ -300,12 +302,29 @@ fn read_line(conn: &mut Conn) -> io::Result<String> {
 }
 
 impl Client {
-    pub fn new(tls: Arc<rustls::ClientConfig>, proxy: Option<Url>) -> Client {
+    pub fn new(
+        tls: Arc<rustls::ClientConfig>,
+        proxy: Option<Url>,
+        no_proxy: Arc<Vec<String>>,
+    ) -> Client {
         Client {
             tls,
             proxy,
+            no_proxy,
             idle: HashMap::new(),
         }
+    }
+
+    /// The proxy for `url`: none when its host (or host:port) is in the no-proxy list,
+    /// e.g. chacha nodes that a direct-connect redirect points at.
+    fn proxy_for(&self, url: &Url) -> Option<&Url> {
+        let bypass = |h: &String| {
+            h.eq_ignore_ascii_case(&url.host)
+                || h.eq_ignore_ascii_case(&format!("{}:{}", url.host, url.port))
+        };
+        self.proxy
+            .as_ref()
+            .filter(|_| !self.no_proxy.iter().any(bypass))
     }
 
     /// Puts the connection back in the pool when its body was read to the end.
@@ -339,7 +358,7 @@ impl Client {
         key: &Key,
     ) -> io::Result<Response> {
         // Absolute form to a proxy for http:// (RFC 9112 §3.2.2), origin form otherwise.
-        let target = if self.proxy.is_some() && !url.tls {
+        let target = if self.proxy_for(url).is_some() && !url.tls {
             url.to_string_full()
         } else {
             url.target.clone()
@@ -390,7 +409,7 @@ impl Client {
     }
 
     fn connect(&self, url: &Url) -> io::Result<Conn> {
-        let (host, port) = match &self.proxy {
+        let (host, port) = match self.proxy_for(url) {
             Some(p) => (p.host.as_str(), p.port),
             None => (url.host.as_str(), url.port),
         };
@@ -402,7 +421,7 @@ impl Client {
             return Ok(BufReader::with_capacity(64 * 1024, Stream::Plain(tcp)));
         }
         let mut tcp = tcp;
-        if self.proxy.is_some() {
+        if self.proxy_for(url).is_some() {
             // CONNECT tunnel for https:// (RFC 9110 §9.3.6).
             let auth = url.authority();
             let auth = if auth.contains(':') {
@@ -542,6 +561,18 @@ pub fn unbase64(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_proxy_hosts_bypass_the_proxy() {
+        let proxy = Url::parse("http://198.18.0.10:8080").unwrap();
+        let list = Arc::new(vec!["198.18.0.11".to_string(), "node:8080".to_string()]);
+        let c = Client::new(tls_config(None).unwrap(), Some(proxy), list);
+        let via = |u: &str| c.proxy_for(&Url::parse(u).unwrap()).is_some();
+        assert!(!via("http://198.18.0.11:8080/direct-connect?token=x"));
+        assert!(!via("http://NODE:8080/x"));
+        assert!(via("http://node:8081/x"));
+        assert!(via("http://198.18.0.2:5001/blob"));
+    }
 
     #[test]
     fn base64_round_trip() {

@@ -39,6 +39,10 @@ struct Args {
     /// Blobs downloaded at a time per pull (Tart's default is 4).
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Hosts (host or host:port, comma-separated) reached directly, not through the proxy,
+    /// e.g. the chacha nodes that direct-connect redirects point at.
+    #[arg(long, value_delimiter = ',')]
+    no_proxy: Vec<String>,
     /// Cut every transfer client-side after this many bytes (e.g. 64MiB) and resume it.
     #[arg(long, value_parser = parse_size)]
     cut_every: Option<u64>,
@@ -148,6 +152,7 @@ fn run(args: Args) -> Result<bool, String> {
         creds,
         concurrency: args.concurrency.max(1),
         cut_every: args.cut_every.unwrap_or(0),
+        no_proxy: Arc::new(args.no_proxy.clone()),
         out: args.out.clone(),
     });
     let stats = Arc::new(stats::Stats::default());

@@ -79,6 +79,8 @@ pub struct Settings {
     pub concurrency: usize,
     /// Client-side cut of every transfer after this many body bytes (0 = never).
     pub cut_every: u64,
+    /// Hosts reached without the proxy (`--no-proxy`).
+    pub no_proxy: Arc<Vec<String>>,
     pub out: Option<PathBuf>,
 }
 
@@ -99,7 +101,7 @@ struct Blob {
 
 /// Pulls `image` once; returns the body bytes it received.
 pub fn pull(image: &Image, set: &Settings, stats: &Stats, tag: &str) -> Result<(), String> {
-    let mut client = Client::new(set.tls.clone(), set.proxy.clone());
+    let mut client = Client::new(set.tls.clone(), set.proxy.clone(), set.no_proxy.clone());
     let basic = set
         .creds
         .as_ref()
@@ -157,7 +159,8 @@ pub fn pull(image: &Image, set: &Settings, stats: &Stats, tag: &str) -> Result<(
     std::thread::scope(|s| {
         for _ in 0..set.concurrency.max(1) {
             s.spawn(|| {
-                let mut client = Client::new(set.tls.clone(), set.proxy.clone());
+                let mut client =
+                    Client::new(set.tls.clone(), set.proxy.clone(), set.no_proxy.clone());
                 loop {
                     if failure.lock().unwrap().is_some() {
                         return;
