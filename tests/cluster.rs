@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -14,9 +14,9 @@ use std::time::Duration;
 use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 use chacha::cache::key::{cache_key, key_hash};
 use chacha::cache::meta::entry_path;
-use chacha::cluster::pick;
 use chacha::http::uri::parse_absolute;
 use common::cached::wait_until;
+use common::cluster::{node_config, reserve_addrs, stored_in, Cluster, NodeOpts};
 use common::kv::go_kv_request as kv_request;
 use common::origin::{self, Response};
 use common::raw_origin::{head_only, response, send, RawOrigin, Step};
@@ -25,78 +25,9 @@ use common::{get, get_with, with_deadline, Chacha, Conn, Origin};
 const SECRET: &str = "cluster-test-secret";
 const DEADLINE: Duration = Duration::from_secs(90);
 
-/// Addresses for `n` nodes, chosen now: cluster mode needs explicit ones in the config
-/// (every node must know every other's). Each node gets its own loopback address in a
-/// 127.x.y.0/24 picked from this process and call, and a port found by binding it with
-/// port 0 and released just before the node starts. Another process could take a port
-/// in between; that small race is kept away from ordinary sockets (which use 127.0.0.1
-/// or 0.0.0.0) and from concurrent test runs (other addresses).
-fn reserve_addrs(n: usize) -> Vec<SocketAddr> {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let call = CALLS.fetch_add(1, Ordering::SeqCst);
-    let net = (
-        100 + (std::process::id() % 100) as u8,
-        (call % 250) as u8 + 1,
-    );
-    let listeners: Vec<TcpListener> = (1..=n)
-        .map(|i| {
-            TcpListener::bind(format!("127.{}.{}.{i}:0", net.0, net.1))
-                .expect("bind a loopback address")
-        })
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
-
-fn node_config(addr: SocketAddr, nodes: &[SocketAddr], workers: usize) -> String {
-    node_config_with(addr, nodes, workers, "")
-}
-
-/// [`node_config`] with `extra` top-level YAML appended.
-fn node_config_with(addr: SocketAddr, nodes: &[SocketAddr], workers: usize, extra: &str) -> String {
-    let mut list = String::new();
-    for n in nodes {
-        list.push_str(&format!("    - addr: {n}\n"));
-    }
-    format!(
-        "addr: {addr}\nworkers: {workers}\ndisk:\n  dir: \"{}\"\n  limit: 100MB\ncluster:\n  secret: {SECRET}\n  nodes:\n{list}{extra}",
-        common::chacha::DIR_PLACEHOLDER
-    )
-}
-
-struct Cluster {
-    nodes: Vec<Chacha>,
-    names: Vec<String>,
-}
-
-impl Cluster {
-    fn start(n: usize) -> Cluster {
-        Cluster::start_with(n, "")
-    }
-
-    /// `n` nodes whose configs carry `extra` top-level YAML too.
-    fn start_with(n: usize, extra: &str) -> Cluster {
-        let addrs = reserve_addrs(n);
-        let nodes = addrs
-            .iter()
-            .map(|&a| Chacha::start(&node_config_with(a, &addrs, 2, extra)))
-            .collect();
-        let names = addrs.iter().map(|a| a.to_string()).collect();
-        Cluster { nodes, names }
-    }
-
-    /// Index of the node that owns `url`'s cache key (the README's formula).
-    fn owner(&self, url: &str) -> usize {
-        pick(self.names.iter().map(String::as_str), &key_of(url)).unwrap()
-    }
-}
-
-fn key_of(url: &str) -> String {
-    cache_key(&parse_absolute(url).unwrap(), None)
-}
-
-/// Whether node `dir` holds a committed entry for `url`.
-fn stored_in(dir: &std::path::Path, url: &str) -> bool {
-    entry_path(dir, key_hash(&key_of(url))).exists()
+/// The nodes' options: [`NodeOpts::new`] with this file's secret.
+fn opts() -> NodeOpts<'static> {
+    NodeOpts::new(SECRET)
 }
 
 fn fetch(addr: SocketAddr, authority: &str, path: &str) -> common::Response {
@@ -109,7 +40,7 @@ fn fetch(addr: SocketAddr, authority: &str, path: &str) -> common::Response {
 fn keys_live_on_their_owners_and_every_node_serves_every_key() {
     with_deadline(DEADLINE, || {
         let origin = Origin::standard();
-        let c = Cluster::start(3);
+        let c = Cluster::start(3, opts());
         let o = origin.authority();
         // At least 12 keys, and enough that every node owns at least 2 of them (which
         // ones a node owns depends on this run's node addresses).
@@ -176,7 +107,7 @@ fn slow_validated(req: &origin::Request) -> Response {
 fn concurrent_cold_requests_at_every_node_share_one_origin_fetch() {
     with_deadline(DEADLINE, || {
         let origin = Arc::new(Origin::start(slow_validated));
-        let c = Cluster::start(3);
+        let c = Cluster::start(3, opts());
         for round in 0..3 {
             let path = format!("/slow/{round}");
             let handles: Vec<_> = (0..6)
@@ -216,7 +147,14 @@ fn metadata_of(r: &common::Response) -> serde_json::Value {
 fn kv_protocol_speaks_the_originals_wire_format() {
     with_deadline(DEADLINE, || {
         let addr = reserve_addrs(1)[0];
-        let node = Chacha::start(&node_config(addr, &[addr], 1));
+        let node = Chacha::start(&node_config(
+            addr,
+            &[addr],
+            NodeOpts {
+                workers: 1,
+                ..opts()
+            },
+        ));
         let a = node.addr();
         let key = "https://example.com/some/blob?x=1";
         let mut conn = Conn::connect(a);
@@ -316,7 +254,7 @@ fn kv_protocol_speaks_the_originals_wire_format() {
 fn a_dead_owner_never_fails_a_client_and_its_disk_serves_again_after_restart() {
     with_deadline(DEADLINE, || {
         let origin = Origin::standard();
-        let mut c = Cluster::start(3);
+        let mut c = Cluster::start(3, opts());
         let o = origin.authority();
         let paths: Vec<String> = (0..15).map(|i| format!("/static/k{i}")).collect();
         let victim = c.owner(&origin.url(&paths[0]));
@@ -475,7 +413,13 @@ fn a_non_owners_fill_that_the_origin_cuts_resumes() {
                 Some(_) => vec![send(response("416 Range Not Satisfiable", &[], b""))],
             }
         });
-        let c = Cluster::start_with(2, "timeouts:\n  upstream-body: 1s\n");
+        let c = Cluster::start(
+            2,
+            NodeOpts {
+                extra: "timeouts:\n  upstream-body: 1s\n",
+                ..opts()
+            },
+        );
         let a = origin.authority();
         let url = |p: &str| format!("http://{a}{p}");
         let path = path_owned_by(&c, 1, "/blob", url);
@@ -497,7 +441,7 @@ fn a_non_owners_fill_that_the_origin_cuts_resumes() {
 fn a_ranged_request_through_a_non_owner_asks_the_owner_for_that_range() {
     with_deadline(DEADLINE, || {
         let origin = Origin::standard();
-        let c = Cluster::start(2);
+        let c = Cluster::start(2, opts());
         let a = origin.authority();
         let path = path_owned_by(&c, 1, "/static/range-", |p| origin.url(p));
         let body = origin::static_body(&path);

@@ -13,11 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use chacha::cache::key::{cache_key, key_hash};
-use chacha::cache::meta::entry_path;
 use chacha::cluster::{pick, score};
-use chacha::http::uri::parse_absolute;
 use common::cached::wait_until;
+use common::cluster::{key_of, node_config, reserve_addrs, stored_in, Cluster, NodeOpts};
 use common::origin::Response;
 use common::{get, with_deadline, Body, Chacha, Conn, Origin, Request};
 
@@ -25,51 +23,16 @@ const SECRET: &str = "cluster-failover-secret";
 const DEADLINE: Duration = Duration::from_secs(120);
 const ETAG: &str = "\"rep-1\"";
 
-/// Addresses for `n` nodes on a loopback /24 of this process and call (as
-/// `tests/cluster.rs` does): bound with port 0, released just before the nodes start.
-fn reserve_addrs(n: usize) -> Vec<SocketAddr> {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let call = CALLS.fetch_add(1, Ordering::SeqCst);
-    let net = (
-        100 + (std::process::id() % 100) as u8,
-        (call % 250) as u8 + 1,
-    );
-    let listeners: Vec<TcpListener> = (1..=n)
-        .map(|i| {
-            TcpListener::bind(format!("127.{}.{}.{}:0", net.0, 251 - net.1, i))
-                .expect("bind a loopback address")
-        })
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
-
-fn node_config(addr: SocketAddr, nodes: &[SocketAddr]) -> String {
-    let mut list = String::new();
-    for n in nodes {
-        list.push_str(&format!("    - addr: {n}\n"));
+/// The nodes' options: bodies of tens of MiB need a larger disk than the default.
+fn opts() -> NodeOpts<'static> {
+    NodeOpts {
+        limit: "400MB",
+        ..NodeOpts::new(SECRET)
     }
-    format!(
-        "addr: {addr}\nworkers: 2\ndisk:\n  dir: \"{}\"\n  limit: 400MB\ncluster:\n  secret: {SECRET}\n  nodes:\n{list}",
-        common::chacha::DIR_PLACEHOLDER
-    )
 }
 
-struct Cluster {
-    nodes: Vec<Chacha>,
-    names: Vec<String>,
-}
-
+/// What the failover tests ask of a cluster beyond [`Cluster::owner`].
 impl Cluster {
-    fn start(n: usize) -> Cluster {
-        let addrs = reserve_addrs(n);
-        let nodes = addrs
-            .iter()
-            .map(|&a| Chacha::start(&node_config(a, &addrs)))
-            .collect();
-        let names = addrs.iter().map(|a| a.to_string()).collect();
-        Cluster { nodes, names }
-    }
-
     /// The nodes in rendezvous order for `url`'s key: owner first, then its stand-in.
     fn order(&self, url: &str) -> Vec<usize> {
         let key = key_of(url);
@@ -95,14 +58,6 @@ impl Cluster {
         self.nodes[i].signal(libc::SIGKILL);
         assert!(self.nodes[i].wait_exit(Duration::from_secs(10)).is_some());
     }
-}
-
-fn key_of(url: &str) -> String {
-    cache_key(&parse_absolute(url).unwrap(), None)
-}
-
-fn stored_in(dir: &std::path::Path, url: &str) -> bool {
-    entry_path(dir, key_hash(&key_of(url))).exists()
 }
 
 /// The body of the representation: a pattern in which a shifted window never matches.
@@ -229,7 +184,7 @@ fn kill_owner_mid_peer_hit(ranges: bool) -> (Vec<u8>, usize, Arc<Vec<u8>>, TestO
     // that the owner still has most of it to send when it dies.
     let body = body_of(48 << 20);
     let to = TestOrigin::start(body.clone(), ranges);
-    let mut c = Cluster::start(2);
+    let mut c = Cluster::start(2, opts());
     let o = to.origin.authority();
     let path = c.paths_owned_by(&to.origin, 0, "/blob/", 1).remove(0);
     // Stored on the owner first.
@@ -295,7 +250,7 @@ fn owner_killed_while_a_peer_fills_client_reads_back_the_client_gets_the_whole_b
     with_deadline(DEADLINE, || {
         let body = body_of(48 << 20);
         let to = TestOrigin::start(body.clone(), true);
-        let mut c = Cluster::start(2);
+        let mut c = Cluster::start(2, opts());
         let o = to.origin.authority();
         let path = c.paths_owned_by(&to.origin, 0, "/fill/", 1).remove(0);
         let url = to.origin.url(&path);
@@ -329,7 +284,7 @@ fn a_down_owners_keys_are_cached_and_single_flighted_on_its_stand_in() {
     with_deadline(DEADLINE, || {
         let body = body_of(256 << 10);
         let to = TestOrigin::start(body.clone(), true);
-        let mut c = Cluster::start(3);
+        let mut c = Cluster::start(3, opts());
         let o = to.origin.authority();
         let paths = c.paths_owned_by(&to.origin, 0, "/outage/", 3);
         c.kill(0);
@@ -376,7 +331,7 @@ fn a_restarted_owner_gets_its_keys_back() {
     with_deadline(DEADLINE, || {
         let body = body_of(64 << 10);
         let to = TestOrigin::start(body.clone(), true);
-        let mut c = Cluster::start(3);
+        let mut c = Cluster::start(3, opts());
         let o = to.origin.authority();
         let path = c.paths_owned_by(&to.origin, 0, "/back/", 1).remove(0);
         let url = to.origin.url(&path);
@@ -509,7 +464,7 @@ fn a_slow_node_is_not_flapped_and_state_changes_are_logged_once() {
         let addrs = reserve_addrs(2);
         let fake_listener = TcpListener::bind(addrs[1]).expect("rebind the fake node's address");
         let fake = FakeNode::start(fake_listener);
-        let node = Chacha::start(&node_config(addrs[0], &addrs));
+        let node = Chacha::start(&node_config(addrs[0], &addrs, opts()));
         let peer = fake.addr.to_string();
         let changes = || metric(node.addr(), "chacha_peer_state_changes_total", &peer);
         let up = || metric(node.addr(), "chacha_peer_up", &peer);

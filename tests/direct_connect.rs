@@ -7,15 +7,13 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64URL, Engine as _};
-use chacha::cache::key::cache_key;
-use chacha::cluster::pick;
-use chacha::http::uri::parse_absolute;
+use common::cluster::{key_of, Cluster, NodeOpts};
 use common::origin::static_validated;
 use common::{get_with, with_deadline, Chacha, Conn, Origin};
 
@@ -23,60 +21,20 @@ const SECRET: &str = "direct-connect-test-secret";
 const DEADLINE: Duration = Duration::from_secs(90);
 const BODY_LEN: usize = 256 * 1024;
 
-/// Addresses for `n` nodes (cluster mode needs every node's real listening address in
-/// the config): each on its own 127.x.y.i, its port found by binding port 0 and released
-/// just before the node starts (as tests/cluster.rs does; other addresses than ordinary
-/// sockets and than concurrent test runs, so the race is kept small).
-fn reserve_addrs(n: usize) -> Vec<SocketAddr> {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let call = CALLS.fetch_add(1, Ordering::SeqCst);
-    let net = (
-        100 + (std::process::id() % 100) as u8,
-        (call % 250) as u8 + 1,
-    );
-    let listeners: Vec<TcpListener> = (1..=n)
-        .map(|i| {
-            // .248, .249: apart from tests/cluster.rs's .1, .2, .3 in the same nets.
-            TcpListener::bind(format!("127.{}.{}.{}:0", net.0, net.1, 250 - i))
-                .expect("bind a loopback address")
-        })
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
-
 const RULES: &str = "rules:\n  - pattern: '^http://[^/]+/dc/'\n    direct-connect: true\n    direct-connect-header: true\n";
 
-struct Cluster {
-    nodes: Vec<Chacha>,
-    names: Vec<String>,
+/// The two-node cluster of these tests, with the direct-connect rule.
+fn start_cluster() -> Cluster {
+    Cluster::start(
+        2,
+        NodeOpts {
+            extra: RULES,
+            ..NodeOpts::new(SECRET)
+        },
+    )
 }
 
 impl Cluster {
-    fn start() -> Cluster {
-        let addrs = reserve_addrs(2);
-        let mut list = String::new();
-        for a in &addrs {
-            list.push_str(&format!("    - addr: {a}\n"));
-        }
-        let nodes = addrs
-            .iter()
-            .map(|a| {
-                Chacha::start(&format!(
-                    "addr: {a}\nworkers: 2\ndisk:\n  dir: \"{}\"\n  limit: 100MB\ncluster:\n  secret: {SECRET}\n  nodes:\n{list}{RULES}",
-                    common::chacha::DIR_PLACEHOLDER
-                ))
-            })
-            .collect();
-        Cluster {
-            nodes,
-            names: addrs.iter().map(|a| a.to_string()).collect(),
-        }
-    }
-
-    fn owner(&self, url: &str) -> usize {
-        pick(self.names.iter().map(String::as_str), &key_of(url)).unwrap()
-    }
-
     /// A path under `prefix` whose key node 0 owns (so node 1 is the non-owner).
     fn path_owned_by_0(&self, origin: &Origin, prefix: &str) -> String {
         (0..1000)
@@ -84,10 +42,6 @@ impl Cluster {
             .find(|p| self.owner(&origin.url(p)) == 0)
             .expect("some path is owned by node 0")
     }
-}
-
-fn key_of(url: &str) -> String {
-    cache_key(&parse_absolute(url).unwrap(), None)
 }
 
 /// The body served for `path` at `version`.
@@ -202,7 +156,7 @@ fn claims(key: &str, aud: &str, nbf: u64, exp: u64) -> String {
 fn a_hit_through_a_non_owner_is_a_307_to_the_owner_which_serves_it() {
     with_deadline(DEADLINE, || {
         let (origin, _) = versioned_origin();
-        let c = Cluster::start();
+        let c = start_cluster();
         let (owner, other) = (&c.nodes[0], &c.nodes[1]);
         let path = c.path_owned_by_0(&origin, "/dc/blob-");
         let want = body(&path, 1);
@@ -295,7 +249,7 @@ fn a_hit_through_a_non_owner_is_a_307_to_the_owner_which_serves_it() {
 fn a_url_without_direct_connect_is_served_through_the_non_owner() {
     with_deadline(DEADLINE, || {
         let (origin, _) = versioned_origin();
-        let c = Cluster::start();
+        let c = start_cluster();
         let path = c.path_owned_by_0(&origin, "/plain/blob-");
         for _ in 0..2 {
             let r = via(&c.nodes[1], &origin, &path, &[]);
@@ -321,7 +275,7 @@ fn a_url_without_direct_connect_is_served_through_the_non_owner() {
 fn tokens_built_to_the_jwt_spec_are_checked_like_the_originals() {
     with_deadline(DEADLINE, || {
         let (origin, _) = versioned_origin();
-        let c = Cluster::start();
+        let c = start_cluster();
         let owner = c.nodes[0].addr();
         let path = c.path_owned_by_0(&origin, "/dc/spec-");
         let r = via(&c.nodes[1], &origin, &path, &[]);
@@ -388,7 +342,7 @@ fn tokens_built_to_the_jwt_spec_are_checked_like_the_originals() {
 fn a_replaced_entry_is_never_served_under_an_old_token() {
     with_deadline(DEADLINE, || {
         let (origin, version) = versioned_origin();
-        let c = Cluster::start();
+        let c = start_cluster();
         let other = &c.nodes[1];
         let path = c.path_owned_by_0(&origin, "/dc/replaced-");
         assert_eq!(via(other, &origin, &path, &[]).status(), 200);

@@ -7,13 +7,13 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::cached::{assert_hit, assert_stored, entry_files, fetch, wait_until};
 use common::chacha::DIR_PLACEHOLDER;
+use common::cluster::{node_config, reserve_addrs, NodeOpts};
 use common::gen::Verifier;
 use common::origin::{self, Request as OReq, Response as OResp};
 use common::reload::{reload, sighup};
@@ -389,28 +389,8 @@ fn log_format_switches_to_json_on_reload() {
     });
 }
 
-/// Addresses for cluster nodes: one loopback /24 per call (see tests/cluster.rs).
-fn reserve_addrs(n: usize) -> Vec<SocketAddr> {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let call = CALLS.fetch_add(1, Ordering::SeqCst);
-    let net = (
-        200 + (std::process::id() % 50) as u8,
-        (call % 250) as u8 + 1,
-    );
-    let listeners: Vec<TcpListener> = (1..=n)
-        .map(|i| TcpListener::bind(format!("127.{}.{}.{i}:0", net.0, net.1)).unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
-
 fn cluster_yaml(me: SocketAddr, nodes: &[SocketAddr]) -> String {
-    let mut list = String::new();
-    for n in nodes {
-        list.push_str(&format!("    - addr: {n}\n"));
-    }
-    format!(
-        "addr: {me}\nworkers: 2\ndisk:\n  dir: \"{DIR_PLACEHOLDER}\"\n  limit: 100MB\ncluster:\n  secret: reload-secret\n  nodes:\n{list}"
-    )
+    node_config(me, nodes, NodeOpts::new("reload-secret"))
 }
 
 #[test]

@@ -9,6 +9,7 @@ pub mod access;
 pub mod cached;
 pub mod chacha;
 pub mod client;
+pub mod cluster;
 pub mod gen;
 pub mod kv;
 pub mod origin;
