@@ -258,6 +258,11 @@ fn failed_fills_count_by_reason() {
         );
         assert_eq!(v(&m, "chacha_fill_failures_total{reason=\"timeout\"}"), 0.0);
         assert_eq!(v(&m, "chacha_cache_entries"), 0.0);
+        // Neither failed fill is counted as stored (only a committed entry is).
+        assert_eq!(
+            v(&m, "chacha_cache_outcomes_total{outcome=\"stored\"}"),
+            0.0
+        );
         // The cut fill tried to resume (the origin answered 200, not 206).
         assert_eq!(
             v(&m, "chacha_origin_responses_total{kind=\"full\"}"),

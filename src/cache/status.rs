@@ -62,13 +62,15 @@ fn fwd(had_entry: bool) -> &'static str {
 
 impl Outcome {
     /// What `chacha_cache_outcomes_total` / `chacha_cache_not_stored_total` count for it
-    /// (indices into `metrics::OUTCOMES` / `metrics::NOT_STORED_REASONS`).
+    /// (indices into `metrics::OUTCOMES` / `metrics::NOT_STORED_REASONS`); `stored` and
+    /// `replaced` are counted at commit instead.
     fn count(&self) -> CacheCount {
         match *self {
             Outcome::Revalidated => CacheCount::Outcome(0),
             Outcome::Collapsed => CacheCount::Outcome(1),
-            Outcome::Stored { replaced: false } => CacheCount::Outcome(2),
-            Outcome::Stored { replaced: true } => CacheCount::Outcome(3),
+            // Counted when the entry is committed (`metrics::entry_stored`): the header
+            // goes out before the body, which may still fail.
+            Outcome::Stored { .. } => CacheCount::Nothing,
             Outcome::NotStored { reason, .. } => CacheCount::NotStored(match reason {
                 NotStorable::Method => 0,
                 NotStorable::Status => 1,

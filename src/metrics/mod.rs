@@ -464,6 +464,12 @@ pub fn cache_outcome(c: CacheCount) {
     });
 }
 
+/// A fill's entry was committed: `stored`, or `replaced` when it replaced an entry.
+#[inline]
+pub fn entry_stored(replaced: bool) {
+    with(|b| b.outcomes[if replaced { 3 } else { 2 }].add(1));
+}
+
 /// An origin's response head to one of chacha's requests.
 #[inline]
 pub fn origin_response(status: u16) {

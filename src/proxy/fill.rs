@@ -117,7 +117,7 @@ async fn origin_to_sink(
         if body.is_done() {
             // Committed before the client sees its last byte, so that a request it sends
             // right after finds the entry.
-            commit(sink.take(), handoff, req, w).await;
+            commit(sink.take(), handoff, req, target.replaced, w).await;
         }
         if !handoff.is_gone() && handoff.on_queue() {
             match handoff.try_push(pos, buf.take()) {
@@ -155,20 +155,32 @@ async fn origin_to_sink(
         handoff.end(Err(e.clone()));
         return Err(e);
     }
-    commit(sink, handoff, req, w).await;
+    commit(sink, handoff, req, target.replaced, w).await;
     handoff.end(Ok(()));
     body.release(w);
     Ok(())
 }
 
-/// Commits the sink, if any. When that fails where what the sink took stays readable,
-/// the client reads it all back (the body is whole).
-async fn commit(sink: Option<Sink<'_>>, handoff: &Handoff, req: &RequestHead, w: &Worker) {
+/// Commits the sink, if any, and counts the entry as stored (or replaced) only then:
+/// a fill that fails later (a digest mismatch, a cut) is never counted as stored. When
+/// the commit fails where what the sink took stays readable, the client reads it all
+/// back (the body is whole).
+async fn commit(
+    sink: Option<Sink<'_>>,
+    handoff: &Handoff,
+    req: &RequestHead,
+    replaced: bool,
+    w: &Worker,
+) {
     let Some(sink) = sink else {
         return;
     };
     let keeps = sink.keeps_what_it_took();
-    if let Err(held) = sink.commit(req, w).await {
+    let committed = sink.commit(req, w).await;
+    if committed.is_ok() {
+        crate::metrics::entry_stored(replaced);
+    }
+    if let Err(held) = committed {
         if keeps && !handoff.on_queue() {
             handoff.switch(held);
         }
