@@ -178,8 +178,13 @@ fn stream_get(
 }
 
 /// Kills the owner while a non-owner streams its entry (a peer hit); `ranges` says
-/// whether the origin can resume. Returns what the client got, and the test origin.
-fn kill_owner_mid_peer_hit(ranges: bool) -> (Vec<u8>, usize, Arc<Vec<u8>>, TestOrigin, String) {
+/// whether the origin can resume. Returns what the client got, the test origin, and
+/// the non-owner's log once it holds `logged` (the client may see the end of its
+/// response before the node logs why).
+fn kill_owner_mid_peer_hit(
+    ranges: bool,
+    logged: &str,
+) -> (Vec<u8>, usize, Arc<Vec<u8>>, TestOrigin, String) {
     // Larger than every socket buffer between the owner and the client together, so
     // that the owner still has most of it to send when it dies.
     let body = body_of(48 << 20);
@@ -204,6 +209,7 @@ fn kill_owner_mid_peer_hit(ranges: bool) -> (Vec<u8>, usize, Arc<Vec<u8>>, TestO
     let nodes = &mut c;
     let (status, len, got) = stream_get(proxy, &o, &path, 256 << 10, || nodes.kill(0));
     assert_eq!(status, 200);
+    c.nodes[1].wait_log(logged, Duration::from_secs(10));
     let log = c.nodes[1].log();
     (got, len, body, to, log)
 }
@@ -211,7 +217,8 @@ fn kill_owner_mid_peer_hit(ranges: bool) -> (Vec<u8>, usize, Arc<Vec<u8>>, TestO
 #[test]
 fn owner_killed_mid_peer_hit_the_client_gets_the_whole_body_resumed_from_the_origin() {
     with_deadline(DEADLINE, || {
-        let (got, len, body, to, log) = kill_owner_mid_peer_hit(true);
+        let (got, len, body, to, log) =
+            kill_owner_mid_peer_hit(true, "the rest comes from the origin");
         assert_eq!(len, body.len());
         assert_eq!(got.len(), body.len(), "the client's body was cut");
         assert!(got == *body, "the body is not byte-exact");
@@ -232,7 +239,7 @@ fn owner_killed_mid_peer_hit_the_client_gets_the_whole_body_resumed_from_the_ori
 #[test]
 fn owner_killed_mid_peer_hit_and_origin_without_ranges_cuts_the_client_never_wrong_bytes() {
     with_deadline(DEADLINE, || {
-        let (got, len, body, to, log) = kill_owner_mid_peer_hit(false);
+        let (got, len, body, to, log) = kill_owner_mid_peer_hit(false, "did not resume it");
         assert_eq!(len, body.len());
         assert!(got.len() < body.len(), "a complete body from nowhere");
         assert!(
