@@ -47,11 +47,8 @@ pub(crate) async fn fill<C: AsyncWriteRent>(
     op: Op,
     w: &Worker,
 ) -> Outcome {
-    let handoff = Handoff::new(read_back.reads_back_first());
-    if read_back.reads_back_first() && sink.is_none() {
-        // Nothing to read back: every piece is handed over.
-        handoff.switch(0);
-    }
+    // Without a sink nothing can be read back: every piece is handed over.
+    let handoff = Handoff::default();
     let owner = match &read_back {
         ReadBack::Peer { owner, .. } => owner.node.name.as_str(),
         ReadBack::Disk { .. } => "",
@@ -124,10 +121,17 @@ async fn origin_to_sink(
                 Ok(()) => buf.put_back(w.bufs.get()),
                 Err(b) if feeds_others => {
                     // The client fell behind: it reads the rest back from the sink.
-                    log::info!(
-                        "cluster: the client of {} fell behind at byte {pos}; it continues from {owner}",
-                        req.target,
-                    );
+                    if owner.is_empty() {
+                        log::debug!(
+                            "cache: the client of {} fell behind at byte {pos}; it reads the rest from the fill file",
+                            req.target,
+                        );
+                    } else {
+                        log::info!(
+                            "cluster: the client of {} fell behind at byte {pos}; it continues from {owner}",
+                            req.target,
+                        );
+                    }
                     buf.put_back(b);
                     handoff.switch(pos);
                 }
@@ -188,9 +192,10 @@ async fn commit(
 }
 
 /// The client side of a fill: the head, then the body at the client's speed without
-/// holding the fill back: read back from the fill's file as it is written (as a joined
-/// reader does), then from the queue if the file write failed; or, through the owner,
-/// from the queue, then read back from the owner's fill once it fell behind.
+/// holding the fill back: from the queue (the pieces as received, no copy through the
+/// storage) while it keeps up; once it fell behind, read back from the fill's file as it
+/// is written (as a joined reader does; then from the queue again if the file write
+/// failed) or from the owner's fill.
 #[allow(clippy::too_many_arguments)]
 async fn client_of_fill<C: AsyncWriteRent>(
     client: &mut BufConn<C>,
@@ -206,46 +211,47 @@ async fn client_of_fill<C: AsyncWriteRent>(
 ) -> ClientSide {
     let mut cs = ClientSide::begin(client, req, resp, kind, stored, w, op).await;
     if cs.wants_body() {
-        match read_back {
-            ReadBack::Disk { fill, info, file } => {
-                let copy = &mut cs.copy;
-                let res = stream_fill(client, &fill, &info, file.as_ref(), copy, Some(handoff), w);
-                match res.await {
-                    Ok(()) => cs.finish(client).await,
-                    Err(e) => cs.error = Some(e),
-                }
+        let mut next = 0u64; // the next body byte the client side needs
+        while cs.wants_body() && next < cs.copy.end {
+            let version = handoff.version();
+            if let Some((pos, buf)) = handoff.pop() {
+                next = pos + buf.len() as u64;
+                w.bufs.put(cs.write_piece(client, buf, pos).await);
+                continue;
             }
-            ReadBack::Peer { owner, key } => {
-                let mut next = 0u64; // the next body byte the client side needs
-                while cs.wants_body() && next < cs.copy.end {
-                    let version = handoff.version();
-                    if let Some((pos, buf)) = handoff.pop() {
-                        next = pos + buf.len() as u64;
-                        w.bufs.put(cs.write_piece(client, buf, pos).await);
-                        continue;
+            match (handoff.ended(), handoff.from(), &read_back) {
+                (Some(Err(e)), None, _) => cs.error = Some(e),
+                (_, Some(from), ReadBack::Disk { fill, info, file }) => {
+                    debug_assert_eq!(from, next);
+                    // The rest from the fill's file, as it is written.
+                    let copy = &mut cs.copy;
+                    let res =
+                        stream_fill(client, fill, info, file.as_ref(), copy, Some(handoff), w);
+                    match res.await {
+                        Ok(()) => cs.finish(client).await,
+                        Err(e) => cs.error = Some(e),
                     }
-                    match (handoff.ended(), handoff.from()) {
-                        (Some(Err(e)), _) => cs.error = Some(e),
-                        (_, Some(from)) => {
-                            debug_assert_eq!(from, next);
-                            // Should the owner fail, the origin continues the body.
-                            let r = peer::Resume {
-                                req,
-                                uri,
-                                etag: strong_etag(&resp.headers),
-                                len: kind.known_len(),
-                            };
-                            let (k, o) = (&key, owner);
-                            peer::read_back(client, &mut cs, next, resp, kind, o, k, &r, w).await;
-                            break;
-                        }
-                        (Some(Ok(())), None) => {
-                            cs.finish(client).await;
-                            break;
-                        }
-                        (None, None) => handoff.changed(version).await,
-                    }
+                    break;
                 }
+                (Some(Err(e)), Some(_), ReadBack::Peer { .. }) => cs.error = Some(e),
+                (_, Some(from), ReadBack::Peer { owner, key }) => {
+                    debug_assert_eq!(from, next);
+                    // Should the owner fail, the origin continues the body.
+                    let r = peer::Resume {
+                        req,
+                        uri,
+                        etag: strong_etag(&resp.headers),
+                        len: kind.known_len(),
+                    };
+                    let (k, o) = (key, *owner);
+                    peer::read_back(client, &mut cs, next, resp, kind, o, k, &r, w).await;
+                    break;
+                }
+                (Some(Ok(())), None, _) => {
+                    cs.finish(client).await;
+                    break;
+                }
+                (None, None, _) => handoff.changed(version).await,
             }
         }
     }

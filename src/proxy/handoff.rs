@@ -5,21 +5,21 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::task::{Poll, Waker};
 
-/// Where the client of a fill takes its body from: read back from the storage (the
-/// fill's file on this node's disk, or the owner's fill over a KV GET), or the pieces the
-/// origin side hands over in memory through a small bounded queue within one task. The
-/// client starts on one and may switch once, at body offset `from`:
-/// - a disk fill starts reading back; when its file write fails (disk full) the pieces
-///   from `from` on come through the queue, so a client that does not read holds back
-///   only its own (uncached) transfer;
-/// - a PUT to the owner starts on the queue, which never waits on the client while the
-///   PUT feeds others; a client that falls behind reads the rest back from the owner.
+/// Where the client of a fill takes its body from: the pieces the origin side hands over
+/// in memory through a small bounded queue within one task (the buffer just received: no
+/// copy through the storage), or read back from the storage (the fill's file on this
+/// node's disk, or the owner's fill over a KV GET). The client starts on the queue, which
+/// never waits on it while the sink feeds others: a client that falls behind switches, at
+/// body offset `from`, to reading the rest back from the storage. A disk fill whose file
+/// write fails after that (disk full) hands the pieces from `back` on over the queue
+/// again (the file holds everything before `back`), so a client that does not read holds
+/// back only its own (uncached) transfer.
 #[derive(Default)]
 pub(crate) struct Handoff {
-    /// Whether the client starts by reading back from the storage.
-    reads_back_first: bool,
-    /// Body offset at which the client switched to the other source.
+    /// Body offset at which the client switched to reading back.
     pub(crate) from: Cell<Option<u64>>,
+    /// Body offset from which a client that reads back a disk fill takes the queue again.
+    pub(crate) back: Cell<Option<u64>>,
     pub(crate) queue: RefCell<VecDeque<(u64, Vec<u8>)>>,
     /// How the origin side ended: the body is complete (`Ok`) or failed.
     pub(crate) end: RefCell<Option<Result<(), String>>>,
@@ -32,18 +32,9 @@ pub(crate) struct Handoff {
 const HANDOFF_PIECES: usize = 4;
 
 impl Handoff {
-    /// A hand-off whose client starts by reading back from the storage (`true`) or from
-    /// the queue.
-    pub(crate) fn new(reads_back_first: bool) -> Handoff {
-        Handoff {
-            reads_back_first,
-            ..Default::default()
-        }
-    }
-
     /// Whether the client takes its pieces from the queue now.
     pub(crate) fn on_queue(&self) -> bool {
-        self.reads_back_first == self.from.get().is_some()
+        self.from.get().is_none() || self.back.get().is_some()
     }
 
     pub(crate) fn bump(&self) {
@@ -64,9 +55,13 @@ impl Handoff {
         })
     }
 
-    /// Switches the client to the other source at body offset `from`.
-    pub(crate) fn switch(&self, from: u64) {
-        self.from.set(Some(from));
+    /// Switches the client to the other source at body offset `at`: to reading back, or
+    /// (a disk fill whose file stopped taking bytes) from reading back to the queue.
+    pub(crate) fn switch(&self, at: u64) {
+        match self.from.get() {
+            None => self.from.set(Some(at)),
+            Some(_) => self.back.set(Some(at)),
+        }
         self.bump();
     }
 

@@ -273,8 +273,9 @@ pub(crate) async fn open_fill_file(fill: &Fill, info: &StreamInfo) -> Option<Fil
 
 /// Sends the body bytes of a fill inside `copy`'s window to `client`, waiting for bytes
 /// as they land. Returns whether the whole window went out (not `writer.finish`); the
-/// bytes sent are `copy.sent`. The leader's client passes its `handoff`: the pieces that
-/// follow the file when the file write failed.
+/// bytes sent are `copy.sent`. The leader's client passes its `handoff`: it reads back
+/// from where it left the queue (`from`), and takes the queue again where the file write
+/// failed (`back`).
 pub(crate) async fn stream_fill<C: AsyncWriteRent>(
     client: &mut BufConn<C>,
     fill: &Fill,
@@ -287,14 +288,15 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
     let stall = w.timeouts.upstream_head;
     let end = copy.end;
     let mut buf = w.bufs.lend();
-    let mut off = copy.start;
+    let left_queue = handoff.and_then(|h| h.from.get()).unwrap_or(0);
+    let mut off = copy.start.max(left_queue);
     let mut budget = Budget::default();
     loop {
         if off >= end {
             return Ok(());
         }
         let snap = fill.snapshot();
-        let handed = handoff.and_then(|h| h.from.get());
+        let handed = handoff.and_then(|h| h.back.get());
         // The last byte of a body of known length is held back until the fill is
         // committed (its length and digest checked): a fill that fails at its end must
         // leave every reader with an incomplete message (RFC 9112 §8), never a whole one.
@@ -361,10 +363,10 @@ pub(crate) async fn stream_fill<C: AsyncWriteRent>(
             Phase::Failed => match handoff {
                 // The origin side says next whether the rest is handed over or why the
                 // fill failed.
-                Some(h) if h.end.borrow().is_none() && h.from.get().is_none() => {
+                Some(h) if h.end.borrow().is_none() && h.back.get().is_none() => {
                     h.changed(h.version.get()).await;
                 }
-                Some(h) if h.from.get().is_none() => {
+                Some(h) if h.back.get().is_none() => {
                     let why = match &*h.end.borrow() {
                         Some(Err(e)) => e.clone(),
                         _ => "the fill failed".to_string(),

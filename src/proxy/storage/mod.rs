@@ -180,14 +180,6 @@ pub(crate) enum ReadBack<'a> {
     },
 }
 
-impl ReadBack<'_> {
-    /// Whether the client starts by reading back (a disk fill) rather than from the
-    /// hand-off queue (a PUT to the owner, which must not wait on it).
-    pub(crate) fn reads_back_first(&self) -> bool {
-        matches!(self, ReadBack::Disk { .. })
-    }
-}
-
 /// Why a storable response is relayed instead of filled: its `Cache-Status`.
 pub(crate) type NoFill = String;
 
