@@ -19,9 +19,6 @@ use super::scan::{self, ScanReport};
 
 /// Reservation step for bodies of unknown length.
 pub const GROW_STEP: u64 = 8 * 1024 * 1024;
-/// A fill write on the core that takes longer than this sends the fill's later writes
-/// through io_uring (see [`FillWriter::write`]).
-const INLINE_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 pub struct Store {
     pub dir: PathBuf,
@@ -314,7 +311,6 @@ impl Store {
             written: 0,
             temp_path,
             final_path,
-            inline_writes: true,
         })
     }
 }
@@ -339,8 +335,6 @@ pub struct FillWriter {
     written: u64,
     temp_path: PathBuf,
     final_path: PathBuf,
-    /// Whether body writes are done on the core (until one waits too long).
-    inline_writes: bool,
 }
 
 impl FillWriter {
@@ -378,27 +372,9 @@ impl FillWriter {
             }
         }
         let file = self.file.as_ref().expect("file");
-        let at = self.body_offset + self.written;
-        let (res, buf) = if self.inline_writes {
-            // A buffered write copies into the page cache and returns: done here, on the
-            // core, it saves io_uring's hand-off to an io-wq worker thread (ext4 has no
-            // non-blocking buffered writes, so io_uring punts every one: two context
-            // switches and a wake-up per piece). Should the kernel make it wait (dirty
-            // page throttling, reclaim, the journal), this fill's later writes go through
-            // io_uring again, off the core.
-            let started = std::time::Instant::now();
-            let res = pwrite_all(file, &buf, at);
-            if started.elapsed() > INLINE_WRITE_LIMIT {
-                log::debug!(
-                    "cache: a fill write waited {:?}; its next writes go through io_uring",
-                    started.elapsed()
-                );
-                self.inline_writes = false;
-            }
-            (res, buf)
-        } else {
-            file.write_all_at(buf, at).await
-        };
+        let (res, buf) = file
+            .write_all_at(buf, self.body_offset + self.written)
+            .await;
         if res.is_ok() {
             self.written += n;
             if let Some(h) = &self.handle {
@@ -458,36 +434,6 @@ impl Drop for FillWriter {
             self.store.unlink_later(vec![self.temp_path.clone()]);
         }
     }
-}
-
-/// Writes all of `buf` at `pos` with plain `pwrite` calls on this thread.
-fn pwrite_all(file: &File, buf: &[u8], mut pos: u64) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        let rest = &buf[done..];
-        // SAFETY: a valid open fd; `rest` is valid for reads of `rest.len()` bytes.
-        let rc = unsafe {
-            libc::pwrite(
-                file.as_raw_fd(),
-                rest.as_ptr().cast(),
-                rest.len(),
-                pos as libc::off_t,
-            )
-        };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if rc == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        done += rc as usize;
-        pos += rc as u64;
-    }
-    Ok(())
 }
 
 fn fstat(file: &File) -> io::Result<libc::stat> {
