@@ -456,7 +456,16 @@ fn a_ranged_request_through_a_non_owner_asks_the_owner_for_that_range() {
             .request(get(&a, &path))
             .unwrap();
         assert_eq!(r.status(), 200);
-        assert!(c.nodes[1].wait_log(" 200 ", Duration::from_secs(5)));
+        // The owner committed the entry: its KV PUT's line (answered 200 once committed).
+        // Not just any " 200 ": the other node's /health probes log those too.
+        assert!(
+            wait_until(Duration::from_secs(5), || c.nodes[1]
+                .log()
+                .lines()
+                .any(|l| l.contains(" 200 ") && l.ends_with(" kv-put"))),
+            "{}",
+            c.nodes[1].log()
+        );
         let r = Conn::connect(c.nodes[0].addr())
             .request(get_with(&a, &path, &["Range: bytes=100-119"]))
             .unwrap();
