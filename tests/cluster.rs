@@ -133,7 +133,13 @@ fn concurrent_cold_requests_at_every_node_share_one_origin_fetch() {
             );
             let url = origin.url(&path);
             let owner = c.owner(&url);
-            assert!(stored_in(c.nodes[owner].dir(), &url));
+            // The owner commits the entry after the fill's last byte, which its clients
+            // may have read already.
+            let dir = c.nodes[owner].dir();
+            assert!(
+                wait_until(Duration::from_secs(10), || stored_in(dir, &url)),
+                "round {round}: {url} not stored on its owner {owner}"
+            );
         }
     });
 }
@@ -450,7 +456,16 @@ fn a_ranged_request_through_a_non_owner_asks_the_owner_for_that_range() {
             .request(get(&a, &path))
             .unwrap();
         assert_eq!(r.status(), 200);
-        assert!(c.nodes[1].wait_log(" 200 ", Duration::from_secs(5)));
+        // The owner committed the entry: its KV PUT's line (answered 200 once committed).
+        // Not just any " 200 ": the other node's /health probes log those too.
+        assert!(
+            wait_until(Duration::from_secs(5), || c.nodes[1]
+                .log()
+                .lines()
+                .any(|l| l.contains(" 200 ") && l.ends_with(" kv-put"))),
+            "{}",
+            c.nodes[1].log()
+        );
         let r = Conn::connect(c.nodes[0].addr())
             .request(get_with(&a, &path, &["Range: bytes=100-119"]))
             .unwrap();

@@ -87,6 +87,18 @@ fn direct(addr: SocketAddr, target: &str, extra: &[&str]) -> common::Response {
         .unwrap_or_else(|e| panic!("GET {target} on {addr}: {e:?}"))
 }
 
+/// Waits until `node` has logged `n` request lines holding `needle` (e.g. `"GET URL"`).
+/// A request's metrics are counted just before its line is logged, after its response
+/// went out: a scrape taken once the line is there holds them; one taken as soon as the
+/// client has its response may not.
+fn wait_lines(node: &Chacha, needle: &str, n: usize) {
+    assert!(
+        node.wait_log_count(needle, n, Duration::from_secs(10)),
+        "{n} request lines with {needle:?} wanted:\n{}",
+        node.log()
+    );
+}
+
 /// Splits a `Location` of the form `http://<addr>/direct-connect?token=<jwt>`.
 fn location(r: &common::Response) -> (SocketAddr, String, String) {
     let loc = r.header("location").expect("a Location").to_string();
@@ -166,11 +178,15 @@ fn a_hit_through_a_non_owner_is_a_307_to_the_owner_which_serves_it() {
         assert_eq!(r.status(), 200);
         assert_eq!(r.body, want);
         assert_eq!(origin.settled().full_bodies, 1);
+        // The miss's bytes are counted before `sent_before` is read.
+        let via_line = format!("\"GET {}\" ", origin.url(&path));
+        wait_lines(other, &via_line, 1);
 
         // The validated hit: a 307 to the owner, with the hint header.
         let sent_before = proxied_bytes(other.addr());
         let r = via(other, &origin, &path, &[]);
         assert_eq!(r.status(), 307, "{:?}", r.head);
+        wait_lines(other, &via_line, 2);
         assert_eq!(r.header("x-chacha-direct-connect"), Some("1"));
         let (addr, target, token) = location(&r);
         assert_eq!(addr, owner.addr(), "the Location names the owner");
@@ -207,6 +223,8 @@ fn a_hit_through_a_non_owner_is_a_307_to_the_owner_which_serves_it() {
         assert_eq!(r.status(), 200, "{}", r.body_str());
         assert!(r.body == want, "the owner served the stored body");
         assert_eq!(r.header("etag"), Some("\"v1\""));
+        let dc_line = "\"GET /direct-connect?token=";
+        wait_lines(owner, dc_line, 1);
         let served = proxied_bytes(owner.addr());
         assert!(
             served - served_before >= BODY_LEN as u64,
@@ -235,6 +253,7 @@ fn a_hit_through_a_non_owner_is_a_307_to_the_owner_which_serves_it() {
         let r = direct(addr, &target, &["Range: bytes=0-9", "If-Range: \"v0\""]);
         assert_eq!(r.status(), 200);
         assert!(r.body == want);
+        wait_lines(owner, dc_line, 4);
 
         // Counted by result on both sides.
         let dc = "chacha_direct_connect_total";
@@ -258,6 +277,7 @@ fn a_url_without_direct_connect_is_served_through_the_non_owner() {
             assert!(r.body == body(&path, 1));
         }
         assert_eq!(origin.settled().full_bodies, 1, "the second was a hit");
+        wait_lines(&c.nodes[1], &format!("\"GET {}\" ", origin.url(&path)), 2);
         let dc = "chacha_direct_connect_total";
         assert_eq!(metric(c.nodes[1].addr(), dc, "result=\"redirect\""), 0);
         // And a direct-connect URL through its owner is served by the owner itself.
@@ -267,6 +287,7 @@ fn a_url_without_direct_connect_is_served_through_the_non_owner() {
             assert_eq!(r.status(), 200);
             assert!(r.body == body(&path, 1));
         }
+        wait_lines(&c.nodes[0], &format!("\"GET {}\" ", origin.url(&path)), 2);
         assert_eq!(metric(c.nodes[0].addr(), dc, "result=\"redirect\""), 0);
     });
 }
@@ -332,6 +353,8 @@ fn tokens_built_to_the_jwt_spec_are_checked_like_the_originals() {
         let r = at(jwt(SECRET, &claims(&gone, "direct-connect", t, t + 600)));
         assert_eq!(r.status(), 404, "{}", r.body_str());
 
+        // 2 served, 7 refused, 1 not found: every line logged, so every result counted.
+        wait_lines(&c.nodes[0], "\"GET /direct-connect", 10);
         let dc = "chacha_direct_connect_total";
         assert_eq!(metric(owner, dc, "result=\"unauthorized\""), 7);
         assert_eq!(metric(owner, dc, "result=\"not_found\""), 1);
@@ -371,6 +394,9 @@ fn a_replaced_entry_is_never_served_under_an_old_token() {
         let r = direct(addr, &target, &[]);
         assert_eq!(r.status(), 200);
         assert!(r.body == body(&path, 2));
+        // Its 4 direct requests (200, 410, 410, 200) logged, so counted.
+        assert_eq!(addr, c.nodes[0].addr());
+        wait_lines(&c.nodes[0], "\"GET /direct-connect", 4);
         let dc = "chacha_direct_connect_total";
         assert_eq!(metric(addr, dc, "result=\"replaced\""), 2);
     });

@@ -139,7 +139,8 @@ fn assert_wrong_digest_never_stored(framing: Framing) {
             "{what}: Cache-Status {cs:?} (the entry must not have been stored)"
         );
         assert!(
-            proxy.wait_log("does not match its sha256 digest", SETTLE),
+            // This attempt's line, not the one before (each comes after its cut).
+            proxy.wait_log_count("does not match its sha256 digest", attempt as usize, SETTLE),
             "{what}: no error logged"
         );
         let last = origin.last_request().unwrap();
@@ -606,7 +607,12 @@ fn assert_wrong_digest_never_stored_through_a_peer(framing: Framing) {
             pair.nodes[1].log()
         );
         assert!(
-            pair.nodes[0].wait_log("does not match its sha256 digest", SETTLE),
+            // This attempt's line, not the one before (each comes after its cut).
+            pair.nodes[0].wait_log_count(
+                "does not match its sha256 digest",
+                attempt as usize,
+                SETTLE
+            ),
             "{what}: no error logged"
         );
         let last = origin.last_request().unwrap();

@@ -48,10 +48,16 @@ fn json_log_lines_parse_and_carry_the_request_fields() {
         assert_eq!(r.status(), 502);
 
         let evil_line = format!("GET http://{a}{evil}");
+        // Every request's line (each follows its response, in no set order): the fill
+        // and the hit of /static/j, the evil target, the reject, the refused one.
+        let j = format!("\"request\":\"GET http://{a}/static/j\"");
         assert!(
             wait_until(Duration::from_secs(5), || {
                 let log = c.log();
-                log.contains("\"reject\"") && log.contains("/refused") && log.contains("q\\\"x")
+                log.contains("\"reject\"")
+                    && log.contains("/refused")
+                    && log.contains("q\\\"x")
+                    && log.matches(&j).count() == 2
             }),
             "{}",
             c.log()

@@ -95,10 +95,13 @@ fn v(m: &HashMap<String, f64>, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series}"))
 }
 
-/// 1 fill and 3 hits of `/obj` through `proxy`, each checked by its Cache-Status;
+/// 1 fill and 3 hits of `/obj` through `chacha`, each checked by its Cache-Status;
 /// waits until the entry is committed (the scrape's `chacha_cache_entries`) before the
-/// hits.
-fn fill_and_three_hits(proxy: SocketAddr, metrics: SocketAddr, origin: &Origin) {
+/// hits, and at the end until the 4 request lines are logged: a request is counted just
+/// before its line, after the client has the whole response, so a scrape taken as soon
+/// as the last hit ends may miss it.
+fn fill_and_three_hits(chacha: &Chacha, metrics: SocketAddr, origin: &Origin) {
+    let proxy = chacha.addr();
     let r = fetch(proxy, get(&origin.authority(), "/obj"));
     assert_eq!(r.status(), 200);
     assert_stored(&r);
@@ -114,6 +117,12 @@ fn fill_and_three_hits(proxy: SocketAddr, metrics: SocketAddr, origin: &Origin) 
         assert_hit(&r);
         assert_eq!(r.body.len(), OBJ_LEN);
     }
+    let line = format!("\"GET {}\" ", origin.url("/obj"));
+    assert!(
+        chacha.wait_log_count(&line, 4, Duration::from_secs(10)),
+        "4 request lines for /obj wanted:\n{}",
+        chacha.log()
+    );
 }
 
 /// The admin address from chacha's `metrics: ... served on http://ADDR/metrics` line.
@@ -134,8 +143,19 @@ fn known_sequence_counts_on_the_proxy_port() {
         let origin = origin();
         let chacha = Chacha::start(&config(""));
         let addr = chacha.addr();
-        fill_and_three_hits(addr, addr, &origin);
-        let m = scrape(addr);
+        fill_and_three_hits(&chacha, addr, &origin);
+        // chacha counts a client connection closed when it reads the client's end,
+        // which can trail the client's leaving: scrape once only this scrape's own
+        // connection is open.
+        let mut m = scrape(addr);
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                m = scrape(addr);
+                v(&m, "chacha_client_connections") == 1.0
+            }),
+            "open client connections: {}",
+            v(&m, "chacha_client_connections")
+        );
         let len = OBJ_LEN as f64;
         assert_eq!(v(&m, "chacha_cache_outcomes_total{outcome=\"hit\"}"), 3.0);
         assert_eq!(
@@ -279,7 +299,7 @@ fn admin_address_serves_metrics_and_the_proxy_port_does_not() {
         let chacha = Chacha::start(&config("metrics:\n  addr: 127.0.0.1:0\n"));
         let admin = admin_addr(&chacha);
         assert_ne!(admin, chacha.addr());
-        fill_and_three_hits(chacha.addr(), admin, &origin);
+        fill_and_three_hits(&chacha, admin, &origin);
         let m = scrape(admin);
         assert_eq!(v(&m, "chacha_cache_outcomes_total{outcome=\"hit\"}"), 3.0);
         let (status, _, _) = scrape_raw(chacha.addr());
@@ -344,7 +364,7 @@ fn promtool_check_metrics_reports_nothing() {
         .replace("addr: 127.0.0.1:0", &format!("addr: 127.0.0.1:{port}"));
         let chacha = Chacha::start(&yaml);
         let addr = chacha.addr();
-        fill_and_three_hits(addr, addr, &origin);
+        fill_and_three_hits(&chacha, addr, &origin);
         let (_, _, text) = scrape_raw(addr);
         let up = format!("chacha_peer_up{{peer=\"127.0.0.1:{port}\"}} 1");
         assert!(text.contains(&up), "{text}");
@@ -463,7 +483,7 @@ fn prometheus_scrapes_chacha_and_its_query_returns_the_hits() {
         let origin = origin();
         let chacha = Chacha::start(&config("metrics:\n  addr: 127.0.0.1:0\n"));
         let admin = admin_addr(&chacha);
-        fill_and_three_hits(chacha.addr(), admin, &origin);
+        fill_and_three_hits(&chacha, admin, &origin);
         let dir = TempDir::new("prometheus");
         let prom = Prometheus::start(dir.path(), admin);
         let q = "chacha_cache_outcomes_total{outcome=\"hit\"}";

@@ -553,7 +553,12 @@ fn blob_with_a_wrong_digest_is_not_stored_and_the_client_sees_an_abort() {
                 other => panic!("attempt {attempt}: expected an aborted body, got {other:?}"),
             }
             assert!(
-                proxy.wait_log("does not match its sha256 digest", COMMIT_WAIT),
+                // This attempt's line, not the one before (each comes after its cut).
+                proxy.wait_log_count(
+                    "does not match its sha256 digest",
+                    attempt as usize,
+                    COMMIT_WAIT
+                ),
                 "no error logged"
             );
             assert!(

@@ -95,7 +95,7 @@ fn direct_pulls_follow_tarts_protocol_and_count_what_origins_served() {
         assert_eq!(statuses(&run, 200), pulls * (1 + 1 + nblobs)); // token, manifest, blobs
                                                                    // Bytes: the summary's count is exactly what storage sent.
         assert_eq!(n(&run.json["bytes"]), pulls * reg.total_len());
-        assert_eq!(reg.storage.body_bytes(), pulls * reg.total_len());
+        assert_eq!(reg.storage.settled().body_bytes, pulls * reg.total_len());
         assert_eq!(n(&run.json["retries"]), 0);
         assert!(
             run.stdout.contains("pull seconds: p50")
@@ -153,7 +153,7 @@ fn cut_downloads_resume_with_range_from_the_cut() {
         assert_eq!(n(&run.json["retries"]), LAYERS.len() as u64);
         assert_eq!(range_starts(&reg.storage), vec![AT; LAYERS.len()]);
         assert_eq!(n(&run.json["bytes"]), reg.total_len());
-        assert_eq!(reg.storage.body_bytes(), reg.total_len());
+        assert_eq!(reg.storage.settled().body_bytes, reg.total_len());
         // --out holds every verified blob, byte for byte.
         for b in reg.blobs.iter() {
             let path = out.path().join("blobs/sha256").join(&b.digest[7..]);
@@ -339,7 +339,7 @@ fn through_chacha_cold_then_warm() {
         assert_ok(&cold);
         assert_blobs(&cold, &reg, 1);
         assert_eq!(cache(&cold, "miss"), nblobs, "{}", cold.stdout);
-        assert_eq!(reg.storage.full_bodies(), nblobs);
+        assert_eq!(reg.storage.settled().full_bodies, nblobs);
         assert_eq!(reg.storage_auth_leaks.load(Ordering::Relaxed), 0);
         // The fills are committed (one entry per blob) before the warm run.
         assert!(
@@ -367,7 +367,7 @@ fn through_chacha_cold_then_warm() {
         assert_eq!(seen, responses, "{}", warm.stdout);
         assert_eq!(cache(&warm, "miss"), 0, "{}", warm.stdout);
         assert_eq!(
-            reg.storage.full_bodies(),
+            reg.storage.settled().full_bodies,
             nblobs,
             "storage served each blob once"
         );
@@ -392,10 +392,10 @@ fn through_chacha_eight_cold_runners_share_one_fill_per_blob() {
         // body once (one miss per blob, the others hits or collapsed onto its fill).
         let seen = cache(&run, "hit") + cache(&run, "collapsed") + cache(&run, "miss");
         assert_eq!(seen, 8 * nblobs, "{}", run.stdout);
-        assert_eq!(reg.storage.full_bodies(), nblobs, "{}", run.stdout);
+        assert_eq!(reg.storage.settled().full_bodies, nblobs, "{}", run.stdout);
         assert_eq!(cache(&run, "miss"), nblobs, "{}", run.stdout);
         assert_eq!(n(&run.json["bytes"]), 8 * reg.total_len());
-        assert_eq!(reg.storage.body_bytes(), reg.total_len());
+        assert_eq!(reg.storage.settled().body_bytes, reg.total_len());
     });
 }
 
@@ -455,7 +455,7 @@ fn https_registry_direct_needs_its_ca() {
         assert_ok(&run);
         assert_blobs(&run, &reg, 1);
         assert_eq!(reg.storage_auth_leaks.load(Ordering::Relaxed), 0);
-        assert_eq!(reg.storage.body_bytes(), reg.total_len());
+        assert_eq!(reg.storage.settled().body_bytes, reg.total_len());
     });
 }
 
@@ -492,7 +492,7 @@ fn https_registry_through_chacha_interception_cold_then_warm() {
         let seen = cache(&cold, "hit") + cache(&cold, "collapsed") + cache(&cold, "miss");
         assert_eq!(seen, 2 * nblobs, "{}", cold.stdout);
         assert_eq!(cache(&cold, "miss"), nblobs, "{}", cold.stdout);
-        assert_eq!(reg.storage.full_bodies(), nblobs);
+        assert_eq!(reg.storage.settled().full_bodies, nblobs);
         assert!(
             wait_until(Duration::from_secs(5), || entry_files(proxy.dir()).len()
                 == nblobs as usize),
@@ -504,7 +504,7 @@ fn https_registry_through_chacha_interception_cold_then_warm() {
         assert_ok(&warm);
         assert_eq!(cache(&warm, "hit"), 2 * nblobs, "{}", warm.stdout);
         assert_eq!(
-            reg.storage.full_bodies(),
+            reg.storage.settled().full_bodies,
             nblobs,
             "storage served each blob once"
         );

@@ -192,6 +192,16 @@ fn ca_rotation_mints_from_the_new_ca_and_keeps_open_tunnels() {
     });
 }
 
+/// Waits until `c`'s cache holds exactly `n` entry files (a fill commits its entry after
+/// its client has the whole body); panics with what it holds otherwise.
+fn wait_entries(c: &Chacha, n: usize) {
+    assert!(
+        wait_until(Duration::from_secs(10), || entry_files(c.dir()).len() == n),
+        "expected {n} entry files, found {:?}",
+        entry_files(c.dir())
+    );
+}
+
 #[test]
 fn disk_limit_shrink_evicts_down_to_the_new_limit() {
     with_deadline(DEADLINE, || {
@@ -201,7 +211,8 @@ fn disk_limit_shrink_evicts_down_to_the_new_limit() {
         for i in 0..5 {
             assert_stored(&get_path(&c, &o, &format!("/obj/{len}?n={i}")));
         }
-        assert_eq!(entry_files(c.dir()).len(), 5);
+        // The last fill is committed after its client has the body: wait for its file.
+        wait_entries(&c, 5);
         // Each entry is its body plus a header of at most a few KiB: 2.5 MB holds two.
         let line = reload(&c, &config_at(&c, "2500KB", ""));
         assert!(
@@ -227,7 +238,7 @@ fn disk_limit_shrink_evicts_down_to_the_new_limit() {
         for i in [1, 2] {
             assert_stored(&get_path(&c, &o, &format!("/obj/{len}?n={i}")));
         }
-        assert_eq!(entry_files(c.dir()).len(), 4);
+        wait_entries(&c, 4);
     });
 }
 
