@@ -8,7 +8,11 @@
 //! (a check would tell a right guess from a wrong one), until a token is back. So a
 //! guesser gets [`FAILURE_BURST`] tries, then about one per second; a peer with the
 //! right secret never spends a token, and other sources are unaffected. One warning per
-//! episode (when a source's bucket first runs dry), one line when it ends.
+//! episode (when a source's bucket first runs dry), one line when it ends. An episode
+//! ends only once the source's bucket is full again, i.e. after it made no failed
+//! attempt for [`FAILURE_BURST`] / [`REFILL_PER_SEC`] seconds: a steady guesser that
+//! gets one checked attempt a second stays in one episode (one warning), not one per
+//! token.
 //!
 //! Memory is bounded: at most [`MAX_SOURCES`] sources are tracked (those whose bucket
 //! is full again are forgotten first); beyond that, new sources share one bucket, so a
@@ -95,6 +99,8 @@ pub struct AuthLimiter {
     buckets: Mutex<HashMap<Source, Bucket>>,
     /// Sources tracked: zero means nobody failed lately and no lock is taken.
     tracked: AtomicUsize,
+    /// Episodes started (each logged once).
+    episodes: AtomicUsize,
 }
 
 impl AuthLimiter {
@@ -113,13 +119,15 @@ impl AuthLimiter {
         };
         let b = buckets.get_mut(&source).expect("present");
         b.refill(now);
-        if b.tokens >= 1.0 {
+        if b.tokens >= FAILURE_BURST {
             if let Some((since, refused)) = b.episode.take() {
                 log::info!(
                     "KV authentication from {source}: no longer refused ({refused} requests refused over {:.1?})",
                     now.saturating_duration_since(since)
                 );
             }
+        }
+        if b.tokens >= 1.0 {
             return Verdict::Check;
         }
         if let Some((_, refused)) = &mut b.episode {
@@ -149,6 +157,7 @@ impl AuthLimiter {
         b.tokens = (b.tokens - 1.0).max(0.0);
         if b.tokens < 1.0 && b.episode.is_none() {
             b.episode = Some((now, 0));
+            self.episodes.fetch_add(1, Ordering::Relaxed);
             log::warn!(
                 "KV authentication: {FAILURE_BURST} failed attempts from {source}; its KV requests get 429 without a check (about {REFILL_PER_SEC} attempt per second allowed) until it stops"
             );
@@ -159,6 +168,11 @@ impl AuthLimiter {
     /// Sources tracked (for tests).
     pub fn tracked(&self) -> usize {
         self.tracked.load(Ordering::Relaxed)
+    }
+
+    /// Episodes started so far, each with its one warning (for tests).
+    pub fn episodes(&self) -> usize {
+        self.episodes.load(Ordering::Relaxed)
     }
 }
 
@@ -203,6 +217,37 @@ mod tests {
             }
         }
         assert!((59..=61).contains(&allowed), "{allowed}");
+        // All of that was one episode: one warning, not one per returning token.
+        assert_eq!(l.episodes(), 1);
+        // Quiet until the bucket is full again: the episode ends; the next burst of
+        // failures is a new one.
+        let t = t + Duration::from_secs_f64(FAILURE_BURST / REFILL_PER_SEC + 0.01);
+        assert_eq!(l.admit(a, t), Verdict::Check);
+        for _ in 0..FAILURE_BURST as usize {
+            l.failed(a, t);
+        }
+        assert_eq!(l.episodes(), 2);
+        assert!(matches!(l.admit(a, t), Verdict::Refuse { .. }));
+    }
+
+    /// When an episode ends, by how long the source stayed quiet (table: quiet seconds
+    /// after running dry → episodes after one more burst).
+    #[test]
+    fn an_episode_ends_only_after_a_full_refill() {
+        for (quiet_ms, episodes) in [(1_100, 1), (3_000, 1), (4_900, 1), (5_000, 2), (9_000, 2)] {
+            let l = AuthLimiter::default();
+            let t0 = Instant::now();
+            let a = ip("10.9.9.9");
+            for _ in 0..FAILURE_BURST as usize {
+                l.failed(a, t0);
+            }
+            let t = t0 + Duration::from_millis(quiet_ms);
+            assert_eq!(l.admit(a, t), Verdict::Check, "{quiet_ms}");
+            for _ in 0..FAILURE_BURST as usize {
+                l.failed(a, t);
+            }
+            assert_eq!(l.episodes(), episodes, "quiet {quiet_ms} ms");
+        }
     }
 
     #[test]
