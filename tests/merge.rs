@@ -336,3 +336,104 @@ fn metric(proxy: &Chacha, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
+
+#[test]
+fn a_queued_leader_whose_client_leaves_still_validates_for_the_others() {
+    with_deadline(DEADLINE, || {
+        let gate = Arc::new(Gate::default());
+        let g = gate.clone();
+        let origin = Origin::start(move |req| {
+            if req.header("if-none-match").is_some() {
+                g.pass();
+            }
+            versioned(req, 1)
+        });
+        let proxy = start_proxy();
+        let raw = get(&origin.authority(), "/obj");
+        assert_eq!(
+            fetch(proxy.addr(), &raw).status(),
+            200,
+            "the entry is stored"
+        );
+        gate.close();
+        let first = fetch_all(proxy.addr(), std::slice::from_ref(&raw));
+        assert!(
+            origin.wait_requests(2, SIGNAL),
+            "the first validation was sent"
+        );
+        // The queued round's leader arrives first, then two members join it.
+        let mut leader = common::Conn::connect(proxy.addr());
+        leader.send(&raw).unwrap();
+        assert!(proxy.wait_log_count(WAITS, 1, SIGNAL), "the leader queued");
+        let members = fetch_all(proxy.addr(), &[raw.clone(), raw.clone()]);
+        let waiting = proxy.wait_log_count(WAITS, 3, SIGNAL);
+        // The leader's client goes away before its round is sent.
+        drop(leader);
+        gate.open();
+        assert_hit_of(&join_all(first)[0], 1);
+        for r in join_all(members) {
+            assert_hit_of(&r, 1);
+        }
+        assert!(waiting, "two members joined the queued round");
+        origin.settled();
+        assert_eq!(conditionals(&origin, "/obj"), 2, "in flight + queued");
+    });
+}
+
+#[test]
+fn a_non_owner_merges_the_validations_of_another_nodes_key() {
+    use common::cluster::{node_config, reserve_addrs, Cluster, NodeOpts};
+    with_deadline(DEADLINE, || {
+        let gate = Arc::new(Gate::default());
+        let g = gate.clone();
+        let origin = Origin::start(move |req| {
+            if req.header("if-none-match").is_some() {
+                g.pass();
+            }
+            versioned(req, 1)
+        });
+        let addrs = reserve_addrs(2);
+        let opts = NodeOpts {
+            workers: 1,
+            ..NodeOpts::new("merge-secret")
+        };
+        let nodes = addrs
+            .iter()
+            .map(|&a| {
+                Chacha::start_with_log(
+                    &node_config(a, &addrs, opts),
+                    "info,chacha::proxy::merge=debug",
+                )
+            })
+            .collect();
+        let cluster = Cluster {
+            nodes,
+            names: addrs.iter().map(|a| a.to_string()).collect(),
+        };
+        // A path node 1 owns, asked through node 0: the non-owner's (peer) storage.
+        let path = (0..)
+            .map(|i| format!("/obj{i}"))
+            .find(|p| cluster.owner(&origin.url(p)) == 1)
+            .unwrap();
+        let front = cluster.nodes[0].addr();
+        let raw = get(&origin.authority(), &path);
+        assert_eq!(fetch(front, &raw).status(), 200, "stored on the owner");
+        assert_hit_of(&fetch(front, &raw), 1);
+        gate.close();
+        let first = fetch_all(front, std::slice::from_ref(&raw));
+        assert!(
+            origin.wait_requests(3, SIGNAL),
+            "the first validation was sent"
+        );
+        let more = fetch_all(front, &vec![raw.clone(); 4]);
+        let waiting = cluster.nodes[0].wait_log_count(WAITS, 4, SIGNAL);
+        gate.open();
+        for r in join_all(first).iter().chain(&join_all(more)) {
+            assert_hit_of(r, 1);
+        }
+        origin.settled();
+        // The priming hit's validation, then in flight + queued (before: 1 + 5).
+        assert_eq!(conditionals(&origin, &path), 3, "conditional requests");
+        assert!(waiting, "four requests waited for the next validation");
+    });
+}
