@@ -437,3 +437,52 @@ fn a_non_owner_merges_the_validations_of_another_nodes_key() {
         assert!(waiting, "four requests waited for the next validation");
     });
 }
+
+#[test]
+fn a_304_that_sets_a_cookie_is_not_shared() {
+    with_deadline(DEADLINE, || {
+        let gate = Arc::new(Gate::default());
+        let minted = Arc::new(AtomicU64::new(0));
+        let (g, m) = (gate.clone(), minted.clone());
+        let origin = Origin::start(move |req| {
+            if req.header("if-none-match").is_some() {
+                g.pass();
+            }
+            // A session id minted per response, as an origin does for a new visitor.
+            let id = m.fetch_add(1, Ordering::SeqCst);
+            versioned(req, 1).header("Set-Cookie", &format!("session={id}"))
+        });
+        let proxy = start_proxy();
+        let raw = get(&origin.authority(), "/obj");
+        assert_eq!(
+            fetch(proxy.addr(), &raw).status(),
+            200,
+            "the entry is stored"
+        );
+        gate.close();
+        let first = fetch_all(proxy.addr(), std::slice::from_ref(&raw));
+        assert!(
+            origin.wait_requests(2, SIGNAL),
+            "the first validation was sent"
+        );
+        let more = fetch_all(proxy.addr(), &vec![raw.clone(); 4]);
+        let waiting = proxy.wait_log_count(WAITS, 4, SIGNAL);
+        gate.open();
+        let responses: Vec<Response> = join_all(first).into_iter().chain(join_all(more)).collect();
+        let mut cookies: Vec<String> = responses
+            .iter()
+            .map(|r| {
+                assert_hit_of(r, 1);
+                r.header("set-cookie")
+                    .expect("each gets a cookie")
+                    .to_string()
+            })
+            .collect();
+        cookies.sort();
+        cookies.dedup();
+        // Each client its own session: the queued round's 304 went to its sender only,
+        // the members sent their own requests.
+        assert_eq!(cookies.len(), 5, "distinct cookies: {cookies:?}");
+        assert!(waiting, "four requests waited for the next validation");
+    });
+}

@@ -19,8 +19,9 @@
 //!   round ends, the queued leader sends its request (after all its members arrived),
 //!   its round becomes the one in flight, and later arrivals form the next queue.
 //!
-//! What members get: a `304` (the hot path) is shared: each member serves its own entry
-//! from its own storage and answers its own conditionals and `Range`. An upstream error
+//! What members get: a `304` (the hot path) is shared, unless it sets a cookie or is
+//! `private`/`no-store`: each member serves its own entry from its own storage and
+//! answers its own conditionals and `Range`. An upstream error
 //! before any response (connect, timeout, reset) is the same for the same bytes: each
 //! member answers it with the same status (502/504). Anything else (a new `200`, a `401`,
 //! a `5xx`, ...) is the leader's alone: each member then sends its own request, as
@@ -166,7 +167,9 @@ async fn lead<C: AsyncReadRent>(
     let res = send_upstream(client, head, &pool_key(uri), &mut no_body, w).await;
     let answer = match &res {
         _ if guard.round.members.get() == 0 => Answer::Own,
-        Ok((_, resp)) if resp.status == 304 => Answer::NotModified(Rc::new(resp.clone())),
+        Ok((_, resp)) if resp.status == 304 && shareable(resp) => {
+            Answer::NotModified(Rc::new(resp.clone()))
+        }
         Ok(_) => Answer::Own,
         Err(SendFailure {
             error: ExchangeError::Upstream(e),
@@ -176,6 +179,21 @@ async fn lead<C: AsyncReadRent>(
     };
     guard.finish(answer);
     res.map(|(up, resp)| Validated::Own(up, resp))
+}
+
+/// Whether a 304 may answer the round's other members: not one that sets a cookie (a
+/// session id minted per response would go to several clients) or is meant for one
+/// user (`private`, `no-store`: RFC 9111 §5.2.2.5, §5.2.2.7); those go to their sender
+/// only, the members send their own requests.
+fn shareable(not_modified: &ResponseHead) -> bool {
+    let h = &not_modified.headers;
+    // Any mention (also `private="field"`) counts: a false alarm costs only the merge.
+    let mentions =
+        |v: &[u8], what: &[u8]| v.windows(what.len()).any(|w| w.eq_ignore_ascii_case(what));
+    !h.contains("set-cookie")
+        && !h
+            .get_all("cache-control")
+            .any(|v| mentions(v, b"private") || mentions(v, b"no-store"))
 }
 
 /// What a round's members get.
