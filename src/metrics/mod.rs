@@ -339,6 +339,7 @@ pub struct CoreBlock {
     pub origin_responses: [Counter; 4],
     pub fill_failures: [Counter; 4],
     pub fill_resumes: Counter,
+    pub validations_merged: Counter,
     pub evictions: Counter,
     pub evicted_bytes: Counter,
     pub connections_opened: Counter,
@@ -361,6 +362,7 @@ impl Merge for CoreBlock {
         self.origin_responses.merge_from(&o.origin_responses);
         self.fill_failures.merge_from(&o.fill_failures);
         self.fill_resumes.merge_from(&o.fill_resumes);
+        self.validations_merged.merge_from(&o.validations_merged);
         self.evictions.merge_from(&o.evictions);
         self.evicted_bytes.merge_from(&o.evicted_bytes);
         self.connections_opened.merge_from(&o.connections_opened);
@@ -490,6 +492,12 @@ pub fn fill_failure(why: FillFailure) {
 /// A fill whose body an origin (or owner) cut resumed with `Range`.
 pub fn fill_resumed() {
     with(|b| b.fill_resumes.add(1));
+}
+
+/// A request was validated by the `304` to an identical request another one sent after
+/// it arrived (`proxy::merge`).
+pub fn validation_merged() {
+    with(|b| b.validations_merged.add(1));
 }
 
 /// An entry of `bytes` was evicted to make room.

@@ -196,6 +196,16 @@ pub fn render(s: &Snapshot) -> String {
         "Fill bodies cut by the origin and resumed with Range.",
     );
     o.sample("chacha_fill_resumes_total", "", t.fill_resumes.get());
+    o.family(
+        "chacha_validations_merged_total",
+        "counter",
+        "Requests validated by the 304 to an identical conditional request sent after they arrived.",
+    );
+    o.sample(
+        "chacha_validations_merged_total",
+        "",
+        t.validations_merged.get(),
+    );
 
     if let Some(d) = &s.disk {
         o.family(

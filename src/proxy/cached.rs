@@ -16,9 +16,10 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use super::client_side::relay_ranged;
 use super::decide::{decide, Action};
 use super::fill::{fill, FillTarget};
+use super::merge::{revalidate, Validated};
 use super::relay::{forward, relay_and_release};
 use super::storage::{Lookup, Storage};
-use super::validate::{not_stored, release_bodyless, revalidate};
+use super::validate::{not_stored, release_bodyless};
 use super::{write_simple, Exchange, Framing, Op, Outcome, ProxyError, Worker};
 use crate::cache::digest::expected_sha256;
 use crate::cache::key::{cache_key, key_is_exact, match_rule};
@@ -58,11 +59,28 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         Ok(x) => x,
         Err(uncached) => return forward(client, req, uri, w, uncached).await,
     };
-    let direct = direct_connect_owner(rule, &req, &storage);
     let had_entry = found.has_entry();
     let validators = found.validators();
-    let (mut up, resp) = match revalidate(client, &req, &uri, validators.as_ref(), w).await {
-        Ok(x) => x,
+    // Merged with the identical requests that arrive before it is sent (`merge`).
+    let validated = revalidate(client, &req, &uri, validators.as_ref(), &key, w).await;
+    let (mut up, resp) = match validated {
+        Ok(Validated::Own(up, resp)) => (up, resp),
+        // A 304 to the identical request sent after this one arrived: it validates the
+        // entry this request holds (RFC 9111 §4.3.4).
+        Ok(Validated::Shared(not_modified)) => {
+            return serve_validated(
+                client,
+                &req,
+                &uri,
+                rule,
+                &key,
+                found,
+                &storage,
+                &not_modified,
+                w,
+            )
+            .await;
+        }
         Err(f) => {
             storage.release(found, false, &key, w).await;
             return Outcome::Failed {
@@ -81,15 +99,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     match action {
         Action::ServeEntry | Action::ServeFill => {
             release_bodyless(&mut up, &resp, w);
-            match (direct, found.entry_meta()) {
-                (Some((cluster, owner)), Some(meta)) => {
-                    let validator = crate::cluster::token::validator_of(meta);
-                    // The owner's connection closes with its one byte unread.
-                    drop(found);
-                    redirect(client, &req, cluster, owner, &key, &validator, rule, w).await
-                }
-                _ => storage.serve(client, &req, &uri, found, &resp, w).await,
-            }
+            serve_validated(client, &req, &uri, rule, &key, found, &storage, &resp, w).await
         }
         Action::Fill => {
             let target = FillTarget {
@@ -109,6 +119,35 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
             storage.release(found, drop_entry, &key, w).await;
             let cs = not_stored(had_entry, NotStorable::Status)(&resp);
             relay_and_release(client, &req, &mut up, resp, w, Op::Pass, cs).await
+        }
+    }
+}
+
+/// Serves the entry (or the fill) a 304 validated: from the storage, or, for another
+/// node's key under a `direct-connect` rule, as a 307 to its owner.
+#[allow(clippy::too_many_arguments)]
+async fn serve_validated<C: AsyncReadRent + AsyncWriteRent>(
+    client: &mut BufConn<C>,
+    req: &RequestHead,
+    uri: &Uri,
+    rule: Option<&Rule>,
+    key: &str,
+    found: Lookup,
+    storage: &Storage<'_>,
+    not_modified: &ResponseHead,
+    w: &Worker,
+) -> Outcome {
+    match (direct_connect_owner(rule, req, storage), found.entry_meta()) {
+        (Some((cluster, owner)), Some(meta)) => {
+            let validator = crate::cluster::token::validator_of(meta);
+            // The owner's connection closes with its one byte unread.
+            drop(found);
+            redirect(client, req, cluster, owner, key, &validator, rule, w).await
+        }
+        _ => {
+            storage
+                .serve(client, req, uri, found, not_modified, w)
+                .await
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod handoff;
 pub mod head;
 pub mod internal;
 pub mod kv;
+pub mod merge;
 pub mod op;
 pub mod origin_body;
 pub mod refresh;

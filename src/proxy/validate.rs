@@ -2,7 +2,7 @@
 //! validators (RFC 9111 §4.3.1), what a 304 updates (RFC 9111 §4.3.4), and the answer to
 //! the client's own conditionals against the validated entry (RFC 9110 §13.1).
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::io::AsyncWriteRent;
 
 use super::head::write_response_head;
 use super::{Exchange, Op, Outcome, Worker};
@@ -13,9 +13,8 @@ use crate::cache::policy::{
 use crate::cache::status::Outcome as CacheOutcome;
 use crate::http::uri::Uri;
 use crate::http::{BodyKind, Headers, RequestHead, ResponseHead};
-use crate::stream::{BodyReader, BufConn};
-use crate::upstream::UpstreamConn;
-use crate::upstream::{pool_key, send_upstream, write_upstream_head, SendFailure};
+use crate::stream::BufConn;
+use crate::upstream::{write_upstream_head, UpstreamConn};
 
 /// Client request fields replaced by our own validators: a 304 answering the client's
 /// validators would say nothing about our entry (we evaluate the client's conditionals
@@ -39,28 +38,26 @@ pub(crate) fn not_stored(
     }
 }
 
-/// Sends the GET upstream conditional on our `validators` (the client's own
-/// conditionals and Range replaced, see [`CLIENT_CONDITIONALS`]) and reads the head.
-pub(crate) async fn revalidate<C: AsyncReadRent>(
-    client: &mut BufConn<C>,
+/// Appends to `out` the head of the GET sent upstream, conditional on our `validators`
+/// (the client's own conditionals and Range replaced, see [`CLIENT_CONDITIONALS`]): the
+/// very bytes sent, which is what merged revalidations compare ([`super::merge`]).
+pub(crate) fn conditional_head(
     req: &RequestHead,
     uri: &Uri,
     validators: Option<&Validators>,
-    w: &Worker,
-) -> Result<(UpstreamConn, ResponseHead), SendFailure> {
+    mut out: Vec<u8>,
+) -> Vec<u8> {
     let conditionals = validators.map(conditional_headers).unwrap_or_default();
     let extra: Vec<(&str, &str)> = conditionals.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    let mut head_bytes = Vec::with_capacity(512);
     write_upstream_head(
         req,
         uri,
         BodyKind::None,
         CLIENT_CONDITIONALS,
         &extra,
-        &mut head_bytes,
+        &mut out,
     );
-    let mut no_body = BodyReader::new(BodyKind::None);
-    send_upstream(client, &head_bytes, &pool_key(uri), &mut no_body, w).await
+    out
 }
 
 /// The validators of a stored response, read without copying its fields.

@@ -10,6 +10,7 @@ pub mod cached;
 pub mod chacha;
 pub mod client;
 pub mod cluster;
+pub mod gate;
 pub mod gen;
 pub mod kv;
 pub mod origin;
