@@ -268,6 +268,16 @@ impl Proc {
     }
 }
 
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A run that failed half-way must not leave its chacha scanning the data set.
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// One GET through the proxy; (status line, Cache-Status).
 fn get_through(proxy: SocketAddr, origin_port: u16, i: usize) -> (String, String) {
     let mut s = TcpStream::connect(proxy).expect("connect to chacha");

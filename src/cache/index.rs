@@ -534,6 +534,46 @@ impl Index {
             }
         }
     }
+    /// Startup, from the snapshot: [`Index::insert_loaded`] for many entries of one shard
+    /// (in ascending `last_access` order for O(1) each), under one lock and one update of
+    /// the counters. Panics if they are not all of one shard.
+    pub fn insert_loaded_batch(&self, entries: &[(EntryInfo, u64)]) {
+        let Some((first, _)) = entries.first() else {
+            return;
+        };
+        let slot = self.slot(first.hash);
+        let max_tick = entries.iter().map(|&(_, t)| t).max().unwrap_or(0);
+        self.tick
+            .fetch_max(max_tick.min(u64::MAX / 2), Ordering::AcqRel);
+        let first_generation = self
+            .generation
+            .fetch_add(entries.len() as u64, Ordering::AcqRel)
+            + 1;
+        let (mut added, mut bytes, mut replaced) = (0usize, 0u64, 0u64);
+        let mut shard = slot.lock();
+        for (n, &(mut info, tick)) in entries.iter().enumerate() {
+            assert_eq!(
+                Self::shard_of(info.hash),
+                Self::shard_of(first.hash),
+                "one shard per batch"
+            );
+            info.generation = first_generation + n as u64;
+            bytes += info.size;
+            match shard.map.get(&info.hash).copied() {
+                Some(i) => replaced += shard.remove_node(i).size,
+                None => added += 1,
+            }
+            let i = shard.alloc(info, tick.min(u64::MAX / 2));
+            shard.link_sorted(i);
+        }
+        slot.publish_tail(&shard);
+        drop(shard);
+        let c = &self.counters;
+        c.used.fetch_add(bytes - replaced, Ordering::AcqRel);
+        c.charged.fetch_add(bytes - replaced, Ordering::AcqRel);
+        self.len.fetch_add(added, Ordering::AcqRel);
+    }
+
     /// Background scan: adds an entry found on disk with recency `last_access` (its mtime),
     /// unless `hash` is already indexed (a fill committed during the scan is newer than any
     /// file the scan read: it wins). Returns whether it was added. O(1): where the entry
@@ -789,6 +829,47 @@ mod tests {
         want.push(oldest);
         assert_eq!(got, want);
         assert_eq!(got[got.len() - 2], newest_loaded);
+    }
+
+    #[test]
+    fn insert_scanned_keeps_newer_entries_and_resort_restores_lru() {
+        let ix = Index::new(100_000);
+        ix.raise_tick(10_000);
+        // A fill committed during the scan: the scan's file of the same hash is older.
+        let filled = hash_in(3, 1);
+        put(&ix, filled, 500);
+        assert!(!ix.insert_scanned(info(filled, 100), 5_000));
+        assert_eq!(ix.peek(filled).unwrap().size, 500);
+        // Scanned entries in no particular order, all older than the fill.
+        let mtimes = [50u64, 10, 40, 30, 20, 60];
+        for (n, &t) in mtimes.iter().enumerate() {
+            assert!(ix.insert_scanned(info(hash_in(3, n as u64 + 2), 10), t));
+        }
+        ix.resort();
+        audit(&ix);
+        let (_r, victims) = ix.reserve(100_000).unwrap();
+        let got: Vec<u64> = victims.iter().map(|v| v.hash).collect();
+        let mut want: Vec<(u64, u64)> = mtimes
+            .iter()
+            .enumerate()
+            .map(|(n, &t)| (t, hash_in(3, n as u64 + 2)))
+            .collect();
+        want.sort();
+        let mut want: Vec<u64> = want.into_iter().map(|(_, h)| h).collect();
+        want.push(filled);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn entries_are_small() {
+        assert!(std::mem::size_of::<shard::Node>() <= 40);
+        let ix = Index::new(u64::MAX / 4);
+        let n = 100_000u64;
+        for i in 0..n {
+            ix.insert_loaded(info(Rng(i).next(), 1), i);
+        }
+        let per_entry = ix.memory_bytes() as f64 / n as f64;
+        assert!(per_entry <= 128.0, "{per_entry} bytes per entry");
     }
 
     /// Deterministic PRNG (splitmix64) for the property tests.

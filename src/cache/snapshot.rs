@@ -183,16 +183,26 @@ pub fn load(dir: &Path, index: &Index) -> Result<Loaded, Unusable> {
         per_shard[Index::shard_of(u64_at(rec, 0))] += 1;
     }
     index.reserve_entries(&per_shard);
+    // Records come grouped by shard: one lock per run of a shard's records.
     let mut bytes = 0u64;
+    let mut batch: Vec<(EntryInfo, u64)> = Vec::with_capacity(64 * 1024);
     for rec in records.chunks_exact(RECORD_LEN) {
         let info = EntryInfo {
             hash: u64_at(rec, 0),
             size: u64_at(rec, 8),
             generation: 0,
         };
+        if batch
+            .first()
+            .is_some_and(|(f, _)| Index::shard_of(f.hash) != Index::shard_of(info.hash))
+        {
+            index.insert_loaded_batch(&batch);
+            batch.clear();
+        }
         bytes += info.size;
-        index.insert_loaded(info, u64_at(rec, 16));
+        batch.push((info, u64_at(rec, 16)));
     }
+    index.insert_loaded_batch(&batch);
     Ok(Loaded {
         entries: index.len(),
         bytes,
@@ -244,4 +254,98 @@ fn reject(dir: &Path, why: String) -> Unusable {
         }
     }
     Unusable::Rejected(why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::scan::create_layout;
+
+    struct TempDir(PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    fn temp_dir(name: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let p =
+            std::env::temp_dir().join(format!("chacha-snap-{name}-{}-{nanos}", std::process::id()));
+        create_layout(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn filled(n: u64) -> Index {
+        let ix = Index::new(1 << 30);
+        for i in 0..n {
+            let hash = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            ix.insert_loaded(
+                EntryInfo {
+                    hash,
+                    size: 100 + i,
+                    generation: 0,
+                },
+                1_000 + (i * 7919) % 500,
+            );
+        }
+        ix
+    }
+
+    #[test]
+    fn round_trip_keeps_entries_sizes_and_lru_order() {
+        let tmp = temp_dir("rt");
+        let ix = filled(1000);
+        let w = write(&tmp.0, &ix).unwrap();
+        assert_eq!(w.entries, 1000);
+        let back = Index::new(1 << 30);
+        let l = load(&tmp.0, &back).unwrap();
+        assert_eq!((l.entries, l.bytes), (1000, ix.used()));
+        assert!(!path(&tmp.0).exists(), "deleted once loaded");
+        let order = |ix: &Index| {
+            let mut v = Vec::new();
+            ix.for_each_lru(|i, t| v.push((i.hash, i.size, t)));
+            v
+        };
+        assert_eq!(order(&ix), order(&back));
+        // Loaded once only.
+        assert!(matches!(
+            load(&tmp.0, &Index::new(1)),
+            Err(Unusable::Absent)
+        ));
+    }
+
+    #[test]
+    fn corrupt_truncated_or_stale_snapshots_are_rejected_and_deleted() {
+        let tmp = temp_dir("bad");
+        let ix = filled(10);
+        write(&tmp.0, &ix).unwrap();
+        let good = fs::read(path(&tmp.0)).unwrap();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                {
+                    let mut b = good.clone();
+                    b[HEADER_LEN + FINGERPRINT_LEN + 3] ^= 1;
+                    b
+                },
+                "checksum",
+            ),
+            (good[..good.len() - 1].to_vec(), "truncated"),
+            (b"nonsense".to_vec(), "magic"),
+        ];
+        for (bytes, what) in cases {
+            fs::write(path(&tmp.0), &bytes).unwrap();
+            let e = load(&tmp.0, &Index::new(1 << 30)).unwrap_err();
+            assert!(e.to_string().contains(what), "{e}");
+            assert!(!path(&tmp.0).exists());
+        }
+        // A file created in a fan-out dir after the snapshot: stale.
+        fs::write(path(&tmp.0), &good).unwrap();
+        std::thread::sleep(Duration::from_millis(20)); // the directory mtime must move
+        fs::write(tmp.0.join("7f").join("7f00000000000000"), b"x").unwrap();
+        let e = load(&tmp.0, &Index::new(1 << 30)).unwrap_err();
+        assert!(e.to_string().contains("changed since"), "{e}");
+    }
 }
