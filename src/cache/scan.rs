@@ -379,7 +379,9 @@ fn remove_counted(path: &Path, reason: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::meta::EntryMeta;
     use std::io::Write;
+    use std::path::PathBuf;
     use std::time::SystemTime;
 
     /// A fresh directory under the system temp dir, removed on drop.
