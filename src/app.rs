@@ -211,7 +211,10 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         if let Err(code) = serve_metrics(metrics) {
             return code;
         }
-        return server::run(settings);
+        let store = settings.store.clone();
+        let code = server::run(settings);
+        write_snapshot(store.as_deref());
+        return code;
     };
     // --user: bind as root (ports below 1024), drop, then open the cache as the user.
     let listeners = match server::bind(settings.addr, settings.workers) {
@@ -259,7 +262,33 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
     if let Err(code) = serve_metrics(metrics) {
         return code;
     }
-    server::serve(settings, listeners)
+    let store = settings.store.clone();
+    let code = server::serve(settings, listeners);
+    write_snapshot(store.as_deref());
+    code
+}
+
+/// At a clean stop (the workers have stopped: no fill changes the files any more), the
+/// index snapshot that makes the next start quick (`cache::snapshot`).
+fn write_snapshot(store: Option<&Store>) {
+    let Some(store) = store else { return };
+    match store.write_snapshot() {
+        Ok(Some(w)) => log::info!(
+            "cache {}: index snapshot written: {} entries, {} bytes in {:?}",
+            store.dir.display(),
+            w.entries,
+            w.file_bytes,
+            w.elapsed
+        ),
+        Ok(None) => log::info!(
+            "cache {}: no index snapshot written: the scan had not finished; the next start scans again",
+            store.dir.display()
+        ),
+        Err(e) => log::warn!(
+            "cache {}: cannot write the index snapshot ({e}); the next start scans the entries",
+            store.dir.display()
+        ),
+    }
 }
 
 /// The `access` rules: the htpasswd users loaded, the file descriptor soft limit raised
@@ -332,30 +361,79 @@ fn create_cache_dir_for(dir: &std::path::Path, user: &User) -> std::io::Result<(
 }
 
 /// Opens `disk.dir` when configured; the error is logged and becomes the exit code.
+/// Without a usable index snapshot, the scan of the entries starts on a thread of its own:
+/// requests are served meanwhile, an entry once the scan has verified it.
 fn open_store(disk: Option<&DiskConfig>) -> Result<Option<Arc<Store>>, i32> {
-    match disk {
-        Some(disk) => match Store::open(&disk.dir, disk.limit) {
-            Ok((store, report)) => {
-                crate::metrics::set_scan_duration(report.elapsed);
-                log::info!(
-                    "cache {}: {} entries, {} bytes of {} (removed {} bad or temp files) in {:?}",
-                    disk.dir.display(),
-                    report.entries,
-                    report.bytes,
-                    disk.limit,
-                    report.removed,
-                    report.elapsed
-                );
-                Ok(Some(store))
-            }
-            Err(e) => {
-                log::error!("cannot open the cache dir {}: {e}", disk.dir.display());
-                Err(1)
-            }
-        },
-        None => {
-            log::info!("no disk configured: proxying without a cache");
-            Ok(None)
+    use crate::cache::store::Opened;
+    let Some(disk) = disk else {
+        log::info!("no disk configured: proxying without a cache");
+        return Ok(None);
+    };
+    let started = std::time::Instant::now();
+    let (store, opened) = match Store::open(&disk.dir, disk.limit) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot open the cache dir {}: {e}", disk.dir.display());
+            return Err(1);
         }
+    };
+    crate::metrics::set_scan_duration(started.elapsed());
+    match opened {
+        Opened::Snapshot(l) => log::info!(
+            "cache {}: index snapshot loaded: {} entries, {} bytes of {} in {:?}",
+            disk.dir.display(),
+            l.entries,
+            l.bytes,
+            disk.limit,
+            l.elapsed
+        ),
+        Opened::NeedsScan(why) => {
+            log::info!(
+                "cache {}: {why}; serving now, entries become hits as a background scan verifies them",
+                disk.dir.display()
+            );
+            let scanning = store.clone();
+            let limit = disk.limit;
+            let spawned = std::thread::Builder::new()
+                .name("chacha-scan".into())
+                .spawn(move || background_scan(&scanning, limit));
+            if let Err(e) = spawned {
+                log::error!("cannot start the cache scan: {e}");
+                return Err(1);
+            }
+        }
+    }
+    Ok(Some(store))
+}
+
+/// The background scan of the cache dir, with its progress and final lines.
+fn background_scan(store: &Store, limit: u64) {
+    let progress = |p: crate::cache::scan::Progress| {
+        log::info!(
+            "cache scan: {} files checked ({} of 256 directories), {} entries, {} removed, {:?}",
+            p.files,
+            p.dirs_done,
+            p.entries,
+            p.removed,
+            p.elapsed
+        )
+    };
+    match store.scan(&progress) {
+        Ok(report) => {
+            crate::metrics::set_scan_duration(report.elapsed);
+            log::info!(
+                "cache scan done: {} entries, {} bytes; the cache holds {} entries, {} bytes of {limit} (removed {} bad or over-limit files) in {:?}",
+                report.entries,
+                report.bytes,
+                store.index.len(),
+                store.index.used(),
+                report.removed,
+                report.elapsed
+            );
+        }
+        Err(e) => log::error!(
+            "cache scan of {} failed: {e}; entries not scanned are not served (they are filled again), and no index snapshot is written",
+            store.dir.display()
+        ),
     }
 }

@@ -188,6 +188,21 @@ impl Fills {
         lock(self.shard(hash)).get(&hash).cloned()
     }
 
+    /// Runs `f` if no fill of `hash` is in flight, holding the registry lock of `hash`
+    /// meanwhile so that none can start: the scan deletes a bad file this way, knowing that
+    /// no fill renames a new file into its path in between (only a registered fill writes
+    /// an entry path, and it leaves the registry only once its entry is in the index).
+    /// `None` if a fill is in flight. `f` must be short (a stat and an unlink).
+    pub fn with_idle<T>(&self, hash: u64, f: impl FnOnce() -> T) -> Option<T> {
+        let map = lock(self.shard(hash));
+        if map.contains_key(&hash) {
+            return None;
+        }
+        let out = f();
+        drop(map);
+        Some(out)
+    }
+
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }

@@ -62,14 +62,15 @@ const EMPTY: u64 = u64::MAX;
 /// Lost re-check races before eviction settles for the chosen shard's current tail.
 const EVICT_EXACT_RETRIES: usize = 8;
 
-/// One committed entry as the index knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// One committed entry as the index knows it: 24 bytes. The key is not kept here (it would
+/// cost a heap string per entry): the entry file's header holds it, and every open checks
+/// it against the request's key ([`crate::cache::store::Store::open_entry`]), so a 64-bit
+/// hash collision is a miss, never another key's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EntryInfo {
     pub hash: u64,
-    pub key: String,
     /// Bytes the entry file takes on disk (its length: prefix + body); what the budget counts.
     pub size: u64,
-    pub body_len: u64,
     /// Assigned by the index on commit/insert_loaded; the value passed in is ignored.
     pub generation: u64,
 }
@@ -274,36 +275,47 @@ impl Index {
         self.generation.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    /// Looks up `hash` and marks it most recently used. `None` if absent or stored under a
-    /// different key (a hash collision: the caller treats it as a miss).
-    pub fn get(&self, hash: u64, key: &str) -> Option<EntryInfo> {
-        self.touch_with(hash, key, |info| info.clone())
-    }
-
-    /// Like [`Index::get`] (touches recency) but returns only the generation: the hit path
-    /// checks a cached open entry with it without copying the key.
-    pub fn get_generation(&self, hash: u64, key: &str) -> Option<u64> {
-        self.touch_with(hash, key, |info| info.generation)
-    }
-
-    fn touch_with<T>(&self, hash: u64, key: &str, f: impl FnOnce(&EntryInfo) -> T) -> Option<T> {
+    /// Looks up `hash` and marks it most recently used. The caller checks the key in the
+    /// entry file's header (a hash collision is a miss there).
+    pub fn get(&self, hash: u64) -> Option<EntryInfo> {
         let slot = self.slot(hash);
         let mut shard = slot.lock();
         let i = *shard.map.get(&hash)?;
-        if shard.node(i).info.key != key {
-            return None;
-        }
         let tick = self.next_tick();
         shard.touch(i, tick);
         slot.publish_tail(&shard);
-        Some(f(&shard.node(i).info))
+        Some(shard.node(i).info)
+    }
+
+    /// Like [`Index::get`] (touches recency) but returns only the generation.
+    pub fn get_generation(&self, hash: u64) -> Option<u64> {
+        self.get(hash).map(|info| info.generation)
     }
 
     /// Looks up `hash` without touching recency.
     pub fn peek(&self, hash: u64) -> Option<EntryInfo> {
         let shard = self.slot(hash).lock();
         let i = *shard.map.get(&hash)?;
-        Some(shard.node(i).info.clone())
+        Some(shard.node(i).info)
+    }
+
+    /// Raises the recency clock to at least `tick`: the store sets it to the current unix
+    /// time at startup, so that every access of this run ranks above entries loaded with
+    /// their file's mtime (seconds) as recency.
+    pub fn raise_tick(&self, tick: u64) {
+        self.tick
+            .fetch_max(tick.min(u64::MAX / 2), Ordering::AcqRel);
+    }
+
+    /// Bytes the index's structures hold (capacities, not lengths: what the allocator
+    /// gave them), for the memory-per-entry figure.
+    pub fn memory_bytes(&self) -> usize {
+        let mut bytes =
+            std::mem::size_of::<Self>() + self.shards.len() * std::mem::size_of::<ShardSlot>();
+        for slot in self.shards.iter() {
+            bytes += slot.lock().memory_bytes();
+        }
+        bytes
     }
 
     /// Sets aside `bytes` for a fill, evicting least recently used entries (removed from the
@@ -522,6 +534,109 @@ impl Index {
             }
         }
     }
+    /// Startup, from the snapshot: [`Index::insert_loaded`] for many entries of one shard
+    /// (in ascending `last_access` order for O(1) each), under one lock and one update of
+    /// the counters. Panics if they are not all of one shard.
+    pub fn insert_loaded_batch(&self, entries: &[(EntryInfo, u64)]) {
+        let Some((first, _)) = entries.first() else {
+            return;
+        };
+        let slot = self.slot(first.hash);
+        let max_tick = entries.iter().map(|&(_, t)| t).max().unwrap_or(0);
+        self.tick
+            .fetch_max(max_tick.min(u64::MAX / 2), Ordering::AcqRel);
+        let first_generation = self
+            .generation
+            .fetch_add(entries.len() as u64, Ordering::AcqRel)
+            + 1;
+        let (mut added, mut bytes, mut replaced) = (0usize, 0u64, 0u64);
+        let mut shard = slot.lock();
+        for (n, &(mut info, tick)) in entries.iter().enumerate() {
+            assert_eq!(
+                Self::shard_of(info.hash),
+                Self::shard_of(first.hash),
+                "one shard per batch"
+            );
+            info.generation = first_generation + n as u64;
+            bytes += info.size;
+            match shard.map.get(&info.hash).copied() {
+                Some(i) => replaced += shard.remove_node(i).size,
+                None => added += 1,
+            }
+            let i = shard.alloc(info, tick.min(u64::MAX / 2));
+            shard.link_sorted(i);
+        }
+        slot.publish_tail(&shard);
+        drop(shard);
+        let c = &self.counters;
+        c.used.fetch_add(bytes - replaced, Ordering::AcqRel);
+        c.charged.fetch_add(bytes - replaced, Ordering::AcqRel);
+        self.len.fetch_add(added, Ordering::AcqRel);
+    }
+
+    /// Background scan: adds an entry found on disk with recency `last_access` (its mtime),
+    /// unless `hash` is already indexed (a fill committed during the scan is newer than any
+    /// file the scan read: it wins). Returns whether it was added. O(1): where the entry
+    /// does not belong at either end of its shard's list it is appended at the tail, and the
+    /// list is sorted again by [`Index::resort`] when the scan ends (until then, eviction
+    /// among scanned entries follows recency only approximately).
+    pub fn insert_scanned(&self, mut info: EntryInfo, last_access: u64) -> bool {
+        let slot = self.slot(info.hash);
+        let mut shard = slot.lock();
+        if shard.map.contains_key(&info.hash) {
+            return false;
+        }
+        let tick = last_access.min(u64::MAX / 2);
+        info.generation = self.next_generation();
+        let size = info.size;
+        let i = shard.alloc(info, tick);
+        shard.link_sorted_or_tail(i);
+        slot.publish_tail(&shard);
+        drop(shard);
+        let c = &self.counters;
+        c.used.fetch_add(size, Ordering::AcqRel);
+        c.charged.fetch_add(size, Ordering::AcqRel);
+        self.len.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// Sorts every shard's list by recency again (after [`Index::insert_scanned`]); one
+    /// shard lock at a time, O(n log n) per shard.
+    pub fn resort(&self) {
+        for slot in self.shards.iter() {
+            let mut shard = slot.lock();
+            shard.resort();
+            slot.publish_tail(&shard);
+        }
+    }
+
+    /// Makes room for `extra` more entries in each shard's structures (the snapshot loader
+    /// knows the counts: no regrowth while loading, no slack beyond the hash map's).
+    pub fn reserve_entries(&self, per_shard: &[usize]) {
+        for (slot, &n) in self.shards.iter().zip(per_shard) {
+            slot.lock().reserve(n);
+        }
+    }
+
+    /// The shard `hash` belongs to (the snapshot groups its records by it).
+    pub fn shard_of(hash: u64) -> usize {
+        (hash >> SHARD_SHIFT) as usize & (SHARDS - 1)
+    }
+
+    /// Calls `f(info, tick)` for every entry, shard by shard, each shard from its least to
+    /// its most recently used entry (the order [`Index::insert_loaded`] takes in O(1)).
+    /// Holds one shard lock at a time.
+    pub fn for_each_lru(&self, mut f: impl FnMut(&EntryInfo, u64)) {
+        for slot in self.shards.iter() {
+            let shard = slot.lock();
+            let mut i = shard.tail;
+            while i != NIL {
+                let node = shard.node(i);
+                f(&node.info, node.tick);
+                i = node.prev;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -537,9 +652,7 @@ mod tests {
     fn info(hash: u64, size: u64) -> EntryInfo {
         EntryInfo {
             hash,
-            key: format!("k{hash:x}"),
             size,
-            body_len: size / 2,
             generation: 0,
         }
     }
@@ -604,11 +717,10 @@ mod tests {
         assert_eq!((ix.used(), ix.len()), (1000, 10));
         // Touch the three oldest: the LRU order is now 3..10, 0, 2, 1.
         for i in [0, 2, 1] {
-            assert!(ix.get(hashes[i], &format!("k{:x}", hashes[i])).is_some());
+            assert!(ix.get(hashes[i]).is_some());
         }
-        // peek and a wrong-key get do not touch.
+        // peek does not touch.
         assert!(ix.peek(hashes[3]).is_some());
-        assert!(ix.get(hashes[3], "other key").is_none());
         let (r, victims) = ix.reserve(250).unwrap();
         let got: Vec<u64> = victims.iter().map(|v| v.hash).collect();
         assert_eq!(got, vec![hashes[3], hashes[4], hashes[5]]);
@@ -703,7 +815,7 @@ mod tests {
         // An access after loading outranks every loaded entry.
         let newest_loaded = hash_in(5 % 3, 6);
         let oldest = hash_in(1, 2);
-        assert!(ix.get(oldest, &format!("k{oldest:x}")).is_some());
+        assert!(ix.get(oldest).is_some());
         let (_r, victims) = ix.reserve(10_000).unwrap();
         let got: Vec<u64> = victims.iter().map(|v| v.hash).collect();
         let mut want: Vec<(u64, u64)> = times
@@ -717,6 +829,47 @@ mod tests {
         want.push(oldest);
         assert_eq!(got, want);
         assert_eq!(got[got.len() - 2], newest_loaded);
+    }
+
+    #[test]
+    fn insert_scanned_keeps_newer_entries_and_resort_restores_lru() {
+        let ix = Index::new(100_000);
+        ix.raise_tick(10_000);
+        // A fill committed during the scan: the scan's file of the same hash is older.
+        let filled = hash_in(3, 1);
+        put(&ix, filled, 500);
+        assert!(!ix.insert_scanned(info(filled, 100), 5_000));
+        assert_eq!(ix.peek(filled).unwrap().size, 500);
+        // Scanned entries in no particular order, all older than the fill.
+        let mtimes = [50u64, 10, 40, 30, 20, 60];
+        for (n, &t) in mtimes.iter().enumerate() {
+            assert!(ix.insert_scanned(info(hash_in(3, n as u64 + 2), 10), t));
+        }
+        ix.resort();
+        audit(&ix);
+        let (_r, victims) = ix.reserve(100_000).unwrap();
+        let got: Vec<u64> = victims.iter().map(|v| v.hash).collect();
+        let mut want: Vec<(u64, u64)> = mtimes
+            .iter()
+            .enumerate()
+            .map(|(n, &t)| (t, hash_in(3, n as u64 + 2)))
+            .collect();
+        want.sort();
+        let mut want: Vec<u64> = want.into_iter().map(|(_, h)| h).collect();
+        want.push(filled);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn entries_are_small() {
+        assert!(std::mem::size_of::<shard::Node>() <= 40);
+        let ix = Index::new(u64::MAX / 4);
+        let n = 100_000u64;
+        for i in 0..n {
+            ix.insert_loaded(info(Rng(i).next(), 1), i);
+        }
+        let per_entry = ix.memory_bytes() as f64 / n as f64;
+        assert!(per_entry <= 128.0, "{per_entry} bytes per entry");
     }
 
     /// Deterministic PRNG (splitmix64) for the property tests.
@@ -798,7 +951,7 @@ mod tests {
                 }
                 6 | 7 => {
                     let h = ids[rng.below(ids.len() as u64) as usize];
-                    let got = ix.get(h, &format!("k{h:x}"));
+                    let got = ix.get(h);
                     assert_eq!(got.is_some(), entries.contains_key(&h));
                     if let Some(e) = entries.get_mut(&h) {
                         by_order.remove(&e.1);
@@ -863,7 +1016,7 @@ mod tests {
                                 let size = rng.below(r.bytes() + 1);
                                 ix.commit(r, info(h, size));
                             }
-                            5 | 6 => hits += ix.get(h, &format!("k{h:x}")).is_some() as usize,
+                            5 | 6 => hits += ix.get(h).is_some() as usize,
                             7 => {
                                 ix.remove(h);
                             }

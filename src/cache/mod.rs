@@ -6,5 +6,6 @@ pub mod meta;
 pub mod open;
 pub mod policy;
 pub mod scan;
+pub mod snapshot;
 pub mod status;
 pub mod store;

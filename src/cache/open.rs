@@ -62,14 +62,14 @@ impl OpenEntries {
         if now.is_multiple_of(PURGE_EVERY) {
             self.purge(store);
         }
-        let generation = store.index.get_generation(hash, key)?;
+        let generation = store.index.get_generation(hash)?;
         if let Some(e) = self.map.borrow().get(&hash) {
             if e.entry.generation == generation && e.entry.meta.key == key {
                 e.last_use.set(now);
                 return Some(e.clone());
             }
         }
-        let info = store.index.peek(hash).filter(|i| i.key == key)?;
+        let info = store.index.peek(hash)?;
         self.map.borrow_mut().remove(&hash);
         let entry = store.open_entry(hash, key, &info).await?;
         let small = entry.meta.body_len <= MAX_INLINE_BODY;

@@ -1,17 +1,27 @@
-//! Startup rebuild of the [`Index`] from the cache directory. Blocking `std::fs`: it runs
-//! once, before the per-core workers start.
+//! The scan of the cache directory: the index of the entry files when there is no usable
+//! snapshot ([`super::snapshot`]), i.e. after a crash. Blocking `std::fs`, on threads of its
+//! own: `chacha run` serves while it runs ([`super::store::Store::scan`]).
 //!
-//! Layout and file format are described in [`super::meta`]. The scan:
-//! 1. creates `dir`, `dir/tmp` and the 256 fan-out subdirectories (so fills never mkdir);
-//! 2. empties `dir/tmp` (fills interrupted by the last shutdown or crash);
-//! 3. reads the prefix of every file in the fan-out subdirectories (in parallel, one scoped
-//!    thread per core, at most [`MAX_SCAN_THREADS`]) and deletes files that are unreadable,
-//!    have a bad header, have a length other than `expected_file_len`, or whose name or
-//!    subdirectory does not match the hash of the key they hold;
-//! 4. loads the survivors with recency = file mtime (the disk layer bumps mtime on access, at
-//!    most once a minute per entry, so recency survives a restart approximately), keeping the
-//!    most recent ones that fit the limit and deleting the rest (least recently used first,
-//!    exactly what the index's eviction would do).
+//! Layout and file format are described in [`super::meta`]. Before serving, the store
+//! creates `dir`, `dir/tmp` and the 256 fan-out subdirectories ([`create_layout`]) and
+//! empties `dir/tmp` ([`clear_tmp`]: fills interrupted by the last stop or crash). The scan
+//! then:
+//! 1. reads the prefix of every file in the fan-out subdirectories (up to
+//!    [`MAX_SCAN_THREADS`] threads take the directories in turn, each reading a
+//!    directory's files in inode order, which is close to their order on disk) and deletes
+//!    files that are unreadable, have a bad header, have a length other than
+//!    `expected_file_len`, or whose name or subdirectory does not match the hash of the key
+//!    they hold;
+//! 2. adds each valid entry to the index as soon as it is verified, with recency = file
+//!    mtime (the disk layer bumps mtime on access, at most once a minute per entry, so
+//!    recency survives a restart approximately). Until then a request for it is a miss: an
+//!    entry is never served before the scan read it. An entry a fill committed meanwhile is
+//!    newer than any file the scan read for it and is kept ([`Index::insert_scanned`]); a
+//!    file is deleted only while no fill of its hash is in flight and only if it is still
+//!    the very file found bad (same inode), so a fill's new file is never deleted;
+//! 3. at the end sorts the index by recency and evicts the least recently used entries
+//!    until the total fits the limit (the disk may hold more than the limit while the scan
+//!    runs: files not yet scanned are not counted until they are).
 //!
 //! Anything else in `dir` (unknown top-level files or directories, subdirectories inside
 //! fan-out directories) is left alone with a warning: the cache must never delete data that
@@ -19,27 +29,45 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use super::index::{EntryInfo, Index};
-use super::meta::{self, Decoded, EntryMeta};
+use super::fill::Fills;
+use super::index::{EntryInfo, Index, Victim};
+use super::meta::{self, Decoded};
 
-/// Upper bound on scan threads (the scan is syscall-bound; more threads stop helping).
-pub const MAX_SCAN_THREADS: usize = 8;
+/// Scan threads. The scan waits on the disk (one header read per file): more reads in
+/// flight let a disk serve them faster when the page cache is cold.
+pub const MAX_SCAN_THREADS: usize = 16;
 /// Fan-out subdirectories: one per first byte of the hash.
 const FANOUT: u64 = 256;
 /// First read of each entry: one page holds the whole header of typical entries.
 const FIRST_READ: usize = meta::BODY_ALIGN as usize;
+/// A progress line at most this often.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
-/// What [`rebuild`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a scan found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ScanReport {
-    /// Entries loaded into the index.
+    /// Entries it added to the index (entries filled meanwhile not included).
     pub entries: usize,
     /// Their total size on disk.
     pub bytes: u64,
-    /// Files deleted: temp files, invalid entries and entries over the limit.
+    /// Files deleted: invalid entries and entries over the limit (and, for [`rebuild`],
+    /// temp files).
+    pub removed: usize,
+    pub elapsed: Duration,
+}
+
+/// Progress of a running scan, for its log lines.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub files: usize,
+    pub dirs_done: u64,
+    pub entries: usize,
     pub removed: usize,
     pub elapsed: Duration,
 }
@@ -47,32 +75,71 @@ pub struct ScanReport {
 /// A valid entry file found by the scan.
 struct Found {
     info: EntryInfo,
-    path: PathBuf,
     /// Last access (mtime) in unix seconds.
     mtime: u64,
 }
 
-/// Rebuilds `index` from `dir` (see the module docs). Errors only when the layout cannot be
-/// created or a directory of it cannot be listed; bad files are deleted, not reported.
-pub fn rebuild(dir: &Path, index: &Index) -> io::Result<ScanReport> {
-    let start = Instant::now();
-    create_layout(dir)?;
-    let mut removed = clear_tmp(&dir.join(meta::TMP_DIR))?;
+/// Why a file must go, and which file it was (device, inode) when it was opened.
+struct Bad {
+    reason: String,
+    id: Option<(u64, u64)>,
+}
 
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, MAX_SCAN_THREADS) as u64;
-    let results: Vec<io::Result<(Vec<Found>, usize)>> = std::thread::scope(|s| {
+/// What the scan works on.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub dir: &'a Path,
+    pub index: &'a Index,
+    /// The fills in flight: a file is never deleted while one of its hash runs.
+    pub fills: &'a Fills,
+}
+
+#[derive(Default)]
+struct Counts {
+    files: AtomicUsize,
+    dirs_done: AtomicU64,
+    entries: AtomicUsize,
+    bytes: AtomicU64,
+    removed: AtomicUsize,
+}
+
+/// Scans every fan-out directory into `t.index` (steps 1-3 of the module docs), calling
+/// `progress` at most every [`PROGRESS_EVERY`]. Errors only when a directory cannot be
+/// listed; bad files are deleted, not reported.
+pub fn scan(t: Target<'_>, progress: &(dyn Fn(Progress) + Sync)) -> io::Result<ScanReport> {
+    let start = Instant::now();
+    let next = AtomicU64::new(0);
+    let counts = Counts::default();
+    let last_progress = Mutex::new(start);
+    let threads = MAX_SCAN_THREADS.min(FANOUT as usize);
+    let results: Vec<io::Result<()>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
-            .map(|w| {
-                s.spawn(move || {
-                    let mut found = Vec::new();
-                    let mut removed = 0;
-                    for fan in (w..FANOUT).step_by(threads as usize) {
-                        removed += scan_fanout_dir(dir, fan, &mut found)?;
-                    }
-                    Ok((found, removed))
-                })
+            .map(|_| {
+                let (next, counts, last_progress) = (&next, &counts, &last_progress);
+                std::thread::Builder::new()
+                    .name("chacha-scan".into())
+                    .spawn_scoped(s, move || -> io::Result<()> {
+                        loop {
+                            let fan = next.fetch_add(1, Ordering::Relaxed);
+                            if fan >= FANOUT {
+                                return Ok(());
+                            }
+                            scan_fanout_dir(t, fan, counts)?;
+                            counts.dirs_done.fetch_add(1, Ordering::Relaxed);
+                            let mut last = last_progress.lock().unwrap_or_else(|p| p.into_inner());
+                            if last.elapsed() >= PROGRESS_EVERY {
+                                *last = Instant::now();
+                                progress(Progress {
+                                    files: counts.files.load(Ordering::Relaxed),
+                                    dirs_done: counts.dirs_done.load(Ordering::Relaxed),
+                                    entries: counts.entries.load(Ordering::Relaxed),
+                                    removed: counts.removed.load(Ordering::Relaxed),
+                                    elapsed: start.elapsed(),
+                                });
+                            }
+                        }
+                    })
+                    .expect("spawn a scan thread")
             })
             .collect();
         workers
@@ -80,38 +147,58 @@ pub fn rebuild(dir: &Path, index: &Index) -> io::Result<ScanReport> {
             .map(|w| w.join().expect("scan worker panicked"))
             .collect()
     });
-    let mut found = Vec::new();
     for r in results {
-        let (f, n) = r?;
-        found.extend(f);
-        removed += n;
+        r?;
     }
-
-    // Most recent first; keep the longest prefix that fits, as LRU eviction would.
-    found.sort_unstable_by(|a, b| b.mtime.cmp(&a.mtime).then(a.info.hash.cmp(&b.info.hash)));
-    let budget = index
-        .limit()
-        .saturating_sub(index.used().saturating_add(index.reserved()));
-    let mut bytes = 0u64;
-    let mut entries = 0;
-    let mut full = false;
-    for f in found {
-        if !full && bytes + f.info.size <= budget {
-            bytes += f.info.size;
-            entries += 1;
-            // Descending order: each insert lands at its shard's tail, O(1).
-            index.insert_loaded(f.info, f.mtime);
-        } else {
-            full = true;
-            removed += remove_counted(&f.path, "over the cache limit");
-        }
-    }
+    // Exact recency order again, then the limit: least recently used first, exactly what
+    // the index's eviction would do.
+    t.index.resort();
+    let (victims, bytes) = t.index.set_limit(t.index.limit());
+    let over = delete_victims(t.dir, t.index, &victims);
+    let added = counts.entries.load(Ordering::Relaxed);
     Ok(ScanReport {
-        entries,
-        bytes,
-        removed,
+        entries: added.saturating_sub(victims.len()),
+        bytes: counts.bytes.load(Ordering::Relaxed).saturating_sub(bytes),
+        removed: counts.removed.load(Ordering::Relaxed) + over,
         elapsed: start.elapsed(),
     })
+}
+
+/// The whole startup of an index without snapshot, in the caller's thread: the layout,
+/// the temp dir emptied, the scan. For tests and tools; `chacha run` uses
+/// [`super::store::Store::open`] and a background [`super::store::Store::scan`].
+pub fn rebuild(dir: &Path, index: &Index) -> io::Result<ScanReport> {
+    let start = Instant::now();
+    create_layout(dir)?;
+    let cleared = clear_tmp(&dir.join(meta::TMP_DIR))?;
+    let fills = Fills::default();
+    let mut report = scan(
+        Target {
+            dir,
+            index,
+            fills: &fills,
+        },
+        &|_| {},
+    )?;
+    report.removed += cleared;
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// Deletes the files of entries evicted from the index, skipping a hash that is back with
+/// a newer generation (a newer file lives at that path). Returns how many it deleted.
+pub(crate) fn delete_victims(dir: &Path, index: &Index, victims: &[Victim]) -> usize {
+    let mut n = 0;
+    for v in victims {
+        if index
+            .peek(v.hash)
+            .is_some_and(|e| e.generation > v.generation)
+        {
+            continue;
+        }
+        n += remove_counted(&meta::entry_path(dir, v.hash), "over the cache limit");
+    }
+    n
 }
 
 /// Creates `dir`, its temp dir and the 256 fan-out dirs (those missing).
@@ -124,7 +211,7 @@ pub(crate) fn create_layout(dir: &Path) -> io::Result<()> {
 }
 
 /// Deletes everything in the temp directory; returns how many top-level items went.
-fn clear_tmp(tmp: &Path) -> io::Result<usize> {
+pub(crate) fn clear_tmp(tmp: &Path) -> io::Result<usize> {
     let mut removed = 0;
     for entry in fs::read_dir(tmp)? {
         let entry = entry?;
@@ -143,14 +230,14 @@ fn clear_tmp(tmp: &Path) -> io::Result<usize> {
     Ok(removed)
 }
 
-/// Checks every file of one fan-out directory; valid entries go to `found`. Returns the
-/// number of files deleted.
-fn scan_fanout_dir(dir: &Path, fan: u64, found: &mut Vec<Found>) -> io::Result<usize> {
+/// Checks every file of one fan-out directory, in inode order; valid entries go into the
+/// index, invalid files are deleted.
+fn scan_fanout_dir(t: Target<'_>, fan: u64, counts: &Counts) -> io::Result<()> {
     let fan_name = meta::fanout_dir_name(fan << 56);
-    let mut removed = 0;
-    for entry in fs::read_dir(dir.join(&fan_name))? {
+    let fan_dir = t.dir.join(&fan_name);
+    let mut files = Vec::new();
+    for entry in fs::read_dir(&fan_dir)? {
         let entry = entry?;
-        let path = entry.path();
         let file_type = match entry.file_type() {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -159,16 +246,56 @@ fn scan_fanout_dir(dir: &Path, fan: u64, found: &mut Vec<Found>) -> io::Result<u
         if file_type.is_dir() {
             log::warn!(
                 "cache scan: leaving unexpected directory {}",
-                path.display()
+                entry.path().display()
             );
             continue;
         }
-        match check_entry(&path, &entry.file_name().to_string_lossy(), &fan_name) {
-            Ok(f) => found.push(f),
-            Err(reason) => removed += remove_counted(&path, &reason),
+        files.push((entry.ino(), entry.file_name()));
+    }
+    files.sort_unstable();
+    for (_, name) in files {
+        counts.files.fetch_add(1, Ordering::Relaxed);
+        let path = fan_dir.join(&name);
+        let name = name.to_string_lossy();
+        match check_entry(&path, &name, &fan_name) {
+            Ok(Some(f)) => {
+                let size = f.info.size;
+                if t.index.insert_scanned(f.info, f.mtime) {
+                    counts.entries.fetch_add(1, Ordering::Relaxed);
+                    counts.bytes.fetch_add(size, Ordering::Relaxed);
+                }
+            }
+            Ok(None) => {} // gone meanwhile (evicted or replaced)
+            Err(Bad { reason, id: None }) => {
+                counts
+                    .removed
+                    .fetch_add(remove_counted(&path, &reason), Ordering::Relaxed);
+            }
+            Err(Bad {
+                reason,
+                id: Some(id),
+            }) => {
+                // The name is an entry's: a fill may be writing that path. Only while none
+                // is in flight (none can start meanwhile), only if the index has nothing
+                // for it, and only if the path still is the file found bad.
+                let hash = parse_file_name(&name).expect("checked by check_entry");
+                let n = t
+                    .fills
+                    .with_idle(hash, || {
+                        if t.index.peek(hash).is_some() {
+                            return 0;
+                        }
+                        match fs::symlink_metadata(&path) {
+                            Ok(m) if (m.dev(), m.ino()) == id => remove_counted(&path, &reason),
+                            _ => 0,
+                        }
+                    })
+                    .unwrap_or(0);
+                counts.removed.fetch_add(n, Ordering::Relaxed);
+            }
         }
     }
-    Ok(removed)
+    Ok(())
 }
 
 /// Parses a 16-lowercase-hex-digit file name.
@@ -177,16 +304,25 @@ fn parse_file_name(name: &str) -> Option<u64> {
     (meta::file_name(hash) == name).then_some(hash)
 }
 
-/// Validates one entry file; `Err` carries why it must be deleted.
-fn check_entry(path: &Path, name: &str, fan_name: &str) -> Result<Found, String> {
-    let hash = parse_file_name(name).ok_or("not an entry file name")?;
+/// Validates one entry file: `Ok(None)` if it vanished, `Err` with why it must be deleted.
+fn check_entry(path: &Path, name: &str, fan_name: &str) -> Result<Option<Found>, Bad> {
+    let bad = |reason: String| Bad { reason, id: None };
+    let hash = parse_file_name(name).ok_or_else(|| bad("not an entry file name".into()))?;
     if meta::fanout_dir_name(hash) != fan_name {
-        return Err("in the wrong fan-out directory".into());
+        return Err(bad("in the wrong fan-out directory".into()));
     }
-    let mut file = File::open(path).map_err(|e| format!("open: {e}"))?;
-    let md = file.metadata().map_err(|e| format!("stat: {e}"))?;
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(bad(format!("open: {e}"))),
+    };
+    let md = file.metadata().map_err(|e| bad(format!("stat: {e}")))?;
+    let bad = |reason: String| Bad {
+        reason,
+        id: Some((md.dev(), md.ino())),
+    };
     if !md.is_file() {
-        return Err("not a regular file".into());
+        return Err(bad("not a regular file".into()));
     }
     let len = md.len();
     let mut buf = Vec::with_capacity(FIRST_READ);
@@ -197,38 +333,34 @@ fn check_entry(path: &Path, name: &str, fan_name: &str) -> Result<Found, String>
             (&mut file)
                 .take(need)
                 .read_to_end(&mut buf)
-                .map_err(|e| format!("read: {e}"))?;
+                .map_err(|e| bad(format!("read: {e}")))?;
         }
-        match meta::decode_prefix(&buf).map_err(|e| format!("bad header: {e}"))? {
+        match meta::decode_prefix(&buf).map_err(|e| bad(format!("bad header: {e}")))? {
             Decoded::Complete { meta, body_offset } => break (meta, body_offset),
             Decoded::NeedMore(n) if n > buf.len() && (buf.len() as u64) < len => want = n,
-            Decoded::NeedMore(_) => return Err("truncated header".into()),
+            Decoded::NeedMore(_) => return Err(bad("truncated header".into())),
         }
     };
-    let EntryMeta { key, body_len, .. } = &meta;
-    if meta::key_hash(key) != hash {
-        return Err("name does not match the key's hash".into());
+    if meta::key_hash(&meta.key) != hash {
+        return Err(bad("name does not match the key's hash".into()));
     }
     let expected = meta.expected_file_len(body_offset);
     if len != expected {
-        return Err(format!("length {len}, expected {expected}"));
+        return Err(bad(format!("length {len}, expected {expected}")));
     }
     let mtime = md
         .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    Ok(Found {
+    Ok(Some(Found {
         info: EntryInfo {
             hash,
-            key: meta.key.clone(),
             size: len,
-            body_len: *body_len,
             generation: 0,
         },
-        path: path.to_path_buf(),
         mtime,
-    })
+    }))
 }
 
 /// Deletes a file found invalid or over the limit; 1 if it was deleted by us.
@@ -247,7 +379,9 @@ fn remove_counted(path: &Path, reason: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::meta::EntryMeta;
     use std::io::Write;
+    use std::path::PathBuf;
     use std::time::SystemTime;
 
     /// A fresh directory under the system temp dir, removed on drop.
@@ -344,8 +478,8 @@ mod tests {
         assert_eq!(report.bytes, size1 + size2);
         assert_eq!(report.removed, 7 + 2);
         assert_eq!((ix.len(), ix.used()), (2, size1 + size2));
-        let e = ix.get(good2, "http://a/2").unwrap();
-        assert_eq!((e.size, e.body_len), (size2, 10_000));
+        let e = ix.get(good2).unwrap();
+        assert_eq!(e.size, size2);
         assert!(ix.peek(good1).is_some());
         assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
         assert!(dir.join("README").exists());

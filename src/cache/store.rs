@@ -5,7 +5,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,7 +15,8 @@ use monoio::fs::{File, OpenOptions};
 use super::fill::{Fill, FillHandle, Fills, StreamInfo};
 use super::index::{EntryInfo, Index, Reservation, TooBig, Victim};
 use super::meta::{self, Decoded, EntryMeta};
-use super::scan::{self, ScanReport};
+use super::scan::{self, Progress, ScanReport};
+use super::snapshot::{self, Unusable};
 
 /// Reservation step for bodies of unknown length.
 pub const GROW_STEP: u64 = 8 * 1024 * 1024;
@@ -27,6 +28,20 @@ pub struct Store {
     next_temp: AtomicU64,
     /// Serialises [`Store::recreate_layout`] across cores.
     layout_lock: Arc<std::sync::Mutex<()>>,
+    /// The index holds every entry on disk: loaded from the snapshot, or the background
+    /// scan finished. Until then no snapshot may be written (it would lose the entries not
+    /// scanned yet).
+    complete: AtomicBool,
+}
+
+/// How [`Store::open`] got the index.
+#[derive(Debug)]
+pub enum Opened {
+    /// From the snapshot of the last clean stop: complete.
+    Snapshot(snapshot::Loaded),
+    /// No usable snapshot (why): the index is empty until [`Store::scan`] fills it; entries
+    /// are served only once the scan has verified them.
+    NeedsScan(Unusable),
 }
 
 /// An open, validated entry.
@@ -44,26 +59,72 @@ fn now_secs() -> u64 {
 }
 
 impl Store {
-    /// Opens (creating) the cache dir and rebuilds the index from it. Blocking: call before
-    /// the workers start.
-    pub fn open(dir: &Path, limit: u64) -> io::Result<(Arc<Store>, ScanReport)> {
+    /// Opens (creating) the cache dir: its layout, its temp dir emptied, and the index
+    /// loaded from the snapshot of the last clean stop if there is a usable one
+    /// ([`super::snapshot`]); otherwise the index starts empty and the caller runs
+    /// [`Store::scan`] (in the background: requests are served meanwhile). Blocking: call
+    /// before the workers start.
+    pub fn open(dir: &Path, limit: u64) -> io::Result<(Arc<Store>, Opened)> {
         std::fs::create_dir_all(dir)?;
+        scan::create_layout(dir)?;
+        scan::clear_tmp(&dir.join(meta::TMP_DIR))?;
         let index = Index::new(limit);
-        let report = scan::rebuild(dir, &index)?;
-        let store = Store {
+        // Accesses of this run rank above entries loaded with their mtime as recency.
+        index.raise_tick(now_secs());
+        let opened = match snapshot::load(dir, &index) {
+            Ok(loaded) => Opened::Snapshot(loaded),
+            Err(why) => Opened::NeedsScan(why),
+        };
+        let store = Arc::new(Store {
             dir: dir.to_path_buf(),
             index,
             fills: Arc::new(Fills::default()),
             next_temp: AtomicU64::new(0),
             layout_lock: Arc::default(),
-        };
-        Ok((Arc::new(store), report))
+            complete: AtomicBool::new(matches!(opened, Opened::Snapshot(_))),
+        });
+        if matches!(opened, Opened::Snapshot(_)) && store.index.used() > limit {
+            // `disk.limit` shrank since the snapshot was written.
+            store.set_limit(limit);
+        }
+        Ok((store, opened))
+    }
+
+    /// Scans the cache dir into the index ([`super::scan`]), calling `progress` every
+    /// [`scan::PROGRESS_EVERY`]; blocking, on threads of its own, while the workers serve.
+    /// Then the index is complete.
+    pub fn scan(&self, progress: &(dyn Fn(Progress) + Sync)) -> io::Result<ScanReport> {
+        let report = scan::scan(
+            scan::Target {
+                dir: &self.dir,
+                index: &self.index,
+                fills: &self.fills,
+            },
+            progress,
+        )?;
+        self.complete.store(true, Ordering::Release);
+        Ok(report)
+    }
+
+    /// Whether the index holds every entry on disk (see [`Opened`]).
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
+    }
+
+    /// Writes the index snapshot for the next start ([`super::snapshot`]); call at a clean
+    /// stop, once the workers stopped. `Ok(None)` while the index is not complete (a scan
+    /// still running): no snapshot then, the next start scans.
+    pub fn write_snapshot(&self) -> io::Result<Option<snapshot::Written>> {
+        if !self.is_complete() {
+            return Ok(None);
+        }
+        snapshot::write(&self.dir, &self.index).map(Some)
     }
 
     /// The committed entry for `key`, opened and checked, or `None` (a miss is a value).
     /// Entries that turn out missing or corrupt are dropped from the index.
     pub async fn lookup(self: &Arc<Self>, hash: u64, key: &str) -> Option<Entry> {
-        let info = self.index.get(hash, key)?;
+        let info = self.index.get(hash)?;
         self.open_entry(hash, key, &info).await
     }
 
@@ -124,6 +185,15 @@ impl Store {
                     }
                 }
                 Ok(Decoded::NeedMore(n)) if n > want => want = n,
+                Ok(Decoded::Complete { meta, .. }) if meta::key_hash(&meta.key) == hash => {
+                    // Another key with the same 64-bit hash (the index keeps no keys): a
+                    // miss for this one; its fill will take the path.
+                    log::debug!(
+                        "cache: {} holds another key of the same hash",
+                        path.display()
+                    );
+                    return None;
+                }
                 Ok(_) => {
                     log::warn!("cache: {} holds another key; dropping it", path.display());
                     break;
@@ -412,9 +482,7 @@ impl FillWriter {
         }
         let info = EntryInfo {
             hash: self.handle.as_ref().expect("handle").fill().hash,
-            key: self.meta.key.clone(),
             size: self.body_offset + self.written,
-            body_len: self.written,
             generation: 0,
         };
         let reservation = self.reservation.take().expect("reservation");

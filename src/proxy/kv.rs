@@ -426,7 +426,7 @@ async fn delete<S: AsyncWriteRent>(
 ) -> Outcome {
     let hash = key_hash(&key);
     let released = cluster.claims.release(hash, &key);
-    let removed = match store.index.get_generation(hash, &key) {
+    let removed = match store.index.get_generation(hash) {
         Some(generation) => {
             w.open_entries.forget(hash);
             store.remove(hash, generation);

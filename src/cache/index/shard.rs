@@ -126,6 +126,53 @@ impl Shard {
         }
     }
 
+    /// Links `i` at the head or the tail where its tick belongs there, else at the tail
+    /// (the background scan; [`Shard::resort`] restores the order afterwards). O(1).
+    pub(super) fn link_sorted_or_tail(&mut self, i: u32) {
+        let tick = self.node(i).tick;
+        if self.head != NIL && tick >= self.node(self.head).tick {
+            self.link_before(i, self.head);
+        } else {
+            self.link_before(i, NIL);
+        }
+    }
+
+    /// Relinks the whole list in tick order (head = highest tick).
+    pub(super) fn resort(&mut self) {
+        let mut order = Vec::with_capacity(self.map.len());
+        let mut i = self.head;
+        while i != NIL {
+            order.push(i);
+            i = self.node(i).next;
+        }
+        order.sort_unstable_by_key(|&i| std::cmp::Reverse(self.node(i).tick));
+        self.head = NIL;
+        self.tail = NIL;
+        for i in order {
+            self.link_before(i, NIL);
+        }
+    }
+
+    /// Room for `n` more entries without regrowing.
+    pub(super) fn reserve(&mut self, n: usize) {
+        self.map.reserve(n);
+        self.nodes.reserve_exact(n.saturating_sub(self.free.len()));
+    }
+
+    /// Bytes held by this shard's structures: the slab and free list by capacity, the
+    /// hash map by its buckets (a power of two holding 8/7 of its capacity, each a
+    /// `(u64, u32)` slot plus one control byte).
+    pub(super) fn memory_bytes(&self) -> usize {
+        let buckets = match self.map.capacity() {
+            0 => 0,
+            c if c < 8 => (c + 1).next_power_of_two(),
+            c => (c * 8 / 7).next_power_of_two(),
+        };
+        self.nodes.capacity() * std::mem::size_of::<Node>()
+            + self.free.capacity() * std::mem::size_of::<u32>()
+            + buckets * (std::mem::size_of::<(u64, u32)>() + 1)
+    }
+
     pub(super) fn touch(&mut self, i: u32, tick: u64) {
         self.node_mut(i).tick = tick;
         if self.head != i {
