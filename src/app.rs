@@ -56,6 +56,13 @@ pub fn run(config: Config) -> i32 {
 
 /// [`run`] with command-line options.
 pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
+    // Before any thread starts (the background cache scan, the metrics listener):
+    // threads inherit the mask, so SIGTERM/SIGINT/SIGHUP reach only the main thread's
+    // sigwait; a thread with them unblocked would take a SIGHUP's default action (exit).
+    if let Err(e) = crate::server::signals::block_stop_signals() {
+        log::error!("cannot set up signal handling: {e}");
+        return 1;
+    }
     // First, so that every line of this run is in the configured format.
     crate::server::accesslog::set_format(config.log_format);
     let mut user = match &opts.user {

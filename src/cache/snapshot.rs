@@ -153,7 +153,10 @@ pub enum Unusable {
 impl std::fmt::Display for Unusable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Unusable::Absent => write!(f, "no index snapshot (the last stop was not clean)"),
+            Unusable::Absent => write!(
+                f,
+                "no index snapshot (a new cache, or the last stop was not clean)"
+            ),
             Unusable::Rejected(why) => write!(f, "index snapshot rejected: {why}"),
         }
     }
