@@ -307,22 +307,26 @@ pub async fn serve_connection<
     w.active.set(w.active.get() + 1);
     crate::server::memory::connection_opened(w.active.get());
     crate::metrics::client_connection(true);
-    // The read buffer is the core's, lent while a request is read and answered.
-    let mut conn = BufConn::pooled(crate::metrics::Metered(io), w.bufs.clone());
-    if let LoopEnd::Connect {
-        target,
-        line,
-        start,
-    } = request_loop(&mut conn, peer, &w, Channel::Direct).await
     {
-        // The tunnel's handshake uses the interception in force now (live reload).
-        let w = w.newer().unwrap_or_else(|| w.clone());
-        // Boxed: the tunnel's state is not part of every connection's task.
-        Box::pin(connect::tunnel(conn, target, peer, &w, &line, start)).await;
+        // The read buffer is the core's, lent while a request is read and answered.
+        let mut conn = BufConn::pooled(crate::metrics::Metered(io), w.bufs.clone());
+        if let LoopEnd::Connect {
+            target,
+            line,
+            start,
+        } = request_loop(&mut conn, peer, &w, Channel::Direct).await
+        {
+            // The tunnel's handshake uses the interception in force now (live reload).
+            let w = w.newer().unwrap_or_else(|| w.clone());
+            // Boxed: the tunnel's state is not part of every connection's task.
+            Box::pin(connect::tunnel(conn, target, peer, &w, &line, start)).await;
+        }
     }
-    crate::metrics::client_connection(false);
     w.active.set(w.active.get() - 1);
+    // Before the gauge drops: a scrape that sees the connections gone sees the memory
+    // they held given back.
     crate::server::memory::connection_closed(w.active.get());
+    crate::metrics::client_connection(false);
 }
 
 /// Reads and answers requests on `conn` until it closes, errs, the worker shuts down,
