@@ -194,7 +194,8 @@ fn a_connection_that_gave_its_buffer_back_reads_split_and_pipelined_heads() {
         let raw = get(&auth, "/obj");
         let (a, b) = raw.split_at(10);
         conn.send(a).unwrap();
-        // The client's stall mid-head (its misbehaviour, not a synchronisation).
+        // The client's stall mid-head (its misbehaviour, not a synchronisation): longer
+        // than chacha's HOT_WAIT (25 ms), so chacha waits without a buffer by then.
         thread::sleep(Duration::from_millis(100));
         conn.send(b).unwrap();
         let resp = conn.read_response("GET").expect("split head answered");

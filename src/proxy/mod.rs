@@ -27,7 +27,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
@@ -148,6 +148,7 @@ async fn read_head<S: AsyncReadRent + WaitReadable>(
     conn: &mut BufConn<S>,
     w: &Worker,
     first: bool,
+    canceller: &mut Option<monoio::io::Canceller>,
 ) -> HeadRead {
     let idle_deadline = Instant::now()
         + if first {
@@ -174,17 +175,10 @@ async fn read_head<S: AsyncReadRent + WaitReadable>(
         }
         let read = match head_deadline {
             Some(deadline) => monoio::time::timeout_at(deadline.into(), conn.fill()).await,
-            // Waiting for a request (the first, or the next on a kept-alive connection)
-            // holds no read buffer where the stream can wait without one: the buffer
-            // goes back to the core's pool, and one is taken when bytes are there.
             None if conn.io.bufferless() => {
-                conn.release();
-                monoio::select! {
-                    r = monoio::time::timeout_at(idle_deadline.into(), conn.io.readable()) => match r {
-                        Ok(Ok(())) => Ok(conn.fill().await),
-                        Ok(Err(_)) | Err(_) => return HeadRead::Quiet,
-                    },
-                    _ = w.shutdown.wait() => return HeadRead::Quiet,
+                match wait_request(conn, w, idle_deadline, canceller).await {
+                    Some(read) => Ok(read),
+                    None => return HeadRead::Quiet,
                 }
             }
             None => {
@@ -202,6 +196,63 @@ async fn read_head<S: AsyncReadRent + WaitReadable>(
             }
             Err(_) => return HeadRead::Quiet,
         }
+    }
+}
+
+/// How long a connection waits for its next request with a read posted (holding a
+/// read buffer) before it gives the buffer back and waits without one. A busy
+/// keep-alive client's next request comes within this, and then costs one read, as
+/// before; waiting without a buffer costs a readiness wait, then the read.
+pub const HOT_WAIT: Duration = Duration::from_millis(25);
+
+/// Waits for the first bytes of a request on a connection with nothing buffered, and
+/// reads them; `None` when the connection is done (`idle_deadline` passed, shutdown).
+/// For [`HOT_WAIT`] a read is posted with a buffer from the core's pool; then it is
+/// cancelled (bytes that beat the cancellation are kept), the buffer goes back to the
+/// pool, and the connection waits for readiness holding none: thousands of idle
+/// connections hold no buffers, only their small tasks.
+/// `canceller` is the connection's, kept across requests (a read that completes leaves
+/// it as it was, so the hot path allocates nothing for it).
+async fn wait_request<S: WaitReadable>(
+    conn: &mut BufConn<S>,
+    w: &Worker,
+    idle_deadline: Instant,
+    canceller: &mut Option<monoio::io::Canceller>,
+) -> Option<std::io::Result<usize>> {
+    let hot_until = (Instant::now() + HOT_WAIT).min(idle_deadline);
+    let handle = canceller
+        .get_or_insert_with(monoio::io::Canceller::new)
+        .handle();
+    let first = {
+        let mut read = std::pin::pin!(conn.fill_cancelable(handle));
+        let hot = monoio::select! {
+            r = &mut read => Some(r),
+            _ = monoio::time::sleep_until(hot_until.into()) => None,
+            _ = w.shutdown.wait() => return None,
+        };
+        match hot {
+            Some(r) => r,
+            None => {
+                // cancel() consumes the canceller and hands back a fresh one.
+                *canceller = canceller.take().map(|c| c.cancel());
+                match monoio::time::timeout_at(idle_deadline.into(), &mut read).await {
+                    Ok(r) => r,
+                    Err(_) => return None,
+                }
+            }
+        }
+    };
+    match first {
+        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
+        read => return Some(read),
+    }
+    conn.release();
+    monoio::select! {
+        r = monoio::time::timeout_at(idle_deadline.into(), conn.io.readable()) => match r {
+            Ok(Ok(())) => Some(conn.fill().await),
+            Ok(Err(_)) | Err(_) => None,
+        },
+        _ = w.shutdown.wait() => None,
     }
 }
 
@@ -338,11 +389,13 @@ pub async fn request_loop<S: AsyncReadRent + AsyncWriteRent + WaitReadable>(
     channel: Channel<'_>,
 ) -> LoopEnd {
     let mut first = true;
+    // Cancels the read posted while waiting for a request ([`wait_request`]).
+    let mut canceller = None;
     // This connection's worker of a newer config generation, after a live reload.
     let mut fresher: Option<Rc<Worker>> = None;
     loop {
         let current = fresher.as_deref().unwrap_or(w);
-        let head = match read_head(conn, current, first).await {
+        let head = match read_head(conn, current, first, &mut canceller).await {
             HeadRead::Head(h) => h,
             HeadRead::Quiet => return LoopEnd::Closed { clean: true },
             HeadRead::Error(status, msg) => {

@@ -6,7 +6,8 @@ use std::io;
 use std::rc::Rc;
 
 use monoio::buf::IoBufMut;
-use monoio::io::AsyncReadRent;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent};
+use monoio::BufResult;
 
 use super::BufPool;
 
@@ -126,11 +127,13 @@ impl<S> BufConn<S> {
     }
 }
 
-/// A stream that can wait for input without lending a buffer to the kernel.
-pub trait WaitReadable {
-    /// Whether [`WaitReadable::readable`] waits without a buffer; when false, a
-    /// connection waiting for input reads with its buffer (a TLS stream: its own
-    /// buffers may already hold bytes the socket no longer shows).
+/// A stream that can wait for input without lending a buffer to the kernel, and whose
+/// reads can be cancelled without losing bytes.
+pub trait WaitReadable: AsyncReadRent {
+    /// Whether [`WaitReadable::readable`] waits without a buffer and
+    /// [`WaitReadable::read_cancelable`] can be cancelled; when false, a connection
+    /// waiting for input reads with its buffer (a TLS stream: its own buffers may
+    /// already hold bytes the socket no longer shows).
     fn bufferless(&self) -> bool {
         false
     }
@@ -139,6 +142,18 @@ pub trait WaitReadable {
     /// error), or at once when not [`WaitReadable::bufferless`].
     fn readable(&self) -> impl Future<Output = io::Result<()>> {
         std::future::ready(Ok(()))
+    }
+
+    /// A read that `cancel` stops: it then ends with `ECANCELED` and the buffer, or
+    /// with the bytes that arrived first (never losing them, unlike dropping a read).
+    /// Not [`WaitReadable::bufferless`]: a plain read that ignores `cancel`.
+    fn read_cancelable<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        cancel: CancelHandle,
+    ) -> impl Future<Output = BufResult<usize, T>> {
+        let _ = cancel;
+        self.read(buf)
     }
 }
 
@@ -152,6 +167,14 @@ impl WaitReadable for monoio::net::TcpStream {
     fn readable(&self) -> impl Future<Output = io::Result<()>> {
         monoio::net::TcpStream::readable(self, false)
     }
+
+    fn read_cancelable<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        cancel: CancelHandle,
+    ) -> impl Future<Output = BufResult<usize, T>> {
+        CancelableAsyncReadRent::cancelable_read(self, buf, cancel)
+    }
 }
 
 impl<S: WaitReadable> WaitReadable for crate::metrics::Metered<S> {
@@ -161,13 +184,29 @@ impl<S: WaitReadable> WaitReadable for crate::metrics::Metered<S> {
     fn readable(&self) -> impl Future<Output = io::Result<()>> {
         self.0.readable()
     }
+    fn read_cancelable<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        cancel: CancelHandle,
+    ) -> impl Future<Output = BufResult<usize, T>> {
+        self.0.read_cancelable(buf, cancel)
+    }
 }
 
-impl<S> WaitReadable for monoio_rustls::ServerTlsStream<S> {}
+impl<S: AsyncReadRent + AsyncWriteRent> WaitReadable for monoio_rustls::ServerTlsStream<S> {}
 
 impl<S: AsyncReadRent> BufConn<S> {
     /// Reads more bytes after the buffered ones. `Ok(0)` means end of stream.
     pub async fn fill(&mut self) -> io::Result<usize> {
+        let (buf, len, cap) = self.read_room();
+        let (res, slice) = self.io.read(buf.slice_mut(len..cap)).await;
+        self.buf.vec = slice.into_inner();
+        res
+    }
+
+    /// The buffer to read into (taken from the pool when none is held), with room for
+    /// [`READ_CHUNK`] bytes after the buffered ones; it is moved out for the read.
+    fn read_room(&mut self) -> (Vec<u8>, usize, usize) {
         if self.pos > 0 {
             self.buf.vec.drain(..self.pos);
             self.pos = 0;
@@ -182,8 +221,19 @@ impl<S: AsyncReadRent> BufConn<S> {
             self.buf.vec.reserve(READ_CHUNK);
         }
         let cap = self.buf.vec.capacity();
-        let buf = std::mem::take(&mut self.buf.vec);
-        let (res, slice) = self.io.read(buf.slice_mut(len..cap)).await;
+        (std::mem::take(&mut self.buf.vec), len, cap)
+    }
+}
+
+impl<S: WaitReadable> BufConn<S> {
+    /// [`BufConn::fill`] with a read that `cancel` stops ([`WaitReadable::read_cancelable`]):
+    /// `ECANCELED` then, with the buffer kept, unless bytes arrived first.
+    pub async fn fill_cancelable(&mut self, cancel: CancelHandle) -> io::Result<usize> {
+        let (buf, len, cap) = self.read_room();
+        let (res, slice) = self
+            .io
+            .read_cancelable(buf.slice_mut(len..cap), cancel)
+            .await;
         self.buf.vec = slice.into_inner();
         res
     }
