@@ -654,7 +654,7 @@ mod tests {
     /// The task of every open connection is `serve_connection`'s future. The state of a
     /// request in flight (all its paths: fills, cluster, tunnels) is boxed while it runs,
     /// so a connection waiting for a request costs a small task (22,016 bytes in this
-    /// build before the boxing, 1,920 after).
+    /// build before the boxing, 1,920 right after it).
     #[test]
     fn a_connections_task_is_small() {
         fn size_of_output<A, B, C, R>(_: impl Fn(A, B, C) -> R) -> usize {
