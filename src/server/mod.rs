@@ -6,6 +6,7 @@
 
 pub mod accesslog;
 pub mod live;
+pub mod memory;
 pub mod privileges;
 pub mod reload;
 pub mod shutdown;

@@ -1,17 +1,54 @@
-//! Reusable transfer buffers of one core.
+//! Reusable buffers of one core: transfer buffers for bodies, and the read buffers of
+//! client connections, lent while a request is read and answered.
 
 use std::cell::RefCell;
 
 /// Size of the buffers bodies are moved through.
 pub const TRANSFER_BUF: usize = 256 * 1024;
-/// Transfer buffers kept for reuse per core.
+/// Transfer buffers kept for reuse per core (the rest of a burst goes back to the
+/// allocator).
 pub const MAX_POOLED_BUFS: usize = 16;
+/// Capacity of a client connection's read buffer while a request is read and answered
+/// (a connection waiting for its next request holds none, see
+/// [`crate::stream::BufConn::pooled`]); a head longer than this grows it, and such a
+/// buffer is not pooled.
+pub const READ_BUF: usize = 16 * 1024;
+/// Read buffers kept for reuse per core: requests in flight on a core at once need one
+/// each; beyond this many, returned ones are freed.
+pub const MAX_POOLED_READ_BUFS: usize = 64;
 
-/// Reusable transfer buffers of one core (large buffers would otherwise be mmapped and
-/// unmapped by the allocator on every request).
+/// Reusable buffers of one core (large buffers would otherwise be mmapped and unmapped
+/// by the allocator on every request). Both free lists are bounded, so a burst of
+/// requests leaves at most [`MAX_POOLED_BUFS`] + [`MAX_POOLED_READ_BUFS`] buffers behind.
 #[derive(Default)]
 pub struct BufPool {
     free: RefCell<Vec<Vec<u8>>>,
+    read: RefCell<Vec<Vec<u8>>>,
+}
+
+impl BufPool {
+    /// A client connection's read buffer (empty, capacity [`READ_BUF`]).
+    pub fn get_read(&self) -> Vec<u8> {
+        self.read
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(READ_BUF))
+    }
+
+    /// Takes a read buffer back: kept when it has its usual size and the list has room,
+    /// else freed.
+    pub fn put_read(&self, mut buf: Vec<u8>) {
+        let mut free = self.read.borrow_mut();
+        if buf.capacity() == READ_BUF && free.len() < MAX_POOLED_READ_BUFS {
+            buf.clear();
+            free.push(buf);
+        }
+    }
+
+    /// Read buffers kept for reuse.
+    pub fn spare_read(&self) -> usize {
+        self.read.borrow().len()
+    }
 }
 
 impl BufPool {
@@ -112,5 +149,29 @@ mod tests {
             drop(b.take()); // lost, as with a cancelled write
         }
         assert_eq!(pool.free.borrow().len(), 0);
+    }
+
+    #[test]
+    fn read_buffers_are_reused_and_the_spares_are_bounded() {
+        let pool = BufPool::default();
+        let b = pool.get_read();
+        assert_eq!(b.capacity(), READ_BUF);
+        let ptr = b.as_ptr();
+        pool.put_read(b);
+        let again = pool.get_read();
+        assert_eq!(again.as_ptr(), ptr, "the same buffer comes back");
+        pool.put_read(again);
+        let burst: Vec<_> = (0..MAX_POOLED_READ_BUFS + 10)
+            .map(|_| pool.get_read())
+            .collect();
+        for b in burst {
+            pool.put_read(b);
+        }
+        assert_eq!(pool.spare_read(), MAX_POOLED_READ_BUFS);
+        // A buffer that grew for a long head is freed, not kept.
+        let mut big = pool.get_read();
+        big.reserve(4 * READ_BUF);
+        pool.put_read(big);
+        assert_eq!(pool.spare_read(), MAX_POOLED_READ_BUFS - 1);
     }
 }

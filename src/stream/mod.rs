@@ -8,6 +8,6 @@ pub mod fair;
 pub mod prefixed;
 
 pub use body::{BodyReader, BodyWriter};
-pub use buffered::BufConn;
+pub use buffered::{BufConn, WaitReadable};
 pub use bufpool::BufPool;
 pub use prefixed::Prefixed;
