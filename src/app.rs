@@ -3,40 +3,15 @@
 use std::sync::Arc;
 
 use crate::cache::store::Store;
-use crate::config::{Config, DiskConfig, TlsConfig};
+use crate::config::{Config, DiskConfig};
 use crate::proxy::connect::Interception;
 use crate::server::live::{Live, Snapshot};
 use crate::server::privileges::{self, User};
 use crate::server::{self, reload, Settings};
-use crate::tls::{Ca, CertCache, Interceptor};
 
 /// Exit code for an unusable configuration (before anything listens), as for config
 /// errors in `main`.
 pub const EXIT_CONFIG: i32 = 2;
-
-/// Loads the `tls-interceptor` CA and builds the shared leaf cache and acceptor side.
-/// The error names the offending file.
-pub fn load_interception(tls: &TlsConfig) -> Result<Interception, crate::tls::TlsError> {
-    let ca = Ca::load(&tls.cert, &tls.key)?;
-    Ok(interception_with(
-        Interceptor::new(Arc::new(CertCache::new(ca))),
-        tls,
-    ))
-}
-
-/// `tls-interceptor`'s choices (ports, what is intercepted, the SNI check) around an
-/// interceptor (a freshly loaded CA, or the one in force on a reload).
-pub fn interception_with(interceptor: Interceptor, tls: &TlsConfig) -> Interception {
-    Interception {
-        interceptor: interceptor.allow_sni_mismatch(tls.allow_sni_mismatch),
-        ports: tls.ports.clone(),
-        // Each pattern compiled when the config was checked.
-        intercept: tls.intercept.as_ref().map(|patterns| {
-            regex::RegexSet::new(patterns).expect("patterns checked by the config loader")
-        }),
-        passthrough_ports: tls.passthrough_ports.clone(),
-    }
-}
 
 /// How `chacha run` was started, beyond the config file.
 #[derive(Debug, Clone, Default)]
@@ -101,7 +76,7 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
         return EXIT_CONFIG;
     }
     let interception = match &config.tls_interceptor {
-        Some(tls) => match load_interception(tls) {
+        Some(tls) => match Interception::load(tls) {
             Ok(i) => {
                 log::info!(
                     "tls-interceptor: CA {} loaded; intercepting CONNECT to ports {:?} ({}){}",

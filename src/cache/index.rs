@@ -64,7 +64,7 @@ const EVICT_EXACT_RETRIES: usize = 8;
 
 /// One committed entry as the index knows it: 24 bytes. The key is not kept here (it would
 /// cost a heap string per entry): the entry file's header holds it, and every open checks
-/// it against the request's key ([`crate::cache::store::Store::open_entry`]), so a 64-bit
+/// it against the request's key (`Store::open_entry`), so a 64-bit
 /// hash collision is a miss, never another key's body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EntryInfo {

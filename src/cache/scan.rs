@@ -1,6 +1,6 @@
 //! The scan of the cache directory: the index of the entry files when there is no usable
-//! snapshot ([`super::snapshot`]), i.e. after a crash. Blocking `std::fs`, on threads of its
-//! own: `chacha run` serves while it runs ([`super::store::Store::scan`]).
+//! snapshot (cache/snapshot.rs), i.e. after a crash. Blocking `std::fs`, on threads of its
+//! own: `chacha run` serves while it runs (`Store::scan`).
 //!
 //! Layout and file format are described in [`super::meta`]. Before serving, the store
 //! creates `dir`, `dir/tmp` and the 256 fan-out subdirectories ([`create_layout`]) and
@@ -166,7 +166,7 @@ pub fn scan(t: Target<'_>, progress: &(dyn Fn(Progress) + Sync)) -> io::Result<S
 
 /// The whole startup of an index without snapshot, in the caller's thread: the layout,
 /// the temp dir emptied, the scan. For tests and tools; `chacha run` uses
-/// [`super::store::Store::open`] and a background [`super::store::Store::scan`].
+/// `Store::open` and a background `Store::scan`.
 pub fn rebuild(dir: &Path, index: &Index) -> io::Result<ScanReport> {
     let start = Instant::now();
     create_layout(dir)?;

@@ -5,17 +5,19 @@
 //! `tls-interceptor.passthrough-ports`, get a blind tunnel instead ([`super::tunnel`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 pub use super::target::{Target, ESTABLISHED};
 use super::{request_loop, write_simple, Channel, Framing, LoopEnd, Op, ProxyError, Worker};
+use crate::config::TlsConfig;
 use crate::http::uri::parse_authority;
 use crate::http::RequestHead;
 use crate::server::accesslog::{Detail, Line};
 use crate::stream::{BufConn, Prefixed};
-use crate::tls::Interceptor;
+use crate::tls::{Ca, CertCache, Interceptor};
 
 /// How long our TLS close_notify may take to go out before the tunnel is just dropped.
 pub const CLOSE_NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -32,6 +34,30 @@ pub struct Interception {
 }
 
 impl Interception {
+    /// Loads the `tls-interceptor` CA and builds the shared leaf cache and acceptor side.
+    /// The error names the offending file.
+    pub fn load(tls: &TlsConfig) -> Result<Interception, crate::tls::TlsError> {
+        let ca = Ca::load(&tls.cert, &tls.key)?;
+        Ok(Interception::with(
+            Interceptor::new(Arc::new(CertCache::new(ca))),
+            tls,
+        ))
+    }
+
+    /// `tls-interceptor`'s choices (ports, what is intercepted, the SNI check) around an
+    /// interceptor (a freshly loaded CA, or the one in force on a reload).
+    pub fn with(interceptor: Interceptor, tls: &TlsConfig) -> Interception {
+        Interception {
+            interceptor: interceptor.allow_sni_mismatch(tls.allow_sni_mismatch),
+            ports: tls.ports.clone(),
+            // Each pattern compiled when the config was checked.
+            intercept: tls.intercept.as_ref().map(|patterns| {
+                regex::RegexSet::new(patterns).expect("patterns checked by the config loader")
+            }),
+            passthrough_ports: tls.passthrough_ports.clone(),
+        }
+    }
+
     /// Whether a CONNECT to `target` is tunnelled blind rather than intercepted: its
     /// port is a passthrough port, or `intercept` is given and matches no host.
     pub fn is_blind(&self, target: &Target) -> bool {

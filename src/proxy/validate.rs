@@ -40,7 +40,7 @@ pub(crate) fn not_stored(
 
 /// Appends to `out` the head of the GET sent upstream, conditional on our `validators`
 /// (the client's own conditionals and Range replaced, see [`CLIENT_CONDITIONALS`]): the
-/// very bytes sent, which is what merged revalidations compare ([`super::merge`]).
+/// very bytes sent, which is what merged revalidations compare (proxy/merge.rs).
 pub(crate) fn conditional_head(
     req: &RequestHead,
     uri: &Uri,

@@ -187,7 +187,7 @@ impl Reloader {
                 None
             }
             (before, Some(tls)) => {
-                let loaded = match crate::app::load_interception(tls) {
+                let loaded = match crate::proxy::connect::Interception::load(tls) {
                     Ok(loaded) => loaded,
                     // Unchanged settings whose files cannot be read now (e.g. a key only
                     // root may read, after `--user` dropped root): keep the CA in force.
@@ -196,7 +196,7 @@ impl Reloader {
                             "tls-interceptor: cannot re-read the CA ({e}); keeping the CA in force"
                         );
                         let i = snap.interception.clone().expect("checked");
-                        crate::app::interception_with(i.interceptor.clone(), tls)
+                        crate::proxy::connect::Interception::with(i.interceptor.clone(), tls)
                     }
                     Err(e) => return Err(format!("tls-interceptor: {e}")),
                 };
@@ -208,9 +208,10 @@ impl Reloader {
                     // Same CA and settings: nothing changes.
                     Some(i) if same_ca && before.as_ref() == Some(tls) => i.clone(),
                     // Same CA: keep its minted leaves.
-                    Some(i) if same_ca => {
-                        Arc::new(crate::app::interception_with(i.interceptor.clone(), tls))
-                    }
+                    Some(i) if same_ca => Arc::new(crate::proxy::connect::Interception::with(
+                        i.interceptor.clone(),
+                        tls,
+                    )),
                     _ => Arc::new(loaded),
                 };
                 match before {
