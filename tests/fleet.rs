@@ -13,6 +13,7 @@
 
 mod common;
 
+use common::netns::{self, links, namespaces};
 use common::registry::pull_bin;
 use common::{with_deadline, TempDir};
 use serde_json::Value;
@@ -25,56 +26,14 @@ const RUNNERS: u64 = 2;
 const LAYERS: u64 = 4;
 const LAYER_MIB: u64 = 16;
 
-fn output(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Names of the network namespaces that start with `prefix`.
-fn namespaces(prefix: &str) -> Vec<String> {
-    output("ip", &["netns", "list"])
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Names of the links in this (the default) namespace.
-fn links() -> std::collections::BTreeSet<String> {
-    output("ip", &["-o", "link", "show"])
-        .unwrap_or_default()
-        .lines()
-        // "3: name@peer: <...>"
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap().to_string())
-        .collect()
-}
-
 fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
 
 #[test]
 fn small_fleet_pulls_complete_origin_sends_image_once_and_teardown_is_clean() {
-    // Preconditions, checked loudly: this test is part of CI (root, iproute2).
-    let uid = output("id", &["-u"]).unwrap_or_default();
-    assert_eq!(
-        uid.trim(),
-        "0",
-        "tests/fleet.rs needs root (network namespaces); CI runs as root"
-    );
-    assert!(
-        output("ip", &["netns", "list"]).is_some() && output("tc", &["-V"]).is_some(),
-        "tests/fleet.rs needs iproute2 (`ip netns`, `tc`): apt-get install iproute2"
-    );
-    assert!(
-        output("python3", &["--version"]).is_some(),
-        "tests/fleet.rs needs python3 (the origin host)"
-    );
+    // Preconditions, checked loudly: this test is part of CI.
+    netns::require("tests/fleet.rs", &[("python3", "the origin host")]);
 
     let chacha = env!("CARGO_BIN_EXE_chacha").to_string();
     let pull = pull_bin();

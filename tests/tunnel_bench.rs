@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::netns::{self, links, namespaces};
 use common::{with_deadline, TempDir};
 use serde_json::Value;
 use std::path::Path;
@@ -25,54 +26,16 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// deadline; the script's own report uses 1 GiB.
 const SIZE_MIB: u64 = 256;
 
-fn output(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Names of the network namespaces that start with `prefix`.
-fn namespaces(prefix: &str) -> Vec<String> {
-    output("ip", &["netns", "list"])
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Names of the links in this (the default) namespace.
-fn links() -> std::collections::BTreeSet<String> {
-    output("ip", &["-o", "link", "show"])
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap().to_string())
-        .collect()
-}
-
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
 #[test]
 fn blind_tunnel_reaches_nine_tenths_of_direct_on_a_1gbit_link() {
-    // Preconditions, checked loudly: this test is part of CI (root, iproute2, curl, python3).
-    let uid = output("id", &["-u"]).unwrap_or_default();
-    assert_eq!(
-        uid.trim(),
-        "0",
-        "tests/tunnel_bench.rs needs root (network namespaces); CI runs as root"
-    );
-    assert!(
-        output("ip", &["netns", "list"]).is_some() && output("tc", &["-V"]).is_some(),
-        "tests/tunnel_bench.rs needs iproute2 (`ip netns`, `tc`): apt-get install iproute2"
-    );
-    assert!(
-        output("curl", &["--version"]).is_some() && output("python3", &["--version"]).is_some(),
-        "tests/tunnel_bench.rs needs curl (the client) and python3 (the origin)"
+    // Preconditions, checked loudly: this test is part of CI.
+    netns::require(
+        "tests/tunnel_bench.rs",
+        &[("curl", "the client"), ("python3", "the origin")],
     );
 
     let chacha = env!("CARGO_BIN_EXE_chacha").to_string();

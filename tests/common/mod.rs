@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod gate;
 pub mod gen;
 pub mod kv;
+pub mod netns;
 pub mod origin;
 pub mod raw_origin;
 pub mod registry;
