@@ -78,31 +78,45 @@ fn assert_hit_of(resp: &Response, v: u64) {
     assert_eq!(resp.body, body_of(v), "the body of version {v}");
 }
 
+/// `/obj` (version 1) stored through a fresh proxy, then one client's revalidation of it
+/// sent and held at the origin (the gate closed): the in-flight round the tests queue
+/// others behind. Returns the gate, the origin, the proxy, the request and that client.
+fn first_validation_held() -> (
+    Arc<Gate>,
+    Origin,
+    Chacha,
+    String,
+    Vec<thread::JoinHandle<Response>>,
+) {
+    let gate = Arc::new(Gate::default());
+    let g = gate.clone();
+    let origin = Origin::start(move |req| {
+        if req.header("if-none-match").is_some() {
+            g.pass();
+        }
+        versioned(req, 1)
+    });
+    let proxy = start_proxy();
+    let raw = get(&origin.authority(), "/obj");
+    assert_eq!(
+        fetch(proxy.addr(), &raw).status(),
+        200,
+        "the entry is stored"
+    );
+    gate.close();
+    // The first validation goes out at once and is held at the origin.
+    let first = fetch_all(proxy.addr(), std::slice::from_ref(&raw));
+    assert!(
+        origin.wait_requests(2, SIGNAL),
+        "the first validation was sent"
+    );
+    (gate, origin, proxy, raw, first)
+}
+
 #[test]
 fn identical_concurrent_requests_share_one_conditional_request() {
     with_deadline(DEADLINE, || {
-        let gate = Arc::new(Gate::default());
-        let g = gate.clone();
-        let origin = Origin::start(move |req| {
-            if req.header("if-none-match").is_some() {
-                g.pass();
-            }
-            versioned(req, 1)
-        });
-        let proxy = start_proxy();
-        let raw = get(&origin.authority(), "/obj");
-        assert_eq!(
-            fetch(proxy.addr(), &raw).status(),
-            200,
-            "the entry is stored"
-        );
-        gate.close();
-        // The first validation goes out at once and is held at the origin.
-        let first = fetch_all(proxy.addr(), std::slice::from_ref(&raw));
-        assert!(
-            origin.wait_requests(2, SIGNAL),
-            "the first validation was sent"
-        );
+        let (gate, origin, proxy, raw, first) = first_validation_held();
         // Eight more identical requests arrive while it is in flight: one queued round.
         const MORE: usize = 8;
         let more = fetch_all(proxy.addr(), &vec![raw.clone(); MORE]);
@@ -340,27 +354,7 @@ fn metric(proxy: &Chacha, name: &str) -> u64 {
 #[test]
 fn a_queued_leader_whose_client_leaves_still_validates_for_the_others() {
     with_deadline(DEADLINE, || {
-        let gate = Arc::new(Gate::default());
-        let g = gate.clone();
-        let origin = Origin::start(move |req| {
-            if req.header("if-none-match").is_some() {
-                g.pass();
-            }
-            versioned(req, 1)
-        });
-        let proxy = start_proxy();
-        let raw = get(&origin.authority(), "/obj");
-        assert_eq!(
-            fetch(proxy.addr(), &raw).status(),
-            200,
-            "the entry is stored"
-        );
-        gate.close();
-        let first = fetch_all(proxy.addr(), std::slice::from_ref(&raw));
-        assert!(
-            origin.wait_requests(2, SIGNAL),
-            "the first validation was sent"
-        );
+        let (gate, origin, proxy, raw, first) = first_validation_held();
         // The queued round's leader arrives first, then two members join it.
         let mut leader = common::Conn::connect(proxy.addr());
         leader.send(&raw).unwrap();
