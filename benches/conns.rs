@@ -16,8 +16,8 @@
 //! of the idle baseline, a new client served within 50 ms while they are open.
 //!
 //! The bench raises its RLIMIT_NOFILE (hard too, when it may) before starting chacha,
-//! which inherits it: chacha caps `access.limits.connections` at about a third of its
-//! descriptor limit. The config raises `connections` and `connections-per-client` (all
+//! which inherits it: chacha honours a configured `access.limits.connections` up to one
+//! descriptor per connection (warning past about a third). The config raises `connections` and `connections-per-client` (all
 //! clients come from 127.0.0.1) and `timeouts.idle` / `client-head`, so that nothing is
 //! closed by chacha during a round.
 //!
@@ -340,8 +340,8 @@ fn main() {
     let nofile = raise_nofile(((n + silent) * 4 + 4096) as u64);
     let origin = start_origin();
     let proxy = Proxy::start(n + silent);
-    // chacha allows about nofile / 3 client connections: where the hard limit is lower
-    // than that needs (and cannot be raised without CAP_SYS_RESOURCE), open fewer.
+    // chacha allows a configured count up to about one per descriptor: where the hard
+    // limit is lower than that needs (and cannot be raised without CAP_SYS_RESOURCE), open fewer.
     let room = proxy.limit.saturating_sub(NEW_CLIENTS + 10);
     if n + silent > room {
         let scaled = room * n / (n + silent);

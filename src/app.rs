@@ -298,13 +298,21 @@ pub fn build_access(config: &Config) -> Result<crate::access::Access, String> {
             1024
         }
     };
-    let (max, capped) = limits::effective_connections(access.limits.connections, nofile);
-    if let (Some(cap), Some(wanted)) = (capped, access.limits.connections) {
-        log::warn!(
-            "access.limits.connections {wanted} does not fit the file descriptor limit {nofile} (about {} per connection plus {} reserved): using {cap}; raise `ulimit -n` (LimitNOFILE=) to allow more",
+    let (max, fit) = limits::effective_connections(access.limits.connections, nofile);
+    match fit {
+        limits::FdFit::Fits => {}
+        limits::FdFit::Tight { full_load } => log::warn!(
+            "access.limits.connections {max} exceeds what the file descriptor limit {nofile} allows under full load ({full_load}: about {} per connection plus {} reserved); idle clients fit, but busy ones may fail (502, accepting paused) when descriptors run out; raise `ulimit -n` (LimitNOFILE=)",
             limits::FDS_PER_CONNECTION,
             limits::FD_RESERVE
-        );
+        ),
+        limits::FdFit::Capped(cap) => log::warn!(
+            "access.limits.connections {} does not fit the file descriptor limit {nofile}: using {cap}; raise `ulimit -n` (LimitNOFILE=) to allow more",
+            access
+                .limits
+                .connections
+                .map_or_else(|| "(default)".to_string(), |n| n.to_string())
+        ),
     }
     log::info!(
         "access: clients {}; up to {max} client connections, {} per client (file descriptor limit {nofile})",

@@ -171,18 +171,36 @@ impl Drop for Admitted {
     }
 }
 
-/// The effective `access.limits.connections`: the configured value (or the default),
-/// capped by what `nofile` (the RLIMIT_NOFILE soft limit) leaves room for, so that
-/// clients alone never exhaust the process's file descriptors. Returns the limit and,
-/// when it had to be lowered, the fd-based cap.
-pub fn effective_connections(configured: Option<usize>, nofile: u64) -> (usize, Option<usize>) {
-    let wanted = configured.unwrap_or(super::DEFAULT_CONNECTIONS);
-    let room = nofile.saturating_sub(FD_RESERVE) / FDS_PER_CONNECTION;
-    let cap = usize::try_from(room).unwrap_or(usize::MAX).max(1);
-    if wanted > cap {
-        (cap, Some(cap))
-    } else {
-        (wanted, None)
+/// How the effective `access.limits.connections` relates to the file descriptor limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdFit {
+    /// Every connection can hold all the descriptors it may need at once.
+    Fits,
+    /// A configured value over what full load needs but within one descriptor per
+    /// connection: honoured (idle keep-alive clients hold one descriptor each), with a
+    /// warning that under full load a request may find no descriptor left (its origin
+    /// connect then fails with 502, and accepting pauses until descriptors are free).
+    Tight { full_load: usize },
+    /// Lowered to this many: the default over what full load needs, or a configured
+    /// value over one descriptor per connection.
+    Capped(usize),
+}
+
+/// The effective `access.limits.connections` for `nofile` (the RLIMIT_NOFILE soft
+/// limit). The default is capped so that clients under full load (about
+/// FDS_PER_CONNECTION each) never exhaust the process's descriptors; a configured value
+/// is the operator's choice and is honoured up to one descriptor per connection (as
+/// nginx keeps `worker_connections` above the fd limit with a warning).
+pub fn effective_connections(configured: Option<usize>, nofile: u64) -> (usize, FdFit) {
+    let fit = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).max(1);
+    let spare = nofile.saturating_sub(FD_RESERVE);
+    let full_load = fit(spare / FDS_PER_CONNECTION);
+    match configured {
+        None if super::DEFAULT_CONNECTIONS > full_load => (full_load, FdFit::Capped(full_load)),
+        None => (super::DEFAULT_CONNECTIONS, FdFit::Fits),
+        Some(wanted) if wanted <= full_load => (wanted, FdFit::Fits),
+        Some(wanted) if wanted <= fit(spare) => (wanted, FdFit::Tight { full_load }),
+        Some(_) => (fit(spare), FdFit::Capped(fit(spare))),
     }
 }
 
@@ -271,12 +289,34 @@ mod tests {
 
     #[test]
     fn fd_limit_caps_the_connections() {
-        assert_eq!(effective_connections(None, 1 << 20), (10_000, None));
-        assert_eq!(effective_connections(Some(20_000), 1 << 20), (20_000, None));
-        // 1024 fds: (1024 - 256) / 3 = 256 connections.
-        assert_eq!(effective_connections(None, 1024), (256, Some(256)));
-        assert_eq!(effective_connections(Some(300), 1024), (256, Some(256)));
-        assert_eq!(effective_connections(Some(100), 1024), (100, None));
-        assert_eq!(effective_connections(None, 10), (1, Some(1)));
+        assert_eq!(effective_connections(None, 1 << 20), (10_000, FdFit::Fits));
+        assert_eq!(
+            effective_connections(Some(20_000), 1 << 20),
+            (20_000, FdFit::Fits)
+        );
+        // The default: (1024 - 256) / 3 = 256 connections under full load.
+        assert_eq!(effective_connections(None, 1024), (256, FdFit::Capped(256)));
+        assert_eq!(effective_connections(None, 10), (1, FdFit::Capped(1)));
+        // Configured: honoured up to one descriptor each (1024 - 256 = 768), with a
+        // warning past 256; lowered beyond that.
+        assert_eq!(effective_connections(Some(100), 1024), (100, FdFit::Fits));
+        assert_eq!(effective_connections(Some(256), 1024), (256, FdFit::Fits));
+        assert_eq!(
+            effective_connections(Some(300), 1024),
+            (300, FdFit::Tight { full_load: 256 })
+        );
+        assert_eq!(
+            effective_connections(Some(768), 1024),
+            (768, FdFit::Tight { full_load: 256 })
+        );
+        assert_eq!(
+            effective_connections(Some(769), 1024),
+            (768, FdFit::Capped(768))
+        );
+        // This VM's hard limit: 10,000 configured idle clients fit.
+        assert_eq!(
+            effective_connections(Some(10_000), 20_000),
+            (10_000, FdFit::Tight { full_load: 6_581 })
+        );
     }
 }
