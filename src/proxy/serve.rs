@@ -19,7 +19,7 @@ use crate::cache::key::key_hash;
 use crate::cache::open::OpenEntry;
 use crate::cache::status::Outcome as CacheOutcome;
 use crate::http::{RequestHead, ResponseHead};
-use crate::stream::bufpool::Lent;
+use crate::stream::bufpool::{Lent, READ_BUF};
 use crate::stream::fair::Budget;
 use crate::stream::BufConn;
 
@@ -62,7 +62,14 @@ pub(crate) async fn serve_entry<C: AsyncWriteRent>(
     }
     let len = entry.meta.body_len;
     let answer = range_of(req, &headers, Some(len));
-    let mut buf = w.bufs.lend();
+    // A tiny entry's head and body fit a read-sized buffer: under load the core's few
+    // spare transfer buffers then stay for large bodies, and small hits do not make the
+    // allocator map and unmap 256 KiB per request (measured: ~1 in 10 4 KiB hits did).
+    let mut buf = if open.body.is_some() && len <= (READ_BUF / 2) as u64 {
+        w.bufs.lend_small()
+    } else {
+        w.bufs.lend()
+    };
     let win = cached_head(
         req,
         entry.meta.status,

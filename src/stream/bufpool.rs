@@ -78,6 +78,16 @@ impl BufPool {
         }
     }
 
+    /// Lends a read-sized buffer ([`READ_BUF`]) for an answer known to be small (a tiny
+    /// entry's head and body), so that small answers do not take the transfer buffers
+    /// that large ones need; it goes back to the read list when the guard drops.
+    pub fn lend_small(&self) -> Lent<'_> {
+        Lent {
+            buf: self.get_read(),
+            pool: self,
+        }
+    }
+
     /// A guard holding no buffer yet (nothing is taken from the pool).
     pub fn lend_none(&self) -> Lent<'_> {
         Lent {
@@ -123,7 +133,13 @@ impl std::ops::DerefMut for Lent<'_> {
 
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
-        self.pool.put(std::mem::take(&mut self.buf));
+        let buf = std::mem::take(&mut self.buf);
+        // Back to the list its size came from (a grown or lost one is not kept).
+        if buf.capacity() == READ_BUF {
+            self.pool.put_read(buf);
+        } else {
+            self.pool.put(buf);
+        }
     }
 }
 
@@ -149,6 +165,23 @@ mod tests {
             drop(b.take()); // lost, as with a cancelled write
         }
         assert_eq!(pool.free.borrow().len(), 0);
+    }
+
+    #[test]
+    fn a_small_loan_returns_to_the_read_list() {
+        let pool = BufPool::default();
+        {
+            let mut b = pool.lend_small();
+            assert_eq!(b.capacity(), READ_BUF);
+            b.extend_from_slice(b"head and a tiny body");
+        }
+        assert_eq!(pool.spare_read(), 1);
+        assert_eq!(pool.free.borrow().len(), 0, "no transfer buffer was taken");
+        {
+            let mut b = pool.lend_small();
+            b.extend_from_slice(&[0; READ_BUF + 1]); // grown past its size: not kept
+        }
+        assert_eq!(pool.spare_read(), 0);
     }
 
     #[test]
