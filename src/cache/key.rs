@@ -10,6 +10,8 @@
 //! parameter keeps its bytes as sent (Go re-encodes, merging `?a` with `?a=` and `+` with
 //! `%20`, drops pairs with invalid escapes, and drops pairs containing `;`).
 
+use std::fmt::Write as _;
+
 use crate::config::Rule;
 use crate::http::uri::Uri;
 use crate::http::Headers;
@@ -35,7 +37,7 @@ pub fn cache_key(uri: &Uri, rule: Option<&Rule>) -> String {
     key.push_str(uri.scheme.as_str());
     key.push_str("://");
     // Lowercase host, IPv6 bracketed, the port only when given (RFC 3986 §6.2.2.1).
-    key.push_str(&uri.authority());
+    let _ = write!(key, "{}", uri.authority_fmt());
     key.push_str(path);
     if let Some(query) = query {
         let query = normalize_query(query, ignored);

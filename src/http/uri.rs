@@ -48,12 +48,12 @@ impl Uri {
 
     /// `host[:port]`, the IPv6 literal bracketed, the port only when it was given.
     pub fn authority(&self) -> String {
-        let mut out = bracketed(&self.host);
-        if let Some(port) = self.port {
-            out.push(':');
-            out.push_str(&port.to_string());
-        }
-        out
+        self.authority_fmt().to_string()
+    }
+
+    /// [`Uri::authority`] as something to format into a buffer, without allocating.
+    pub fn authority_fmt(&self) -> Authority<'_> {
+        Authority(self)
     }
 
     /// `scheme://authority/path?q`.
@@ -61,17 +61,27 @@ impl Uri {
         format!(
             "{}://{}{}",
             self.scheme.as_str(),
-            self.authority(),
+            self.authority_fmt(),
             self.path_and_query
         )
     }
 }
 
-fn bracketed(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
+/// `host[:port]`, an IPv6 host in brackets (RFC 3986 §3.2.2).
+pub struct Authority<'a>(&'a Uri);
+
+impl std::fmt::Display for Authority<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uri = self.0;
+        if uri.host.contains(':') {
+            write!(f, "[{}]", uri.host)?;
+        } else {
+            f.write_str(&uri.host)?;
+        }
+        match uri.port {
+            Some(port) => write!(f, ":{port}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -240,16 +250,15 @@ fn ipv4_number(part: &str) -> Option<u64> {
 /// every one but the last at most 255, the last filling the remaining bytes.
 pub fn parse_ipv4(host: &str) -> Option<std::net::Ipv4Addr> {
     let host = host.strip_suffix('.').unwrap_or(host);
-    let parts: Vec<&str> = host.split('.').collect();
-    if parts.is_empty() || parts.len() > 4 {
-        return None;
+    // At most four parts, parsed into a fixed array (this runs for every request).
+    let mut numbers = [0u64; 4];
+    let mut count = 0;
+    for part in host.split('.') {
+        *numbers.get_mut(count)? = ipv4_number(part)?;
+        count += 1;
     }
-    let numbers: Vec<u64> = parts
-        .iter()
-        .map(|p| ipv4_number(p))
-        .collect::<Option<_>>()?;
-    let (last, init) = numbers.split_last()?;
-    if init.iter().any(|&n| n > 255) || *last >= 1u64 << (8 * (5 - numbers.len())) {
+    let (last, init) = numbers[..count].split_last()?;
+    if init.iter().any(|&n| n > 255) || *last >= 1u64 << (8 * (5 - count)) {
         return None;
     }
     let mut v = *last;

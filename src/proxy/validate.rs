@@ -77,12 +77,6 @@ pub(crate) fn validators_of(meta: &EntryMeta) -> Validators {
     }
 }
 
-fn headers_of(meta: &EntryMeta) -> Headers {
-    Headers {
-        fields: meta.headers.clone(),
-    }
-}
-
 /// A 304 has no body: its connection can go back to the pool at once.
 pub(crate) fn release_bodyless(up: &mut UpstreamConn, resp: &ResponseHead, w: &Worker) {
     if resp.keep_alive() {
@@ -97,7 +91,7 @@ pub(crate) fn validated_headers(
     not_modified: &ResponseHead,
     status: CacheOutcome,
 ) -> Headers {
-    let mut headers = served_after_304(&headers_of(stored), &not_modified.headers);
+    let mut headers = served_after_304(&stored.headers, &not_modified.headers);
     headers.strip_hop_by_hop();
     headers.set("Cache-Status", status.header_value());
     headers

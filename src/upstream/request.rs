@@ -1,5 +1,7 @@
 //! Writing a request head toward an origin (RFC 9110 §7.6 intermediaries, RFC 9112 §3).
 
+use std::io::Write as _;
+
 use super::PoolKey;
 use crate::http::uri::{Scheme, Uri};
 use crate::http::{BodyKind, RequestHead};
@@ -46,7 +48,7 @@ pub fn write_upstream_head(
     out.push(b' ');
     out.extend_from_slice(uri.path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    out.extend_from_slice(uri.authority().as_bytes());
+    let _ = write!(out, "{}", uri.authority_fmt());
     out.extend_from_slice(b"\r\n");
     for (name, value) in &req.headers.fields {
         if name.eq_ignore_ascii_case("host")
