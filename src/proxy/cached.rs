@@ -107,7 +107,12 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
                 replaced: had_entry,
                 digest: expected_sha256(&uri.path_and_query),
             };
-            fill_or_relay(client, &req, key, found, up, resp, target, &storage, w).await
+            // Boxed: a fill's future is ~16 KiB, and unboxed it would size (and make every
+            // request move) the future of each hit too.
+            Box::pin(fill_or_relay(
+                client, &req, key, found, up, resp, target, &storage, w,
+            ))
+            .await
         }
         Action::RelayUnstored(reason) => {
             // The held entry is outdated (or absent).

@@ -183,6 +183,9 @@ pub(crate) enum ReadBack<'a> {
 /// Why a storable response is relayed instead of filled: its `Cache-Status`.
 pub(crate) type NoFill = String;
 
+// The peer arms below are boxed: a KV exchange's future is ~4 KiB, and unboxed it would
+// size every request's future (a local hit included), which is moved into its box on
+// each request.
 impl<'a> Storage<'a> {
     /// The storage of `key` and what it holds: [`Storage::of`], then
     /// [`Storage::lookup`] (with the request `probe` makes for that storage, if any:
@@ -245,7 +248,7 @@ impl<'a> Storage<'a> {
     ) -> Result<Lookup, Uncached> {
         match self {
             Storage::Local(store, hash) => Ok(local::lookup(store, *hash, key, w).await),
-            Storage::Peer(owner) => owner.lookup(key, req, w).await,
+            Storage::Peer(owner) => Box::pin(owner.lookup(key, req, w)).await,
         }
     }
 
@@ -254,7 +257,7 @@ impl<'a> Storage<'a> {
     pub(crate) async fn release(&self, lookup: Lookup, drop_entry: bool, key: &str, w: &Worker) {
         match self {
             Storage::Local(store, hash) => local::release(store, *hash, lookup, drop_entry, w),
-            Storage::Peer(owner) => owner.release(lookup, drop_entry, key, w).await,
+            Storage::Peer(owner) => Box::pin(owner.release(lookup, drop_entry, key, w)).await,
         }
     }
 
@@ -276,7 +279,16 @@ impl<'a> Storage<'a> {
                 let Storage::Peer(owner) = self else {
                     unreachable!("a peer's entry comes from a peer")
                 };
-                peer::serve(client, req, uri, *found, *owner, not_modified, w).await
+                Box::pin(peer::serve(
+                    client,
+                    req,
+                    uri,
+                    *found,
+                    *owner,
+                    not_modified,
+                    w,
+                ))
+                .await
             }
             Holding::Filling(fill, info) => {
                 serve_fill(client, req, &fill, &info, not_modified, w).await
@@ -303,7 +315,7 @@ impl<'a> Storage<'a> {
                 // The owner's outdated copy (its connection closes unread); the PUT
                 // completes our claim, if we hold one.
                 drop(lookup);
-                Ok(owner.begin_fill(meta, body_len, w).await)
+                Ok(Box::pin(owner.begin_fill(meta, body_len, w)).await)
             }
         }
     }
