@@ -88,38 +88,17 @@ async fn origin_to_sink(
 ) -> Result<(), String> {
     let mut body = OriginBody::new(req, target.uri, resp, kind, up, target.digest);
     let mut buf = w.bufs.lend();
-    // The next piece, read from the origin while the sink writes this one: a disk write
-    // is handed to a kernel worker (ext4 has no non-blocking buffered writes), and
-    // waiting for it before asking the origin for more left the fill at a fraction of
-    // the origin's speed.
-    let mut ahead = w.bufs.lend_none();
     let mut budget = Budget::default();
-    // A cut body is resumed while it is being stored.
-    let mut piece = body.next(&mut buf, sink.is_some(), w).await;
     let result = loop {
-        let (pos, n) = match piece {
+        // A cut body is resumed while it is being stored.
+        let (pos, n) = match body.next(&mut buf, sink.is_some(), w).await {
             Ok(Some(piece)) => piece,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
-        // This piece ends the body (its digest, if any, was checked when it was read).
-        let last = body.is_done();
-        let mut read_ahead = None;
         if let Some(s) = sink.as_mut() {
-            let res = if last {
-                let (res, b) = s.write(buf.take()).await;
-                buf.put_back(b);
-                res
-            } else {
-                if ahead.capacity() == 0 {
-                    ahead = w.bufs.lend();
-                }
-                let ((res, b), next) =
-                    monoio::join!(s.write(buf.take()), body.next(&mut ahead, true, w));
-                buf.put_back(b);
-                read_ahead = Some(next);
-                res
-            };
+            let (res, b) = s.write(buf.take()).await;
+            buf.put_back(b);
             if let Err(e) = res {
                 s.log_stopped(req, &e);
                 let keeps = s.keeps_what_it_took();
@@ -132,7 +111,7 @@ async fn origin_to_sink(
             }
         }
         let feeds_others = sink.is_some();
-        if last {
+        if body.is_done() {
             // Committed before the client sees its last byte, so that a request it sends
             // right after finds the entry.
             commit(sink.take(), handoff, req, target.replaced, w).await;
@@ -163,23 +142,15 @@ async fn origin_to_sink(
                     buf.put_back(w.bufs.get());
                 }
             }
-        } else if handoff.is_gone() && sink.is_none() && !last {
+        } else if handoff.is_gone() && sink.is_none() && !body.is_done() {
             // Nobody wants the rest of this body.
             break Err("the client went away".into());
         }
         buf.clear();
         budget.spend(n).await;
-        if last {
+        if body.is_done() {
             break Ok(());
         }
-        piece = match read_ahead {
-            Some(next) => {
-                // The piece read ahead becomes this one; its buffer is read into next.
-                std::mem::swap(&mut buf, &mut ahead);
-                next
-            }
-            None => body.next(&mut buf, sink.is_some(), w).await,
-        };
     };
     if let Err(e) = result {
         if let Some(s) = sink {
