@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 pub use super::target::{Target, ESTABLISHED};
-use super::{request_loop, write_simple, Channel, Framing, LoopEnd, Op, ProxyError, Worker};
+use super::{request_loop, Channel, LoopEnd, Op, ProxyError, Worker};
 use crate::config::TlsConfig;
 use crate::http::uri::parse_authority;
 use crate::http::RequestHead;
@@ -123,19 +123,7 @@ pub async fn tunnel<S: AsyncReadRent + AsyncWriteRent + std::os::fd::AsRawFd>(
         w.upstream.resolve_allowed(&target.host, target.port).await
     {
         let error = ProxyError::Upstream(e);
-        let (status, msg) = (error.status(), error.to_string());
-        let bytes = write_simple(&mut conn.io, status, &msg, Framing::Close, &[]).await;
-        Line {
-            client: peer,
-            request: Some(line),
-            status,
-            bytes: bytes.unwrap_or(0),
-            duration_ms: start.elapsed().as_millis(),
-            op: Op::Reject.as_str(),
-            detail: Detail::Error(&msg),
-        }
-        .log(log::Level::Warn);
-        return;
+        return super::tunnel::refuse(&mut conn, error, Op::Reject, peer, line, start).await;
     }
     if let Err(e) = conn.io.write_all(ESTABLISHED.to_vec()).await.0 {
         let why = format!("client gone: {e}");

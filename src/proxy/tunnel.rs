@@ -30,6 +30,30 @@ use crate::server::accesslog::{Detail, Line};
 use crate::stream::fair::Budget;
 use crate::stream::BufConn;
 
+/// Answers a CONNECT that gets no tunnel (a refused destination, an unreachable origin,
+/// no descriptors) with its status and one-line reason, closes, and logs it once as `op`.
+pub(crate) async fn refuse<S: AsyncWriteRent>(
+    conn: &mut BufConn<S>,
+    error: ProxyError,
+    op: Op,
+    peer: SocketAddr,
+    line: &str,
+    start: Instant,
+) {
+    let (status, msg) = (error.status(), error.to_string());
+    let bytes = write_simple(&mut conn.io, status, &msg, Framing::Close, &[]).await;
+    Line {
+        client: peer,
+        request: Some(line),
+        status,
+        bytes: bytes.unwrap_or(0),
+        duration_ms: start.elapsed().as_millis(),
+        op: op.as_str(),
+        detail: Detail::Error(&msg),
+    }
+    .log(log::Level::Warn);
+}
+
 /// Bytes moved and the time of the last one, shared by both directions.
 #[derive(Default)]
 struct Traffic {
@@ -234,24 +258,12 @@ pub async fn blind<S: AsyncReadRent + AsyncWriteRent + AsRawFd>(
         Ok(p) => p,
         Err(error) => {
             let mut conn = conn;
-            let (status, msg) = (error.status(), error.to_string());
-            let bytes = write_simple(&mut conn.io, status, &msg, Framing::Close, &[]).await;
-            let op = if status == 403 {
+            let op = if error.status() == 403 {
                 Op::Reject
             } else {
                 Op::Tunnel
             };
-            Line {
-                client: peer,
-                request: Some(line),
-                status,
-                bytes: bytes.unwrap_or(0),
-                duration_ms: start.elapsed().as_millis(),
-                op: op.as_str(),
-                detail: Detail::Error(&msg),
-            }
-            .log(log::Level::Warn);
-            return;
+            return refuse(&mut conn, error, op, peer, line, start).await;
         }
     };
     let (mut io, early) = conn.into_parts();
