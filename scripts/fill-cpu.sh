@@ -3,6 +3,7 @@
 # pulls one large object through it cold (a fill) and then HITS times warm, and prints
 # chacha's CPU time (utime + stime of the whole process, io-wq workers included, from
 # /proc/PID/stat) and throughput for each, and the fill/hit ratio (fill over the best hit).
+# It syncs first, so that no other dirty pages are being written back during the fill.
 #
 #   scripts/fill-cpu.sh URL [HITS]        e.g. scripts/fill-cpu.sh http://127.0.0.1:9000/blob/1g
 #
@@ -47,6 +48,9 @@ one() {
         'BEGIN { printf "%-5s %6.2f CPU-s %8.0f MiB/s\n", w, t / hz, s / 1048576 }'
     last=$((t1 - t0))
 }
+# Dirty pages left by earlier runs (a fill writes 1 GiB that stays dirty for ~30 s) make
+# this fill wait for writeback and roughly double its CPU: start from none.
+sync
 one fill
 fill=$last
 for _ in $(seq "$hits"); do

@@ -87,7 +87,9 @@ async fn origin_to_sink(
     w: &Worker,
 ) -> Result<(), String> {
     let mut body = OriginBody::new(req, target.uri, resp, kind, up, target.digest);
-    let mut buf = w.bufs.lend();
+    // A large body moves in bulk pieces (README, "Fill CPU"); every piece keeps the size.
+    let mut buf = w.bufs.lend_for_fill(kind.known_len());
+    let piece = buf.capacity();
     let mut budget = Budget::default();
     let result = loop {
         // A cut body is resumed while it is being stored.
@@ -118,7 +120,7 @@ async fn origin_to_sink(
         }
         if !handoff.is_gone() && handoff.on_queue() {
             match handoff.try_push(pos, buf.take()) {
-                Ok(()) => buf.put_back(w.bufs.get()),
+                Ok(()) => buf.put_back(w.bufs.get_like(piece)),
                 Err(b) if feeds_others => {
                     // The client fell behind: it reads the rest back from the sink.
                     if owner.is_empty() {
@@ -139,7 +141,7 @@ async fn origin_to_sink(
                     if !handoff.push(pos, b).await {
                         break Err("the client went away".into());
                     }
-                    buf.put_back(w.bufs.get());
+                    buf.put_back(w.bufs.get_like(piece));
                 }
             }
         } else if handoff.is_gone() && sink.is_none() && !body.is_done() {

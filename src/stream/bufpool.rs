@@ -1,5 +1,6 @@
-//! Reusable buffers of one core: transfer buffers for bodies, and the read buffers of
-//! client connections, lent while a request is read and answered.
+//! Reusable buffers of one core: transfer buffers for bodies, bulk buffers for large
+//! fills, and the read buffers of client connections, lent while a request is read and
+//! answered.
 
 use std::cell::RefCell;
 
@@ -8,6 +9,18 @@ pub const TRANSFER_BUF: usize = 256 * 1024;
 /// Transfer buffers kept for reuse per core (the rest of a burst goes back to the
 /// allocator).
 pub const MAX_POOLED_BUFS: usize = 16;
+/// Size of the pieces a large fill moves (origin → disk → client). A fill copies each
+/// byte three times (socket → buffer, buffer → page cache, buffer → client socket) and
+/// wakes a kernel worker per disk write: pieces of 2 MiB (one core's L2 here) halved a
+/// 1 GiB fill's CPU against 256 KiB ones; 4 MiB ones no longer stay in the cache and
+/// cost more than 256 KiB (README, "Fill CPU").
+pub const BULK_BUF: usize = 2 * 1024 * 1024;
+/// Bulk buffers kept for reuse per core.
+pub const MAX_POOLED_BULK: usize = 4;
+/// A fill whose body is announced at least this long moves [`BULK_BUF`] pieces; smaller
+/// and unannounced ones move [`TRANSFER_BUF`] pieces, so that many small concurrent
+/// fills do not hold megabytes each.
+pub const BULK_FILL_MIN: u64 = 16 * 1024 * 1024;
 /// Capacity of a client connection's read buffer while a request is read and answered
 /// (a connection waiting for its next request holds none, see
 /// [`crate::stream::BufConn::pooled`]); a head longer than this grows it, and such a
@@ -17,58 +30,106 @@ pub const READ_BUF: usize = 16 * 1024;
 /// each; beyond this many, returned ones are freed.
 pub const MAX_POOLED_READ_BUFS: usize = 64;
 
+/// Spare buffers of one size, at most `max` of them.
+struct FreeList {
+    size: usize,
+    max: usize,
+    spare: RefCell<Vec<Vec<u8>>>,
+}
+
+impl FreeList {
+    const fn new(size: usize, max: usize) -> Self {
+        FreeList {
+            size,
+            max,
+            spare: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// An empty buffer of this list's size: a spare one, else a new one.
+    fn get(&self) -> Vec<u8> {
+        self.spare
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.size))
+    }
+
+    /// Keeps `buf` (cleared) when it has this list's size and the list has room; frees
+    /// it otherwise.
+    fn put(&self, mut buf: Vec<u8>) {
+        let mut spare = self.spare.borrow_mut();
+        if buf.capacity() == self.size && spare.len() < self.max {
+            buf.clear();
+            spare.push(buf);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.spare.borrow().len()
+    }
+}
+
 /// Reusable buffers of one core (large buffers would otherwise be mmapped and unmapped
-/// by the allocator on every request). Both free lists are bounded, so a burst of
-/// requests leaves at most [`MAX_POOLED_BUFS`] + [`MAX_POOLED_READ_BUFS`] buffers behind.
-#[derive(Default)]
+/// by the allocator on every request). Every free list is bounded, so a burst of
+/// requests leaves at most [`MAX_POOLED_BUFS`] + [`MAX_POOLED_BULK`] +
+/// [`MAX_POOLED_READ_BUFS`] buffers behind.
 pub struct BufPool {
-    free: RefCell<Vec<Vec<u8>>>,
-    read: RefCell<Vec<Vec<u8>>>,
+    transfer: FreeList,
+    bulk: FreeList,
+    read: FreeList,
+}
+
+impl Default for BufPool {
+    fn default() -> Self {
+        BufPool {
+            transfer: FreeList::new(TRANSFER_BUF, MAX_POOLED_BUFS),
+            bulk: FreeList::new(BULK_BUF, MAX_POOLED_BULK),
+            read: FreeList::new(READ_BUF, MAX_POOLED_READ_BUFS),
+        }
+    }
 }
 
 impl BufPool {
     /// A client connection's read buffer (empty, capacity [`READ_BUF`]).
     pub fn get_read(&self) -> Vec<u8> {
-        self.read
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(READ_BUF))
+        self.read.get()
     }
 
     /// Takes a read buffer back: kept when it has its usual size and the list has room,
     /// else freed.
-    pub fn put_read(&self, mut buf: Vec<u8>) {
-        let mut free = self.read.borrow_mut();
-        if buf.capacity() == READ_BUF && free.len() < MAX_POOLED_READ_BUFS {
-            buf.clear();
-            free.push(buf);
-        }
+    pub fn put_read(&self, buf: Vec<u8>) {
+        self.read.put(buf)
     }
 
     /// Read buffers kept for reuse.
     pub fn spare_read(&self) -> usize {
-        self.read.borrow().len()
+        self.read.len()
     }
-}
 
-impl BufPool {
+    /// A transfer buffer (empty, capacity [`TRANSFER_BUF`]).
     pub fn get(&self) -> Vec<u8> {
-        self.free
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(TRANSFER_BUF))
+        self.transfer.get()
     }
 
-    pub fn put(&self, mut buf: Vec<u8>) {
-        let mut free = self.free.borrow_mut();
-        if buf.capacity() == TRANSFER_BUF && free.len() < MAX_POOLED_BUFS {
-            buf.clear();
-            free.push(buf);
+    /// An empty buffer of the same class as `like` (a bulk one for a bulk one): the
+    /// next piece of a transfer keeps its size.
+    pub fn get_like(&self, like: usize) -> Vec<u8> {
+        match like {
+            BULK_BUF => self.bulk.get(),
+            _ => self.transfer.get(),
         }
     }
-}
 
-impl BufPool {
+    /// Takes any buffer back to the list its size came from (a grown or foreign one is
+    /// freed).
+    pub fn put(&self, buf: Vec<u8>) {
+        match buf.capacity() {
+            READ_BUF => self.read.put(buf),
+            BULK_BUF => self.bulk.put(buf),
+            _ => self.transfer.put(buf),
+        }
+    }
+
     /// Lends a transfer buffer that goes back to this pool when the guard drops, on
     /// every path out of a transfer.
     pub fn lend(&self) -> Lent<'_> {
@@ -76,6 +137,16 @@ impl BufPool {
             buf: self.get(),
             pool: self,
         }
+    }
+
+    /// Lends the buffer for a fill of a body announced as `len` bytes: a bulk one for a
+    /// large body, a transfer one otherwise.
+    pub fn lend_for_fill(&self, len: Option<u64>) -> Lent<'_> {
+        let buf = match len {
+            Some(n) if n >= BULK_FILL_MIN => self.bulk.get(),
+            _ => self.transfer.get(),
+        };
+        Lent { buf, pool: self }
     }
 
     /// Lends a read-sized buffer ([`READ_BUF`]) for an answer known to be small (a tiny
@@ -133,13 +204,8 @@ impl std::ops::DerefMut for Lent<'_> {
 
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.buf);
         // Back to the list its size came from (a grown or lost one is not kept).
-        if buf.capacity() == READ_BUF {
-            self.pool.put_read(buf);
-        } else {
-            self.pool.put(buf);
-        }
+        self.pool.put(std::mem::take(&mut self.buf));
     }
 }
 
@@ -154,17 +220,17 @@ mod tests {
             let mut b = pool.lend();
             b.extend_from_slice(b"x");
         }
-        assert_eq!(pool.free.borrow().len(), 1);
+        assert_eq!(pool.transfer.len(), 1);
         let b = pool.lend();
         assert!(b.is_empty(), "a returned buffer comes back cleared");
         assert_eq!(b.capacity(), TRANSFER_BUF);
         drop(b);
-        assert_eq!(pool.free.borrow().len(), 1);
+        assert_eq!(pool.transfer.len(), 1);
         {
             let mut b = pool.lend();
             drop(b.take()); // lost, as with a cancelled write
         }
-        assert_eq!(pool.free.borrow().len(), 0);
+        assert_eq!(pool.transfer.len(), 0);
     }
 
     #[test]
@@ -176,7 +242,7 @@ mod tests {
             b.extend_from_slice(b"head and a tiny body");
         }
         assert_eq!(pool.spare_read(), 1);
-        assert_eq!(pool.free.borrow().len(), 0, "no transfer buffer was taken");
+        assert_eq!(pool.transfer.len(), 0, "no transfer buffer was taken");
         {
             let mut b = pool.lend_small();
             b.extend_from_slice(&[0; READ_BUF + 1]); // grown past its size: not kept
@@ -206,5 +272,40 @@ mod tests {
         big.reserve(4 * READ_BUF);
         pool.put_read(big);
         assert_eq!(pool.spare_read(), MAX_POOLED_READ_BUFS - 1);
+    }
+
+    #[test]
+    fn a_fill_takes_a_bulk_buffer_only_for_a_large_announced_body() {
+        let pool = BufPool::default();
+        let cases: &[(Option<u64>, usize)] = &[
+            (None, TRANSFER_BUF),
+            (Some(0), TRANSFER_BUF),
+            (Some(BULK_FILL_MIN - 1), TRANSFER_BUF),
+            (Some(BULK_FILL_MIN), BULK_BUF),
+            (Some(40 << 30), BULK_BUF),
+        ];
+        for &(len, size) in cases {
+            let b = pool.lend_for_fill(len);
+            assert_eq!(b.capacity(), size, "{len:?}");
+            // The next piece of the same transfer keeps the class.
+            let next = pool.get_like(b.capacity());
+            assert_eq!(next.capacity(), size, "{len:?}");
+            pool.put(next);
+        }
+        // Each went back to its own list (two of a class were out at once).
+        assert_eq!(pool.bulk.len(), 2);
+        assert_eq!(pool.transfer.len(), 2);
+        let burst: Vec<_> = (0..MAX_POOLED_BULK + 3)
+            .map(|_| pool.get_like(BULK_BUF))
+            .collect();
+        for b in burst {
+            pool.put(b);
+        }
+        assert_eq!(pool.bulk.len(), MAX_POOLED_BULK);
+        assert_eq!(
+            pool.transfer.len(),
+            2,
+            "bulk buffers never land on the transfer list"
+        );
     }
 }
