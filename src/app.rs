@@ -179,7 +179,6 @@ pub fn run_with(config: Config, opts: &RunOptions) -> i32 {
     let mut settings = Settings {
         addr: config.addr,
         workers: config.workers.max(1),
-        pin_workers: config.pin_workers,
         store,
         live,
         reload: Some(reload::Source {

@@ -5,7 +5,7 @@
 //! `addr`, `disk: {dir, limit}`, `tls-interceptor: {cert, key}`,
 //! `rules: [{pattern, ignore-authorization-header, ignore-parameters,
 //! direct-connect, direct-connect-header}]`, `cluster: {secret, nodes: [{addr}]}`.
-//! Additions of ours: `workers`, `pin-workers`, `run-as-root`, `metrics: {addr}`, `log-format`,
+//! Additions of ours: `workers`, `run-as-root`, `metrics: {addr}`, `log-format`,
 //! `tls-interceptor.ports` (and `intercept`, `passthrough-ports`, `allow-sni-mismatch`),
 //! `access`, and the
 //! `rules: {paths: [...]}` form that the original's README documents (its code
@@ -46,7 +46,6 @@ const MAX_WORKERS: usize = 1024;
 const TOP_KEYS: &[&str] = &[
     "addr",
     "workers",
-    "pin-workers",
     "disk",
     "tls-interceptor",
     "rules",
@@ -98,9 +97,6 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Number of worker threads (event loops); default: available parallelism.
     pub workers: usize,
-    /// `pin-workers` (ours, default true): with one worker per CPU, pin each worker (and
-    /// the kernel workers of its ring) to its own CPU.
-    pub pin_workers: bool,
     pub disk: Option<DiskConfig>,
     pub tls_interceptor: Option<TlsConfig>,
     /// Only URLs matching a rule are cached; the first matching rule wins.

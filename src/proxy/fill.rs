@@ -87,8 +87,10 @@ async fn origin_to_sink(
     w: &Worker,
 ) -> Result<(), String> {
     let mut body = OriginBody::new(req, target.uri, resp, kind, up, target.digest);
-    // A large body moves in bulk pieces (README, "Fill CPU"); every piece keeps the size.
-    let mut buf = w.bufs.lend_for_fill(kind.known_len());
+    // A large body moves in bulk pieces while it is the core's only one (README, "Fill
+    // CPU"); every piece keeps the size of the first.
+    let bulk = w.bufs.claim_bulk(kind.known_len());
+    let mut buf = w.bufs.lend_for_fill(&bulk);
     let piece = buf.capacity();
     let mut budget = Budget::default();
     let result = loop {

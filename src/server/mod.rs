@@ -5,7 +5,6 @@
 //! for SIGTERM/SIGINT and drains the workers.
 
 pub mod accesslog;
-pub mod affinity;
 pub mod live;
 pub mod memory;
 pub mod privileges;
@@ -43,9 +42,6 @@ pub use crate::driver::BLOCKING_THREADS;
 pub struct Settings {
     pub addr: SocketAddr,
     pub workers: usize,
-    /// `pin-workers`: pin each worker to its own CPU when there is one per CPU
-    /// ([`affinity::cpu_for`]).
-    pub pin_workers: bool,
     pub store: Option<Arc<Store>>,
     /// The reloadable settings (rules, timeouts, `tls-interceptor`, cluster), one
     /// snapshot per config generation.
@@ -200,13 +196,6 @@ pub fn serve(mut settings: Settings, listeners: Listeners) -> i32 {
     }
     set_gauges(settings.store.clone(), settings.live.clone());
     let pool = monoio::blocking::DefaultThreadPool::new(BLOCKING_THREADS);
-    let cpus = match settings.pin_workers {
-        true => affinity::allowed_cpus().unwrap_or_else(|e| {
-            log::warn!("cannot read the CPUs this process may use ({e}); workers are not pinned");
-            Vec::new()
-        }),
-        false => Vec::new(),
-    };
     let mut handles = Vec::new();
     let mut shutdowns = Vec::new();
     let addr = listeners.addr;
@@ -216,18 +205,9 @@ pub fn serve(mut settings: Settings, listeners: Listeners) -> i32 {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let s = settings.clone();
         let pool = pool.clone();
-        let cpu = affinity::cpu_for(id, settings.workers, &cpus);
         let handle = std::thread::Builder::new()
             .name(format!("chacha-w{id}"))
-            .spawn(move || {
-                // Before the ring exists: its kernel workers inherit the affinity.
-                if let Some(cpu) = cpu {
-                    if let Err(e) = affinity::pin_current_thread(cpu) {
-                        log::warn!("worker {id}: cannot pin to CPU {cpu}: {e}");
-                    }
-                }
-                worker_main(id, listener, s, pool, shutdown, tx)
-            })
+            .spawn(move || worker_main(id, listener, s, pool, shutdown, tx))
             .expect("spawn worker thread");
         handles.push(handle);
         match rx.recv() {
@@ -245,12 +225,8 @@ pub fn serve(mut settings: Settings, listeners: Listeners) -> i32 {
             }
         }
     }
-    let pinned = match affinity::cpu_for(0, settings.workers, &cpus) {
-        Some(_) => format!(", pinned to CPUs {cpus:?}"),
-        None => String::new(),
-    };
     log::info!(
-        "chacha {} listening on {addr} (driver {}, {} workers{pinned})",
+        "chacha {} listening on {addr} (driver {}, {} workers)",
         env!("CARGO_PKG_VERSION"),
         crate::driver::name(),
         settings.workers

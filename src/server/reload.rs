@@ -8,7 +8,7 @@
 //! cache dropped, tunnels already open untouched), `cluster` (owners move as
 //! rendezvous hashing says; the health watcher follows the node list), `disk.limit`
 //! (shrinking evicts down to it at once) and `log-format`. Keys that only take effect
-//! at start (`addr`, `workers`, `pin-workers`, `disk.dir`, a `disk` added or removed, `run-as-root`)
+//! at start (`addr`, `workers`, `disk.dir`, a `disk` added or removed, `run-as-root`)
 //! are reported as needing a restart and keep their value. One line sums up each
 //! reload: what changed, or "reload: no changes".
 //!
@@ -138,13 +138,6 @@ impl Reloader {
                 new.disk = old.disk.clone();
             }
             _ => {}
-        }
-        if new.pin_workers != old.pin_workers {
-            restart.push(format!(
-                "pin-workers changed: needs a restart; keeping {}",
-                old.pin_workers
-            ));
-            new.pin_workers = old.pin_workers;
         }
         if new.run_as_root != old.run_as_root {
             restart.push(format!(

@@ -63,10 +63,6 @@ impl Checker {
             Some(value) => self.workers(value, "workers"),
             None => Some(default_workers()),
         };
-        let pin_workers = match optional(map, "pin-workers") {
-            Some(value) => self.boolean(value, "pin-workers"),
-            None => Some(true),
-        };
         let disk = optional(map, "disk").and_then(|value| self.disk(value, "disk"));
         let tls_interceptor = optional(map, "tls-interceptor")
             .and_then(|value| self.tls_interceptor(value, "tls-interceptor"));
@@ -100,7 +96,6 @@ impl Checker {
         Some(Config {
             addr: addr?.socket,
             workers: workers?,
-            pin_workers: pin_workers?,
             disk,
             tls_interceptor,
             rules,
