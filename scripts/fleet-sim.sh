@@ -20,6 +20,9 @@
 #   RUNNERS          runner hosts M (default 8)
 #   LAYERS LAYER_MIB the image: a config blob + LAYERS layers of LAYER_MIB MiB (8 x 32)
 #   DIRECT_CONNECT   "off on" (default): runs each N with the rules' direct-connect off/on
+#   DIRECT_RUN       1: first one run at the first N whose runners pull straight from the
+#                    origin (chacha hosts up but bypassed; same links): the baseline a cold
+#                    pull through chacha is compared with (default 0)
 #   KILL_RUN         1 (default): one more run at N = KILL_N (default 2) where chacha host 0
 #                    is killed (SIGKILL) once the origin has sent KILL_AT (default 0.5) of
 #                    the image; runners then go only through the other hosts, so any failed
@@ -48,6 +51,7 @@ LAYERS=${LAYERS:-8}
 LAYER_MIB=${LAYER_MIB:-32}
 DIRECT_CONNECT=${DIRECT_CONNECT:-"off on"}
 KILL_RUN=${KILL_RUN:-1}
+DIRECT_RUN=${DIRECT_RUN:-0}
 KILL_N=${KILL_N:-2}
 KILL_AT=${KILL_AT:-0.5}
 CHACHA_RATE=${CHACHA_RATE:-800mbit}
@@ -183,10 +187,11 @@ write_config() { # node-index n direct-connect(on/off) file
   } >"$f"
 }
 
-# One run: N chacha hosts, RUNNERS runners, direct-connect on/off, kill (0/1).
+# One run: N chacha hosts, RUNNERS runners, direct-connect on/off, kill (0/1), and
+# whether the runners bypass chacha (direct: 1).
 run_one() {
-  local n=$1 dc=$2 kill=$3 i pid dir=$WORK/run label
-  label="N=$n dc=$dc${kill:+ kill=$kill}"
+  local n=$1 dc=$2 kill=$3 direct=${4:-} i pid dir=$WORK/run label
+  label="N=$n dc=$dc${kill:+ kill=$kill}${direct:+ direct}"
   log "run: $label"
   cleanup
   rm -rf "$dir"
@@ -216,6 +221,8 @@ run_one() {
   # A direct-connect 307 points at a chacha host: runners reach those directly.
   local nop=""
   for ((i = 0; i < n; i++)); do nop+="${nop:+,}$(chacha_ip $i):8080"; done
+  # A direct run reaches the origin (registry and storage) without the proxy.
+  if [ -n "$direct" ]; then nop+=",$ORIGIN_IP"; fi
   local -a tx0=() rpids=()
   for ((i = 0; i < n; i++)); do tx0+=("$(ns_counter "$P-c$i" tx_bytes)"); done
   local busy0 t0 node first=0 span=$n
@@ -267,9 +274,9 @@ run_one() {
 
   python3 - "$dir" "$n" "$dc" "${kill:-0}" "$RUNNERS" "$t0" "$t1" "$IMAGE_BYTES" \
     "$CHACHA_RATE" "$busy0" "$busy1" "${killed_at:-}" "${codes[*]}" "${tx0[*]}" "${tx1[*]}" "${cpu[*]}" \
-    >>"$OUT/results.jsonl" <<'EOF'
+    "${direct:-0}" >>"$OUT/results.jsonl" <<'EOF'
 import json, os, re, sys
-(d, n, dc, kill, m, t0, t1, image, rate, b0, b1, killed_at, codes, tx0, tx1, cpu) = sys.argv[1:]
+(d, n, dc, kill, m, t0, t1, image, rate, b0, b1, killed_at, codes, tx0, tx1, cpu, direct) = sys.argv[1:]
 n, m, kill, image = int(n), int(m), int(kill), int(image)
 wall = float(t1) - float(t0)
 def rate_bits(s):
@@ -303,7 +310,7 @@ b0, b1 = [list(map(float, x.split())) for x in (b0, b1)]
 busy = (b1[0] - b0[0]) / max(b1[1] - b0[1], 1)
 link = rate_bits(rate) / 8
 res = {
-    "nodes": n, "direct_connect": dc, "kill": bool(kill), "killed_at_s": float(killed_at) if killed_at else None,
+    "nodes": n, "direct_connect": dc, "kill": bool(kill), "direct": direct == "1", "killed_at_s": float(killed_at) if killed_at else None,
     "runners": m, "pulls_ok": ok, "pulls_failed": failed,
     "exit_codes": [int(c) for c in codes.split()],
     "blobs_verified": blobs_ok,
@@ -330,7 +337,7 @@ print(json.dumps(res))
 EOF
   for pid in "${cpids[@]}"; do kill "$pid" 2>/dev/null || true; done
   # Keep the run's logs, configs and summaries (not the caches) next to the results.
-  local keep="$OUT/run-n$n-dc-$dc${kill:+-kill}"
+  local keep="$OUT/run-n$n-dc-$dc${kill:+-kill}${direct:+-direct}"
   mkdir -p "$keep"
   cp "$dir"/*.log "$dir"/*.out "$dir"/*.json "$dir"/*.yaml "$keep"/ 2>/dev/null || true
   tail -n1 "$OUT/results.jsonl" >&2
@@ -342,6 +349,9 @@ IMAGE_BYTES=$(timeout 600 python3 "$ROOT/scripts/fleet-origin.py" --dir "$WORK/i
   python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes"])')
 log "image: $LAYERS x $LAYER_MIB MiB + config = $IMAGE_BYTES bytes; runners $RUNNERS; chacha links $CHACHA_RATE, origin $ORIGIN_RATE"
 
+if [ "$DIRECT_RUN" = 1 ]; then
+  run_one "${NODES%% *}" "${DIRECT_CONNECT%% *}" "" 1
+fi
 for n in $NODES; do
   for dc in $DIRECT_CONNECT; do run_one "$n" "$dc" ""; done
 done
@@ -358,7 +368,9 @@ print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     kill = f"host 0 at {r['killed_at_s']} s" if r["kill"] else "-"
     dc = r["direct_connect"]
-    if dc == "on" and r["nodes"] == 1:
+    if r.get("direct"):
+        dc = "bypassed: runners pull from the origin"
+    elif dc == "on" and r["nodes"] == 1:
         dc = "on (one host: nothing to redirect to)"
     elif dc == "on" and r["chacha_307s"] == 0:
         dc = "on (no 307: not in this build)"

@@ -87,11 +87,7 @@ async fn origin_to_sink(
     w: &Worker,
 ) -> Result<(), String> {
     let mut body = OriginBody::new(req, target.uri, resp, kind, up, target.digest);
-    // A large body moves in bulk pieces while it is the core's only one (README, "Fill
-    // CPU"); every piece keeps the size of the first.
-    let bulk = w.bufs.claim_bulk(kind.known_len());
-    let mut buf = w.bufs.lend_for_fill(&bulk);
-    let piece = buf.capacity();
+    let mut buf = w.bufs.lend();
     let mut budget = Budget::default();
     let result = loop {
         // A cut body is resumed while it is being stored.
@@ -122,7 +118,7 @@ async fn origin_to_sink(
         }
         if !handoff.is_gone() && handoff.on_queue() {
             match handoff.try_push(pos, buf.take()) {
-                Ok(()) => buf.put_back(w.bufs.get_like(piece)),
+                Ok(()) => buf.put_back(w.bufs.get()),
                 Err(b) if feeds_others => {
                     // The client fell behind: it reads the rest back from the sink.
                     if owner.is_empty() {
@@ -143,7 +139,7 @@ async fn origin_to_sink(
                     if !handoff.push(pos, b).await {
                         break Err("the client went away".into());
                     }
-                    buf.put_back(w.bufs.get_like(piece));
+                    buf.put_back(w.bufs.get());
                 }
             }
         } else if handoff.is_gone() && sink.is_none() && !body.is_done() {

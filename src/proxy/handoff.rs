@@ -30,11 +30,6 @@ pub(crate) struct Handoff {
 
 /// Pieces the hand-off holds at most.
 const HANDOFF_PIECES: usize = 4;
-/// Bytes the hand-off holds at most: four bulk pieces of a large fill (8 ms at 1 GB/s of
-/// slack for a client that keeps up but was not scheduled for a moment; with two, the
-/// leader's client of a 1 GiB fill on loopback fell behind in 2 of 3 runs and then read
-/// the rest back from the file, one more copy). Four transfer pieces are far below it.
-const HANDOFF_BYTES: usize = 8 * 1024 * 1024;
 
 impl Handoff {
     /// Whether the client takes its pieces from the queue now.
@@ -82,19 +77,12 @@ impl Handoff {
 
     /// Queues body bytes `pos..` if there is room; hands the buffer back if not.
     pub(crate) fn try_push(&self, pos: u64, buf: Vec<u8>) -> Result<(), Vec<u8>> {
-        if self.is_full() {
+        if self.queue.borrow().len() >= HANDOFF_PIECES {
             return Err(buf);
         }
         self.queue.borrow_mut().push_back((pos, buf));
         self.bump();
         Ok(())
-    }
-
-    /// Whether the queue holds its bound of pieces or of bytes.
-    fn is_full(&self) -> bool {
-        let queue = self.queue.borrow();
-        queue.len() >= HANDOFF_PIECES
-            || queue.iter().map(|(_, b)| b.len()).sum::<usize>() >= HANDOFF_BYTES
     }
 
     /// The oldest queued piece and its body offset.
@@ -129,39 +117,12 @@ impl Handoff {
             if self.gone.get() {
                 return false;
             }
-            if !self.is_full() {
+            if self.queue.borrow().len() < HANDOFF_PIECES {
                 self.queue.borrow_mut().push_back((pos, buf));
                 self.bump();
                 return true;
             }
             self.changed(self.version.get()).await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_queue_is_bounded_in_pieces_and_in_bytes() {
-        // (piece size, pieces it takes before a push is refused)
-        let cases = [
-            (1, HANDOFF_PIECES),
-            (256 * 1024, HANDOFF_PIECES),
-            (2 * 1024 * 1024, 4),
-            (3 * 1024 * 1024, 3),
-            (HANDOFF_BYTES, 1),
-        ];
-        for (size, fits) in cases {
-            let h = Handoff::default();
-            for i in 0..fits {
-                let pos = (i * size) as u64;
-                assert!(h.try_push(pos, vec![0; size]).is_ok(), "{size}: piece {i}");
-            }
-            assert!(h.try_push(0, vec![0; size]).is_err(), "{size}: one more");
-            assert!(h.pop().is_some());
-            assert!(h.try_push(0, vec![0; size]).is_ok(), "{size}: room again");
         }
     }
 }

@@ -16,9 +16,7 @@ use crate::http::BodyKind;
 /// A read at least this large suggests more data is already on its way (16 KiB is the
 /// TLS record size, so TLS streams hand us at most this per read).
 const COALESCE_AFTER: usize = 16 * 1024;
-/// Bulk reads are coalesced up to this many bytes, or up to the whole buffer when it is
-/// a bulk one (a large fill: its pieces are sized so that each disk write and each
-/// client write moves [`super::bufpool::BULK_BUF`]).
+/// Bulk reads are coalesced up to this many bytes.
 const COALESCE: usize = 128 * 1024;
 
 /// Reads one message body.
@@ -77,11 +75,7 @@ impl BodyReader {
         // reading up to COALESCE bytes so that the writes downstream (client, cache
         // file) are large. A trickle (smaller reads) is passed on at once.
         let mut last = n;
-        let limit = match out.capacity() >= super::bufpool::BULK_BUF {
-            true => want,
-            false => want.min(COALESCE),
-        };
-        while last >= COALESCE_AFTER && n < limit {
+        while last >= COALESCE_AFTER && n < want.min(COALESCE) {
             let buf = std::mem::take(out);
             let (res, slice) = conn.io.read(buf.slice_mut(n..want)).await;
             *out = slice.into_inner();

@@ -1,6 +1,5 @@
-//! Reusable buffers of one core: transfer buffers for bodies, bulk buffers for large
-//! fills, and the read buffers of client connections, lent while a request is read and
-//! answered.
+//! Reusable buffers of one core: transfer buffers for bodies, and the read buffers of
+//! client connections, lent while a request is read and answered.
 
 use std::cell::RefCell;
 
@@ -9,19 +8,6 @@ pub const TRANSFER_BUF: usize = 256 * 1024;
 /// Transfer buffers kept for reuse per core (the rest of a burst goes back to the
 /// allocator).
 pub const MAX_POOLED_BUFS: usize = 16;
-/// Size of the pieces a large fill moves (origin → disk → client) when it has the core to
-/// itself. A fill copies each byte three times (socket → buffer, buffer → page cache,
-/// buffer → client socket) and wakes a kernel worker per disk write: pieces of 2 MiB
-/// halved a lone 1 GiB fill's CPU against 256 KiB ones, while 4 MiB ones cost more than
-/// 256 KiB, and several fills on one core in 2 MiB pieces cost more too (README, "Fill
-/// CPU").
-pub const BULK_BUF: usize = 2 * 1024 * 1024;
-/// Bulk buffers kept for reuse per core.
-pub const MAX_POOLED_BULK: usize = 4;
-/// A fill whose body is announced at least this long may move [`BULK_BUF`] pieces
-/// ([`BufPool::claim_bulk`]); smaller and unannounced ones move [`TRANSFER_BUF`] pieces,
-/// so that many small concurrent fills do not hold megabytes each.
-pub const BULK_FILL_MIN: u64 = 16 * 1024 * 1024;
 /// Capacity of a client connection's read buffer while a request is read and answered
 /// (a connection waiting for its next request holds none, see
 /// [`crate::stream::BufConn::pooled`]); a head longer than this grows it, and such a
@@ -71,34 +57,19 @@ impl FreeList {
 }
 
 /// Reusable buffers of one core (large buffers would otherwise be mmapped and unmapped
-/// by the allocator on every request). Every free list is bounded, so a burst of
-/// requests leaves at most [`MAX_POOLED_BUFS`] + [`MAX_POOLED_BULK`] +
-/// [`MAX_POOLED_READ_BUFS`] buffers behind.
+/// by the allocator on every request). Both free lists are bounded, so a burst of
+/// requests leaves at most [`MAX_POOLED_BUFS`] + [`MAX_POOLED_READ_BUFS`] buffers behind.
 pub struct BufPool {
     transfer: FreeList,
-    bulk: FreeList,
     read: FreeList,
-    /// Whether a fill of this core holds the bulk claim ([`BufPool::claim_bulk`]).
-    bulk_claimed: std::cell::Cell<bool>,
 }
 
 impl Default for BufPool {
     fn default() -> Self {
         BufPool {
             transfer: FreeList::new(TRANSFER_BUF, MAX_POOLED_BUFS),
-            bulk: FreeList::new(BULK_BUF, MAX_POOLED_BULK),
             read: FreeList::new(READ_BUF, MAX_POOLED_READ_BUFS),
-            bulk_claimed: std::cell::Cell::new(false),
         }
-    }
-}
-
-/// A fill's right to move [`BULK_BUF`] pieces on this core, given back on drop.
-pub struct BulkClaim<'a>(&'a BufPool);
-
-impl Drop for BulkClaim<'_> {
-    fn drop(&mut self) {
-        self.0.bulk_claimed.set(false);
     }
 }
 
@@ -124,21 +95,11 @@ impl BufPool {
         self.transfer.get()
     }
 
-    /// An empty buffer of the same class as `like` (a bulk one for a bulk one): the
-    /// next piece of a transfer keeps its size.
-    pub fn get_like(&self, like: usize) -> Vec<u8> {
-        match like {
-            BULK_BUF => self.bulk.get(),
-            _ => self.transfer.get(),
-        }
-    }
-
     /// Takes any buffer back to the list its size came from (a grown or foreign one is
     /// freed).
     pub fn put(&self, buf: Vec<u8>) {
         match buf.capacity() {
             READ_BUF => self.read.put(buf),
-            BULK_BUF => self.bulk.put(buf),
             _ => self.transfer.put(buf),
         }
     }
@@ -150,31 +111,6 @@ impl BufPool {
             buf: self.get(),
             pool: self,
         }
-    }
-
-    /// Bulk pieces for a fill of a body announced as `len` bytes: granted to a large body
-    /// when no other fill of this core has them. One fill's bulk pieces stay in the
-    /// core's cache between the socket, the disk write and the client; several fills'
-    /// evict each other (measured: 4 concurrent 256 MiB fills with digests, 634-715 MiB/s
-    /// in 256 KiB pieces, 399-517 when all moved 2 MiB ones).
-    pub fn claim_bulk(&self, len: Option<u64>) -> Option<BulkClaim<'_>> {
-        match len {
-            Some(n) if n >= BULK_FILL_MIN && !self.bulk_claimed.get() => {
-                self.bulk_claimed.set(true);
-                Some(BulkClaim(self))
-            }
-            _ => None,
-        }
-    }
-
-    /// Lends the first buffer of a fill: a bulk one if it holds the bulk claim, a
-    /// transfer one otherwise.
-    pub fn lend_for_fill(&self, claim: &Option<BulkClaim<'_>>) -> Lent<'_> {
-        let buf = match claim {
-            Some(_) => self.bulk.get(),
-            None => self.transfer.get(),
-        };
-        Lent { buf, pool: self }
     }
 
     /// Lends a read-sized buffer ([`READ_BUF`]) for an answer known to be small (a tiny
@@ -300,59 +236,5 @@ mod tests {
         big.reserve(4 * READ_BUF);
         pool.put_read(big);
         assert_eq!(pool.spare_read(), MAX_POOLED_READ_BUFS - 1);
-    }
-
-    #[test]
-    fn a_fill_takes_a_bulk_buffer_only_for_a_large_announced_body() {
-        let pool = BufPool::default();
-        let cases: &[(Option<u64>, usize)] = &[
-            (None, TRANSFER_BUF),
-            (Some(0), TRANSFER_BUF),
-            (Some(BULK_FILL_MIN - 1), TRANSFER_BUF),
-            (Some(BULK_FILL_MIN), BULK_BUF),
-            (Some(40 << 30), BULK_BUF),
-        ];
-        for &(len, size) in cases {
-            let claim = pool.claim_bulk(len);
-            let b = pool.lend_for_fill(&claim);
-            assert_eq!(b.capacity(), size, "{len:?}");
-            // The next piece of the same transfer keeps the class.
-            let next = pool.get_like(b.capacity());
-            assert_eq!(next.capacity(), size, "{len:?}");
-            pool.put(next);
-        }
-        // Each went back to its own list (two of a class were out at once).
-        assert_eq!(pool.bulk.len(), 2);
-        assert_eq!(pool.transfer.len(), 2);
-        let burst: Vec<_> = (0..MAX_POOLED_BULK + 3)
-            .map(|_| pool.get_like(BULK_BUF))
-            .collect();
-        for b in burst {
-            pool.put(b);
-        }
-        assert_eq!(pool.bulk.len(), MAX_POOLED_BULK);
-        assert_eq!(
-            pool.transfer.len(),
-            2,
-            "bulk buffers never land on the transfer list"
-        );
-    }
-
-    #[test]
-    fn one_fill_per_core_holds_the_bulk_claim_at_a_time() {
-        let pool = BufPool::default();
-        let large = Some(BULK_FILL_MIN);
-        let first = pool.claim_bulk(large);
-        assert!(first.is_some());
-        // A second large fill on this core moves transfer pieces.
-        let second = pool.claim_bulk(large);
-        assert!(second.is_none());
-        assert_eq!(pool.lend_for_fill(&second).capacity(), TRANSFER_BUF);
-        assert_eq!(pool.lend_for_fill(&first).capacity(), BULK_BUF);
-        // Once the first ends, the next large fill gets it.
-        drop(first);
-        assert!(pool.claim_bulk(large).is_some());
-        // A small body never takes it.
-        assert!(pool.claim_bulk(Some(BULK_FILL_MIN - 1)).is_none());
     }
 }
