@@ -367,6 +367,51 @@ fn stalled_fill_resumes_with_range() {
     });
 }
 
+/// A fill passes on each piece as soon as it is stored, not when the origin sends the
+/// next one: the bytes an origin sent before it went silent reach the client well before
+/// the silence is even noticed (the fill reads the next piece while it stores this one).
+#[test]
+fn a_fill_passes_on_what_the_origin_sent_before_it_stalls() {
+    const LEN: usize = 1_000_000;
+    const SENT: usize = 100_000;
+    with_deadline(DEADLINE, || {
+        let origin = RawOrigin::start(|req| match req.header("range") {
+            None => stalled_body(&["ETag: \"slow-1\""], LEN, SENT),
+            Some(_) => vec![send(response("416 Range Not Satisfiable", &[], b""))],
+        });
+        let proxy = proxy(TIMEOUTS);
+        let a = origin.authority();
+        let mut conn = Conn::connect_timeout(proxy.addr(), Duration::from_secs(15));
+        let started = Instant::now();
+        conn.send(get(&a, "/slow")).unwrap();
+        let head = conn.read_head("GET").expect("a response head");
+        assert_eq!(head.status, 200);
+        let (mut got, mut all_at) = (Vec::new(), None);
+        let read = conn.read_body_with(&head, &mut |b: &[u8]| {
+            got.extend_from_slice(b);
+            if got.len() >= SENT && all_at.is_none() {
+                all_at = Some(started.elapsed());
+            }
+        });
+        assert!(
+            read.is_err(),
+            "a body the origin never finished was not cut"
+        );
+        assert!(
+            got.len() >= SENT,
+            "only {} of the {SENT} bytes sent",
+            got.len()
+        );
+        assert_eq!(got[..SENT], blob(LEN)[..SENT], "wrong bytes");
+        let t = all_at.expect("all sent bytes arrived");
+        assert!(
+            t < SHORT,
+            "the sent bytes took {t:?}: held back until the stall timed out"
+        );
+        assert!(proxy.wait_log("origin sent nothing for 1s", SIGNAL));
+    });
+}
+
 /// Without Range support at the origin a stalled fill fails cleanly: the client is cut
 /// within the timeout, nothing is stored, and the next request fills again.
 #[test]

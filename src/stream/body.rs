@@ -73,9 +73,11 @@ impl BodyReader {
         };
         // A read that returned a whole TLS record (or more) means a bulk transfer: keep
         // reading up to COALESCE bytes so that the writes downstream (client, cache
-        // file) are large. A trickle (smaller reads) is passed on at once.
+        // file) are large, as long as more is already there (an origin that pauses
+        // mid-body must not have what it sent held back until it goes on). A trickle
+        // (smaller reads) is passed on at once.
         let mut last = n;
-        while last >= COALESCE_AFTER && n < want.min(COALESCE) {
+        while last >= COALESCE_AFTER && n < want.min(COALESCE) && conn.input_ready() {
             let buf = std::mem::take(out);
             let (res, slice) = conn.io.read(buf.slice_mut(n..want)).await;
             *out = slice.into_inner();

@@ -21,6 +21,8 @@ pub struct BufConn<S> {
     /// Valid data is `buf[pos..]`.
     buf: ReadBuf,
     pos: usize,
+    /// Tells whether a read of `io` would return at once ([`BufConn::with_probe`]).
+    probe: Option<fn(&S) -> bool>,
 }
 
 /// A connection's read buffer and the pool it goes back to when the connection is
@@ -52,6 +54,7 @@ impl<S> BufConn<S> {
                 pool: None,
             },
             pos: 0,
+            probe: None,
         }
     }
 
@@ -66,7 +69,23 @@ impl<S> BufConn<S> {
                 pool: Some(pool),
             },
             pos: 0,
+            probe: None,
         }
+    }
+
+    /// Sets how to tell, without reading, whether a read of the connection would return
+    /// at once (bytes, or the end, already there). Reads that only gather more of a
+    /// bulk body into one piece ([`crate::stream::BodyReader::read`]) are made only then,
+    /// so that bytes that arrived are never held back waiting for more.
+    pub fn with_probe(mut self, probe: fn(&S) -> bool) -> Self {
+        self.probe = Some(probe);
+        self
+    }
+
+    /// Whether a read would return at once, as far as the probe can tell (no probe: it
+    /// is assumed to).
+    pub fn input_ready(&self) -> bool {
+        self.probe.is_none_or(|p| p(&self.io))
     }
 
     /// Gives the read buffer back to the pool when nothing is buffered (the request is

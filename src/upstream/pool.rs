@@ -258,7 +258,7 @@ impl Upstream {
             };
             io.set_read_timeout(Some(self.body_timeout.get()));
             return Ok(UpstreamConn {
-                conn: BufConn::new(io),
+                conn: BufConn::new(io).with_probe(UpStream::input_ready),
                 key: key.clone(),
                 reused: false,
             });

@@ -106,6 +106,19 @@ impl UpStream {
         self.read_timeout = d;
     }
 
+    /// Whether a read would return at once: bytes (or the peer's FIN or RST) are waiting
+    /// on the TCP socket, or the connection is closed or broken (the read fails at once).
+    /// The probe of an upstream [`crate::stream::BufConn`]. Under TLS the records rustls
+    /// already took off the socket cannot be seen from here (monoio-rustls does not
+    /// expose its session), so a TLS read is assumed to return at once: bulk TLS reads
+    /// are gathered as before, and only a plain-TCP origin's pause is seen.
+    pub fn input_ready(&self) -> bool {
+        match self.transport {
+            Transport::Tls(_) => true,
+            _ => self.has_unsolicited_input(),
+        }
+    }
+
     /// Whether the peer sent anything (bytes, FIN, RST) on a connection where it must
     /// not have: checked with a non-blocking `MSG_PEEK` on the TCP socket, also under
     /// TLS (an idle TLS connection has nothing legitimate to send either). Bytes that
