@@ -44,6 +44,8 @@ STATS = {
     "storage_ranged": 0,
     "storage_not_modified": 0,
     "auth_leaks": 0,
+    # Full-body (200) storage responses per blob digest.
+    "full_per_blob": {},
 }
 TOKENS = set()
 CUT_DONE = set()
@@ -253,6 +255,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             count("storage_ranged")
         else:
             count("storage_full")
+            with LOCK:
+                STATS["full_per_blob"][digest] = STATS["full_per_blob"].get(digest, 0) + 1
         with LOCK:
             STATS["statuses"][str(status)] = STATS["statuses"].get(str(status), 0) + 1
         self.send_response(status)

@@ -321,6 +321,7 @@ res = {
     "origin_bytes": st.get("storage_body_bytes", 0) + st.get("registry_body_bytes", 0),
     "origin_images": round((st.get("storage_body_bytes", 0) + st.get("registry_body_bytes", 0)) / image, 3),
     "origin_full_ranged_304": [st.get("storage_full", 0), st.get("storage_ranged", 0), st.get("storage_not_modified", 0)],
+    "origin_full_per_blob_max": max(st.get("full_per_blob", {}).values(), default=0),
     "origin_cuts": st.get("cuts", 0),
     "retries": sum(r["retries"] for r in runs if r),
     "client_cuts": sum(r["client_cuts"] for r in runs if r),

@@ -3,10 +3,11 @@
 //! addresses from 198.18.0.0/15 only, links shaped with tbf — run as a real test, with
 //! direct-connect off, on, and with chacha host 0 killed mid-pull: every pull completes
 //! with every blob's SHA-256 verified and no failure reaching a runner, the origin sends
-//! the image about once for the whole cluster (at most twice across the kill; its first
-//! response of every blob is cut, so chacha resumes with `Range`, RFC 9110 §14.2;
-//! runners' transfers are cut too and resumed through chacha), direct-connect redirects
-//! runners to owners, and the teardown leaves no namespace, bridge or veth behind.
+//! the image about once for the whole cluster (at most two full-body fetches of a blob
+//! across the kill; its first response of every blob is cut, so chacha resumes with
+//! `Range`, RFC 9110 §14.2; runners' transfers are cut too and resumed through chacha),
+//! direct-connect redirects runners to owners, and the teardown leaves no namespace,
+//! bridge or veth behind.
 //!
 //! Needs root and iproute2 (`ip netns`, `tc`), as CI has (.ci/run installs iproute2): without
 //! them the test FAILS saying so; it never passes silently.
@@ -125,10 +126,20 @@ fn small_fleet_pulls_complete_origin_sends_image_once_and_teardown_is_clean() {
             } else {
                 assert_eq!(n(&r["retries"]), 0, "{ctx}");
             }
-            // The origin sent about one image for the whole cluster (resumes included);
-            // across an owner's death at most two full fetches per blob.
+            // The origin sent about one image for the whole cluster (resumes included):
+            // one full-body fetch per blob. Across an owner's death at most two full-body
+            // fetches per blob (issue 14): the one the death cut and the stand-in's. The
+            // bytes then also count the ranged requests that continued the responses the
+            // death cut (RFC 9110 §14.2), which a byte bound of two images missed in about
+            // 1 run in 8 (2.19 images, with two full fetches per blob at most); three
+            // images is the sanity bound there.
             let origin = n(&r["origin_bytes"]);
-            let max_tenths = if kill { 21 } else { 11 };
+            let max_full = if kill { 2 } else { 1 };
+            assert!(
+                n(&r["origin_full_per_blob_max"]) <= max_full,
+                "a blob was fetched whole more than {max_full} time(s): {ctx}"
+            );
+            let max_tenths = if kill { 30 } else { 11 };
             assert!(
                 origin >= image && origin * 10 <= image * max_tenths,
                 "origin sent {origin} bytes for an image of {image}: {ctx}"
