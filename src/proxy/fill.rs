@@ -71,9 +71,8 @@ pub(crate) async fn fill<C: AsyncWriteRent>(
 /// The origin → sink side of a fill, the one fill loop: reads the body (resuming a cut
 /// one while it is stored), hashes a blob, and stores each piece ([`store_piece`]) while
 /// the next one is read, so that the origin's socket, the disk and the client are busy
-/// at once (a fill that waited for each write before reading on ran at about half the
-/// speed, and a client woken for every piece of a slow fill costs CPU). Returns why the
-/// body failed, if it did.
+/// at once (a lone 1 GiB fill on loopback: 520-590 MiB/s waiting for each write before
+/// reading on, 700-850 overlapped). Returns why the body failed, if it did.
 #[allow(clippy::too_many_arguments)]
 async fn origin_to_sink(
     req: &RequestHead,
