@@ -386,6 +386,14 @@ fn a_fill_passes_on_what_the_origin_sent_before_it_stalls() {
         conn.send(get(&a, "/slow")).unwrap();
         let head = conn.read_head("GET").expect("a response head");
         assert_eq!(head.status, 200);
+        // A fill, not an uncached relay: the response is being stored.
+        let cs = head
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("cache-status"))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("<none>");
+        assert!(cs.contains("stored"), "not a fill: Cache-Status {cs:?}");
         let (mut got, mut all_at) = (Vec::new(), None);
         let read = conn.read_body_with(&head, &mut |b: &[u8]| {
             got.extend_from_slice(b);

@@ -1,7 +1,8 @@
 //! A gate an in-test origin's handler waits at, so that a test holds responses until it
 //! releases them (to create concurrency deterministically): `close`, then the requests
 //! that reach `pass` wait until `open` (bounded, so a test that forgets to open it fails
-//! on its own deadline rather than hanging a handler thread forever).
+//! on its own deadline rather than hanging a handler thread forever). `wait_waiting` tells
+//! the test that handlers have reached the gate (so what they did before it is done).
 
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
